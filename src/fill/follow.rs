@@ -1,0 +1,128 @@
+//! Followers (data path step 6): every client of a fill streams the temp file up to the
+//! published byte count, waking when more is written. The final byte of the body is held back
+//! until the fill is `Committed`, so a body that fails verification is never delivered
+//! complete: on `Failed` the follower stops and its connection is cut short.
+//!
+//! A slow client slows only itself (it reads the file at its own pace; the fill does not wait
+//! for it), and memory per follower is one read buffer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::buf::IoBuf;
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+
+use super::{Fill, State};
+use crate::error::Kind;
+use crate::limits::CHUNK_BYTES;
+
+/// What a follower learns once the fill has an answer from upstream.
+pub enum Start {
+    /// Bytes are coming: the size (if upstream declared one) and the media type.
+    Filling { file: Arc<std::fs::File>, size: Option<u64>, media_type: Option<Arc<str>> },
+    Committed { file: Arc<std::fs::File>, size: u64, media_type: Option<Arc<str>> },
+    Failed(Kind),
+}
+
+/// Wait until the fill has a response from upstream (or has failed).
+pub async fn start(fill: &Fill) -> Start {
+    loop {
+        let listener = fill.listen();
+        match fill.state() {
+            State::Pending => listener.await,
+            State::Filling { file, size, media_type } => return Start::Filling { file, size, media_type },
+            State::Committed { file, size, media_type } => return Start::Committed { file, size, media_type },
+            State::Failed(kind) => return Start::Failed(kind),
+        }
+    }
+}
+
+/// Wait until the fill is over: its committed size, or why it failed.
+pub async fn finish(fill: &Fill) -> Result<(Arc<std::fs::File>, u64, Option<Arc<str>>), Kind> {
+    loop {
+        let listener = fill.listen();
+        match fill.state() {
+            State::Committed { file, size, media_type } => return Ok((file, size, media_type)),
+            State::Failed(kind) => return Err(kind),
+            _ => listener.await,
+        }
+    }
+}
+
+/// Why a follower stopped before the end of its range.
+#[derive(Debug)]
+pub enum Cut {
+    /// The fill failed: the client's body is cut short.
+    FillFailed(Kind),
+    /// The client stopped reading (send stall) or went away.
+    Client(std::io::Error),
+    /// Reading the temp file failed.
+    Read(std::io::Error),
+    /// The fill made no progress for too long.
+    Stalled,
+}
+
+/// Stream bytes `[start, end]` (inclusive) of the fill's body to `sock`. `size` is the body
+/// size; if the range includes the last byte, that byte is sent only after the commit.
+/// `buf` is this connection's read buffer, returned for reuse.
+#[allow(clippy::too_many_arguments)]
+pub async fn stream(
+    fill: &Fill,
+    file: &std::fs::File,
+    start: u64,
+    end: u64,
+    size: u64,
+    sock: &mut TcpStream,
+    mut buf: Vec<u8>,
+    send_stall: Duration,
+    progress_stall: Duration,
+) -> (Result<(), Cut>, Vec<u8>) {
+    let file = match file.try_clone().and_then(monoio::fs::File::from_std) {
+        Ok(f) => f,
+        Err(e) => return (Err(Cut::Read(e)), buf),
+    };
+    let mut pos = start;
+    let includes_last = end + 1 == size;
+    while pos <= end {
+        let listener = fill.listen();
+        let written = fill.written();
+        let (committed, failed) = match fill.state() {
+            State::Committed { .. } => (true, None),
+            State::Failed(kind) => (false, Some(kind)),
+            _ => (false, None),
+        };
+        if let Some(kind) = failed {
+            return (Err(Cut::FillFailed(kind)), buf);
+        }
+        // Hold back the last byte until the content is verified.
+        let limit = if includes_last && !committed { written.min(size - 1) } else { written.min(end + 1) };
+        if pos >= limit {
+            if monoio::time::timeout(progress_stall, listener).await.is_err() {
+                return (Err(Cut::Stalled), buf);
+            }
+            continue;
+        }
+        let want = ((limit - pos) as usize).min(CHUNK_BYTES);
+        buf.clear();
+        buf.reserve(want);
+        let slice = monoio::buf::IoBufMut::slice_mut(buf, 0..want);
+        let (res, slice) = file.read_at(slice, pos).await;
+        buf = slice.into_inner();
+        let n = match res {
+            Ok(0) => return (Err(Cut::Read(std::io::ErrorKind::UnexpectedEof.into())), buf),
+            Ok(n) => n,
+            Err(e) => return (Err(Cut::Read(e)), buf),
+        };
+        let (res, back) = match monoio::time::timeout(send_stall, sock.write_all(buf.slice(0..n))).await {
+            Ok((res, slice)) => (res, slice.into_inner()),
+            Err(_) => return (Err(Cut::Client(std::io::ErrorKind::TimedOut.into())), Vec::with_capacity(CHUNK_BYTES)),
+        };
+        buf = back;
+        if let Err(e) = res {
+            return (Err(Cut::Client(e)), buf);
+        }
+        pos += n as u64;
+    }
+    (Ok(()), buf)
+}

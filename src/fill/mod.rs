@@ -1,0 +1,305 @@
+//! Single-flight fills (data path steps 6–7).
+//!
+//! [`Fills`] is the sharded in-flight map: digest → [`Fill`]. The first requester of a
+//! missing digest gets a [`Lease`] and spawns the fill task (`task.rs`), which is owned by the
+//! lease and not by any client: a client that goes away does not stop it. Every requester,
+//! the first one included, then *follows* the fill (`follow.rs`): it streams the temp file up to
+//! the published byte count, waking on progress, and holds the final byte back until the fill
+//! is `Committed`, so a body that fails verification is never delivered complete.
+//!
+//! Only three things cross cores in ringcache; this map is one. Bytes never cross through it:
+//! followers on other workers read the same file through the page cache.
+
+pub mod follow;
+pub mod task;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use event_listener::Event;
+
+use crate::digest::Digest;
+use crate::error::Kind;
+use crate::limits::SHARDS;
+
+/// The state of one fill. Transitions: `Pending → Filling → Committed | Failed`, or
+/// `Pending → Failed`; each transition asserts where it starts from.
+#[derive(Debug, Clone)]
+pub enum State {
+    /// The fill has asked upstream and has no response head yet.
+    Pending,
+    /// Upstream answered 200: the body is being appended to `file`; [`Fill::written`] bytes
+    /// of it are there to read. `size` is upstream's Content-Length, when it sent one.
+    Filling { file: Arc<std::fs::File>, size: Option<u64>, media_type: Option<Arc<str>> },
+    /// Verified, renamed into the store and indexed. `file` still reads the same content.
+    Committed { file: Arc<std::fs::File>, size: u64, media_type: Option<Arc<str>> },
+    /// Nothing will be committed. The kind is what a client that has no bytes yet is told;
+    /// a client mid-body is cut short.
+    Failed(Kind),
+}
+
+/// One fill in flight, shared by its task and every follower, on any worker.
+pub struct Fill {
+    pub digest: Digest,
+    /// The repository the fill fetches under (upstream confirms the digest there).
+    pub repo: String,
+    state: Mutex<State>,
+    /// Bytes of the body written to the temp file. Published after each write with Release;
+    /// never decreases.
+    written: AtomicU64,
+    /// Notified on every published change of `written` or `state`.
+    event: Event,
+    /// Followers that joined (the first requester included).
+    followers: AtomicUsize,
+    /// Further repositories upstream confirmed this digest in while the fill ran; linked at
+    /// commit.
+    links: Mutex<Vec<String>>,
+}
+
+impl Fill {
+    fn new(digest: Digest, repo: &str) -> Fill {
+        Fill {
+            digest,
+            repo: repo.to_string(),
+            state: Mutex::new(State::Pending),
+            written: AtomicU64::new(0),
+            event: Event::new(),
+            followers: AtomicUsize::new(0),
+            links: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state.lock().unwrap().clone()
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    pub fn followers(&self) -> usize {
+        self.followers.load(Ordering::Relaxed)
+    }
+
+    /// A listener to await before re-checking state (create it *before* the check, so a
+    /// notification in between is not lost).
+    pub fn listen(&self) -> event_listener::EventListener {
+        self.event.listen()
+    }
+
+    /// Record a repository upstream confirmed the digest in, to be linked at commit.
+    pub fn add_link(&self, repo: &str) {
+        self.links.lock().unwrap().push(repo.to_string());
+    }
+
+    pub fn take_links(&self) -> Vec<String> {
+        std::mem::take(&mut *self.links.lock().unwrap())
+    }
+
+    fn transition(&self, next: State) {
+        let mut state = self.state.lock().unwrap();
+        let ok = matches!(
+            (&*state, &next),
+            (State::Pending, State::Filling { .. })
+                | (State::Pending, State::Failed(_))
+                | (State::Filling { .. }, State::Committed { .. })
+                | (State::Filling { .. }, State::Failed(_))
+        );
+        assert!(ok, "fill {}: bad transition {:?} -> {:?}", self.digest, *state, next);
+        *state = next;
+        drop(state);
+        self.event.notify(usize::MAX);
+    }
+
+    fn is_terminal(&self) -> bool {
+        matches!(*self.state.lock().unwrap(), State::Committed { .. } | State::Failed(_))
+    }
+}
+
+/// The result of asking for a digest that the index does not have.
+pub enum Joined {
+    /// Start the fill: the lease is the fill task's, and the caller follows too.
+    Lead(Lease, Arc<Fill>),
+    /// A fill is in flight: follow it.
+    Follow(Arc<Fill>),
+    /// It was committed between the caller's index lookup and now: serve it as a hit.
+    Committed,
+    /// Too many fills in flight.
+    Busy,
+}
+
+/// The sharded in-flight map.
+pub struct Fills {
+    shards: Box<[Mutex<HashMap<Digest, Arc<Fill>>>]>,
+    inflight: AtomicUsize,
+    inflight_max: usize,
+}
+
+impl Fills {
+    pub fn new(inflight_max: usize) -> Arc<Fills> {
+        Arc::new(Fills {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            inflight: AtomicUsize::new(0),
+            inflight_max,
+        })
+    }
+
+    /// Join the fill of `digest`, or lead a new one. `committed` re-checks the index under
+    /// the shard lock: a fill inserts into the index before it leaves this map, so a requester
+    /// that missed the index but finds no fill here learns that it was just committed.
+    pub fn join_or_lead(self: &Arc<Self>, digest: Digest, repo: &str, committed: impl FnOnce() -> bool) -> Joined {
+        let mut shard = self.shards[digest.shard(SHARDS)].lock().unwrap();
+        if let Some(fill) = shard.get(&digest) {
+            fill.followers.fetch_add(1, Ordering::Relaxed);
+            return Joined::Follow(fill.clone());
+        }
+        if committed() {
+            return Joined::Committed;
+        }
+        if self.inflight.load(Ordering::Relaxed) >= self.inflight_max {
+            return Joined::Busy;
+        }
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        let fill = Arc::new(Fill::new(digest, repo));
+        fill.followers.store(1, Ordering::Relaxed);
+        shard.insert(digest, fill.clone());
+        Joined::Lead(Lease { fills: self.clone(), fill: fill.clone(), done: false }, fill)
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
+        self.shards[digest.shard(SHARDS)].lock().unwrap().get(digest).cloned()
+    }
+
+    fn remove(&self, fill: &Arc<Fill>) {
+        let mut shard = self.shards[fill.digest.shard(SHARDS)].lock().unwrap();
+        if shard.get(&fill.digest).is_some_and(|f| Arc::ptr_eq(f, fill)) {
+            shard.remove(&fill.digest);
+            self.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The fill task's obligation: it must end the fill, `Committed` or `Failed`. Dropped
+/// unfinished (the task panicked or was cancelled), it publishes `Failed` so no follower is
+/// left waiting, and leaves the map so the next request starts afresh.
+pub struct Lease {
+    fills: Arc<Fills>,
+    fill: Arc<Fill>,
+    done: bool,
+}
+
+impl Lease {
+    pub fn fill(&self) -> &Arc<Fill> {
+        &self.fill
+    }
+
+    /// Upstream answered 200: the body is coming into `file`.
+    pub fn filling(&self, file: Arc<std::fs::File>, size: Option<u64>, media_type: Option<Arc<str>>) {
+        self.fill.transition(State::Filling { file, size, media_type });
+    }
+
+    /// `written` bytes are now in the file.
+    pub fn progress(&self, written: u64) {
+        let before = self.fill.written.swap(written, Ordering::AcqRel);
+        assert!(written >= before, "published byte count went backwards");
+        self.fill.event.notify(usize::MAX);
+    }
+
+    /// The content is verified, in the store and in the index.
+    pub fn committed(mut self, size: u64) {
+        let (file, media_type) = match self.fill.state() {
+            State::Filling { file, media_type, .. } => (file, media_type),
+            other => panic!("commit from {other:?}"),
+        };
+        self.fill.transition(State::Committed { file, size, media_type });
+        self.done = true;
+        self.fills.remove(&self.fill);
+    }
+
+    pub fn failed(mut self, kind: Kind) {
+        self.fail(kind);
+    }
+
+    fn fail(&mut self, kind: Kind) {
+        if !self.fill.is_terminal() {
+            self.fill.transition(State::Failed(kind));
+        }
+        self.done = true;
+        self.fills.remove(&self.fill);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.done {
+            tracing::error!(digest = %self.fill.digest, "fill ended without commit or failure; failing it");
+            self.fail(Kind::Internal);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> Arc<std::fs::File> {
+        Arc::new(std::fs::File::open("/dev/null").unwrap())
+    }
+
+    #[test]
+    fn one_leader_many_followers() {
+        let fills = Fills::new(10);
+        let d = Digest::of(b"a");
+        let Joined::Lead(lease, _) = fills.join_or_lead(d, "r", || false) else { panic!() };
+        for _ in 0..3 {
+            assert!(matches!(fills.join_or_lead(d, "r", || false), Joined::Follow(_)));
+        }
+        assert_eq!(lease.fill().followers(), 4);
+        lease.filling(file(), Some(3), None);
+        lease.progress(3);
+        lease.committed(3);
+        assert_eq!(fills.inflight(), 0);
+        // After commit the map no longer has it, and the index (re-checked) does.
+        assert!(matches!(fills.join_or_lead(d, "r", || true), Joined::Committed));
+    }
+
+    #[test]
+    fn dropped_lease_fails_and_frees() {
+        let fills = Fills::new(10);
+        let d = Digest::of(b"b");
+        let Joined::Lead(lease, fill) = fills.join_or_lead(d, "r", || false) else { panic!() };
+        drop(lease);
+        assert!(matches!(fill.state(), State::Failed(Kind::Internal)));
+        assert!(matches!(fills.join_or_lead(d, "r", || false), Joined::Lead(..)));
+    }
+
+    #[test]
+    fn inflight_cap() {
+        let fills = Fills::new(1);
+        let _a = fills.join_or_lead(Digest::of(b"1"), "r", || false);
+        assert!(matches!(fills.join_or_lead(Digest::of(b"2"), "r", || false), Joined::Busy));
+    }
+
+    #[test]
+    #[should_panic(expected = "commit from")]
+    fn transitions_are_checked() {
+        let fills = Fills::new(1);
+        let Joined::Lead(lease, _) = fills.join_or_lead(Digest::of(b"c"), "r", || false) else { panic!() };
+        lease.committed(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "backwards")]
+    fn published_count_never_decreases() {
+        let fills = Fills::new(1);
+        let Joined::Lead(lease, _) = fills.join_or_lead(Digest::of(b"d"), "r", || false) else { panic!() };
+        lease.filling(file(), None, None);
+        lease.progress(10);
+        lease.progress(5);
+    }
+}

@@ -1,0 +1,628 @@
+//! The upstream HTTP/1.1 client (used by `upstream`, and through it by fills, step 6):
+//! hand-written on httparse, one per worker, with a pool of idle connections per origin,
+//! plain TCP or TLS (rustls, ring provider), and a timeout on every phase: connect, response
+//! head, and each body read (stall). Every body read has a cap chosen by the caller.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio_rustls::{ClientTlsStream, TlsConnector};
+
+use super::body::{response_framing, Chunked, Framing, Step};
+use crate::error::{Error, Kind, OrErr, Result, Side};
+use crate::limits::{self, Limits};
+
+/// Scheme, host and port: the unit of connection pooling and of credential scoping.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Origin {
+    /// The `Host` header value: the port only when it is not the scheme's default.
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let default = if self.tls { 443 } else { 80 };
+        if self.port == default { host } else { format!("{host}:{}", self.port) }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", if self.tls { "https" } else { "http" }, self.authority())
+    }
+}
+
+/// An absolute http(s) URL split into origin and path-and-query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    pub origin: Origin,
+    /// Always starts with `/`.
+    pub path: String,
+}
+
+impl Url {
+    pub fn parse(s: &str) -> Option<Url> {
+        let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return None;
+        };
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() || authority.contains('@') || authority.bytes().any(|b| b <= b' ') {
+            return None;
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']')?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => return None,
+            };
+            (h.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (authority.to_string(), None),
+            }
+        };
+        let port = match port {
+            Some(p) => p.parse().ok()?,
+            None if tls => 443,
+            None => 80,
+        };
+        if host.is_empty() {
+            return None;
+        }
+        let path = if path.starts_with('?') { format!("/{path}") } else { path.to_string() };
+        Some(Url { origin: Origin { tls, host: host.to_ascii_lowercase(), port }, path })
+    }
+
+    /// Resolve a `Location` header against this URL (absolute, or absolute-path reference).
+    pub fn join(&self, location: &str) -> Option<Url> {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            Url::parse(location)
+        } else if let Some(rest) = location.strip_prefix("//") {
+            Url::parse(&format!("{}://{rest}", if self.origin.tls { "https" } else { "http" }))
+        } else if location.starts_with('/') {
+            Some(Url { origin: self.origin.clone(), path: location.to_string() })
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.origin, self.path)
+    }
+}
+
+/// One transport connection to an origin.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<ClientTlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// Append at most `want` bytes to `buf` (growing it as needed). Ok(0) is end of stream.
+    async fn read_append(&mut self, mut buf: Vec<u8>, want: usize) -> (std::io::Result<usize>, Vec<u8>) {
+        let len = buf.len();
+        buf.reserve(want);
+        let slice = buf.slice_mut(len..len + want);
+        let (res, slice) = match self {
+            Stream::Plain(s) => s.read(slice).await,
+            Stream::Tls(s) => s.read(slice).await,
+        };
+        (res, slice.into_inner())
+    }
+
+    async fn write_all(&mut self, buf: Vec<u8>) -> std::io::Result<()> {
+        let (res, _) = match self {
+            Stream::Plain(s) => s.write_all(buf).await,
+            Stream::Tls(s) => s.write_all(buf).await,
+        };
+        res.map(|_| ())
+    }
+}
+
+/// A connection with the read-ahead bytes that belong to it.
+struct Conn {
+    stream: Stream,
+    idle_since: Instant,
+}
+
+/// An upstream request. Headers are name/value pairs added after Host and User-Agent.
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub url: &'a Url,
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+/// A response whose head has been read; its body is read with [`Response::chunk`] or
+/// [`Response::read_capped`]. Dropping it before the body ends closes the connection.
+pub struct Response {
+    pub status: u16,
+    /// Header names lowercased; values as sent (trimmed).
+    pub headers: Vec<(String, String)>,
+    framing: Framing,
+    body: BodyState,
+    conn: Option<Conn>,
+    /// Bytes read past the head, not yet handed out.
+    buf: Vec<u8>,
+    origin: Origin,
+    reusable: bool,
+    stall: Duration,
+    pool: Option<std::rc::Rc<Pool>>,
+}
+
+enum BodyState {
+    Length { left: u64 },
+    Chunked(Chunked),
+    Close,
+    Done,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body length when the framing states it.
+    pub fn content_length(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Length(n) => Some(n),
+            Framing::Empty => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Read the next piece of body into `out` (cleared first; at most its capacity). `None`
+    /// when the body has ended, after which the connection goes back to the pool.
+    pub async fn chunk(&mut self, mut out: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        out.clear();
+        loop {
+            match &mut self.body {
+                BodyState::Done => {
+                    self.finish();
+                    return Ok(None);
+                }
+                BodyState::Length { left } if *left == 0 => {
+                    self.body = BodyState::Done;
+                }
+                BodyState::Length { left } => {
+                    if !self.buf.is_empty() {
+                        let n = (self.buf.len() as u64).min(*left).min(out.capacity() as u64) as usize;
+                        out.extend_from_slice(&self.buf[..n]);
+                        self.buf.drain(..n);
+                        *left -= n as u64;
+                        return Ok(Some(out));
+                    }
+                    let want = (*left).min(out.capacity() as u64) as usize;
+                    let left_before = *left;
+                    let (n, back) = self.read_raw(out, want).await?;
+                    out = back;
+                    if n == 0 {
+                        return Err(Error::upstream(Kind::BadGateway, "upstream body ended short"));
+                    }
+                    self.body = BodyState::Length { left: left_before - n as u64 };
+                    return Ok(Some(out));
+                }
+                BodyState::Chunked(dec) => {
+                    if self.buf.is_empty() {
+                        let raw = std::mem::take(&mut self.buf);
+                        let (n, back) = self.read_raw(raw, limits::CHUNK_BYTES).await?;
+                        self.buf = back;
+                        if n == 0 {
+                            return Err(Error::upstream(Kind::BadGateway, "upstream chunked body ended short"));
+                        }
+                        continue;
+                    }
+                    let room = out.capacity() - out.len();
+                    let input = &self.buf[..];
+                    let step = dec
+                        .step(&input[..input.len().min(room.max(64))])
+                        .or_err(Kind::BadGateway, Side::Upstream, "bad chunked framing from upstream")
+                        .inspect_err(|_| self.reusable = false)?;
+                    match step {
+                        Step::Data { start, end, consumed } => {
+                            out.extend_from_slice(&self.buf[start..end]);
+                            self.buf.drain(..consumed);
+                            if !out.is_empty() {
+                                return Ok(Some(out));
+                            }
+                        }
+                        Step::Consumed(n) => {
+                            self.buf.drain(..n);
+                        }
+                        Step::Done(n) => {
+                            self.buf.drain(..n);
+                            self.body = BodyState::Done;
+                        }
+                    }
+                }
+                BodyState::Close => {
+                    if !self.buf.is_empty() {
+                        let n = self.buf.len().min(out.capacity());
+                        out.extend_from_slice(&self.buf[..n]);
+                        self.buf.drain(..n);
+                        return Ok(Some(out));
+                    }
+                    let cap = out.capacity();
+                    let (n, back) = self.read_raw(out, cap).await?;
+                    out = back;
+                    if n == 0 {
+                        self.body = BodyState::Done;
+                        continue;
+                    }
+                    return Ok(Some(out));
+                }
+            }
+        }
+    }
+
+    /// Read the whole body into memory, refusing more than `cap` bytes.
+    pub async fn read_capped(mut self, cap: u64) -> Result<Vec<u8>> {
+        if let Some(n) = self.content_length() {
+            if n > cap {
+                return Err(Error::upstream(Kind::BadGateway, "upstream body over its cap"));
+            }
+        }
+        let mut body = Vec::new();
+        let mut buf = Vec::with_capacity(64 * 1024);
+        while let Some(piece) = self.chunk(buf).await? {
+            if body.len() as u64 + piece.len() as u64 > cap {
+                return Err(Error::upstream(Kind::BadGateway, "upstream body over its cap"));
+            }
+            body.extend_from_slice(&piece);
+            buf = piece;
+        }
+        Ok(body)
+    }
+
+    /// Read and drop the body (up to a small cap) so the connection can be reused.
+    pub async fn discard(mut self) {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let mut total = 0u64;
+        while let Ok(Some(piece)) = self.chunk(buf).await {
+            total += piece.len() as u64;
+            if total > limits::SMALL_BODY_BYTES_MAX {
+                return;
+            }
+            buf = piece;
+        }
+    }
+
+    /// Raw read from the connection, appending at most `want` bytes to `out`: a
+    /// length-delimited body never pulls the next response's bytes into a buffer we hand out.
+    async fn read_raw(&mut self, out: Vec<u8>, want: usize) -> Result<(usize, Vec<u8>)> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(Error::upstream(Kind::BadGateway, "upstream connection gone"));
+        };
+        match monoio::time::timeout(self.stall, conn.stream.read_append(out, want)).await {
+            Ok((Ok(n), buf)) => Ok((n, buf)),
+            Ok((Err(e), _)) => {
+                self.reusable = false;
+                Err(Error::upstream(Kind::BadGateway, "upstream read failed").with_cause(e))
+            }
+            Err(_) => {
+                self.reusable = false;
+                Err(Error::upstream(Kind::BadGateway, "upstream body stalled"))
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let (true, Some(mut conn), Some(pool)) = (self.reusable, self.conn.take(), self.pool.take()) {
+            if self.buf.is_empty() {
+                conn.idle_since = Instant::now();
+                pool.put(self.origin.clone(), conn);
+            }
+        }
+    }
+}
+
+/// Idle connections per origin, owned by one worker.
+#[derive(Default)]
+struct Pool {
+    idle: RefCell<HashMap<Origin, Vec<Conn>>>,
+}
+
+impl Pool {
+    fn take(&self, origin: &Origin) -> Option<Conn> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(origin)?;
+        while let Some(conn) = list.pop() {
+            if conn.idle_since.elapsed() < limits::UPSTREAM_IDLE_TTL {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put(&self, origin: Origin, conn: Conn) {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(origin).or_default();
+        if list.len() < limits::UPSTREAM_IDLE_PER_ORIGIN_MAX {
+            list.push(conn);
+        }
+    }
+}
+
+/// The per-worker upstream HTTP client.
+pub struct Client {
+    pool: std::rc::Rc<Pool>,
+    tls: TlsConnector,
+    dns: RefCell<HashMap<(String, u16), (Vec<SocketAddr>, Instant)>>,
+    limits: Limits,
+}
+
+impl Client {
+    pub fn new(tls: Arc<rustls::ClientConfig>, limits: Limits) -> Client {
+        Client {
+            pool: Default::default(),
+            tls: TlsConnector::from(tls),
+            dns: RefCell::new(HashMap::new()),
+            limits,
+        }
+    }
+
+    /// Send one request and read the response head. A pooled connection that turns out to be
+    /// dead before any response byte is replaced by a fresh one, once (GET and HEAD are
+    /// idempotent).
+    pub async fn send(&self, req: &Request<'_>) -> Result<Response> {
+        let origin = &req.url.origin;
+        if let Some(conn) = self.pool.take(origin) {
+            match self.exchange(conn, req).await {
+                Ok(resp) => return Ok(resp),
+                Err((false, _)) => {} // nothing came back: the pooled connection was stale
+                Err((true, e)) => return Err(e),
+            }
+        }
+        let conn = self.connect(origin).await?;
+        self.exchange(conn, req).await.map_err(|(_, e)| e)
+    }
+
+    /// Write the request and read the response head. The error says whether any response
+    /// byte had arrived (if not, a retry on a fresh connection is safe).
+    async fn exchange(&self, mut conn: Conn, req: &Request<'_>) -> std::result::Result<Response, (bool, Error)> {
+        let mut head = format!(
+            "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringcache/{}\r\n",
+            req.method,
+            req.url.path,
+            req.url.origin.authority(),
+            env!("CARGO_PKG_VERSION")
+        );
+        for (name, value) in req.headers {
+            head.push_str(name);
+            head.push_str(": ");
+            head.push_str(value);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        if let Err(e) = conn.stream.write_all(head.into_bytes()).await {
+            return Err((false, Error::upstream(Kind::Unavailable, "upstream write failed").with_cause(e)));
+        }
+        let is_head = req.method == "HEAD";
+        let read_head = async {
+            let mut buf = Vec::with_capacity(16 * 1024);
+            loop {
+                if buf.len() >= limits::UPSTREAM_HEAD_BYTES_MAX {
+                    return Err((true, Error::upstream(Kind::BadGateway, "upstream response head too large")));
+                }
+                let want = (16 * 1024).min(limits::UPSTREAM_HEAD_BYTES_MAX - buf.len());
+                let (res, back) = conn.stream.read_append(buf, want).await;
+                buf = back;
+                match res {
+                    Ok(0) => {
+                        return Err((!buf.is_empty(), Error::upstream(Kind::Unavailable, "upstream closed the connection")));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err((!buf.is_empty(), Error::upstream(Kind::Unavailable, "upstream read failed").with_cause(e)));
+                    }
+                }
+                let mut slots = [httparse::EMPTY_HEADER; limits::UPSTREAM_HEADERS_MAX];
+                let mut resp = httparse::Response::new(&mut slots);
+                match resp.parse(&buf) {
+                    Ok(httparse::Status::Partial) => continue,
+                    Ok(httparse::Status::Complete(len)) => {
+                        let status = resp.code.unwrap_or(0);
+                        if (100..200).contains(&status) && status != 101 {
+                            buf.drain(..len);
+                            continue; // interim response (100 Continue): the real one follows
+                        }
+                        let framing = response_framing(status, is_head, resp.headers).map_err(|e| {
+                            (true, Error::upstream(Kind::BadGateway, "bad framing from upstream").with_cause(format!("{e:?}")))
+                        })?;
+                        let mut close = resp.version == Some(0);
+                        let mut headers = Vec::with_capacity(resp.headers.len());
+                        for h in resp.headers.iter() {
+                            let name = h.name.to_ascii_lowercase();
+                            let value = String::from_utf8_lossy(h.value.trim_ascii()).into_owned();
+                            if name == "connection" && value.to_ascii_lowercase().contains("close") {
+                                close = true;
+                            }
+                            headers.push((name, value));
+                        }
+                        buf.drain(..len);
+                        return Ok((status, headers, framing, close, buf));
+                    }
+                    Err(httparse::Error::TooManyHeaders) => {
+                        return Err((true, Error::upstream(Kind::BadGateway, "too many headers from upstream")));
+                    }
+                    Err(e) => {
+                        return Err((true, Error::upstream(Kind::BadGateway, "malformed response head from upstream").with_cause(e)));
+                    }
+                }
+            }
+        };
+        let (status, headers, framing, close, buf) =
+            match monoio::time::timeout(self.limits.upstream_header_timeout, read_head).await {
+                Ok(r) => r?,
+                Err(_) => return Err((true, Error::upstream(Kind::Unavailable, "upstream response head timed out"))),
+            };
+        let body = match framing {
+            Framing::Empty => BodyState::Done,
+            Framing::Length(n) => BodyState::Length { left: n },
+            Framing::Chunked => BodyState::Chunked(Chunked::new()),
+            Framing::Close => BodyState::Close,
+        };
+        Ok(Response {
+            status,
+            headers,
+            framing,
+            body,
+            conn: Some(conn),
+            buf,
+            origin: req.url.origin.clone(),
+            reusable: !close && framing != Framing::Close,
+            stall: self.limits.upstream_body_stall,
+            pool: Some(self.pool.clone()),
+        })
+    }
+
+    async fn connect(&self, origin: &Origin) -> Result<Conn> {
+        let addrs = self.resolve(origin).await?;
+        let mut last_err = None;
+        for addr in addrs {
+            match monoio::time::timeout(self.limits.upstream_connect_timeout, TcpStream::connect_addr(addr)).await {
+                Ok(Ok(tcp)) => {
+                    // Without NODELAY a TLS handshake waits on delayed ACKs (~40 ms each).
+                    let _ = tcp.set_nodelay(true);
+                    let stream = if origin.tls {
+                        let name = rustls_pki_types::ServerName::try_from(origin.host.clone())
+                            .or_err(Kind::Unavailable, Side::Upstream, "bad upstream host name")?;
+                        let tls = monoio::time::timeout(self.limits.upstream_connect_timeout, self.tls.connect(name, tcp))
+                            .await
+                            .map_err(|_| Error::upstream(Kind::Unavailable, "upstream TLS handshake timed out"))?
+                            .map_err(std::io::Error::from)
+                            .or_err(Kind::Unavailable, Side::Upstream, "upstream TLS handshake failed")?;
+                        Stream::Tls(Box::new(tls))
+                    } else {
+                        Stream::Plain(tcp)
+                    };
+                    return Ok(Conn { stream, idle_since: Instant::now() });
+                }
+                Ok(Err(e)) => last_err = Some(Error::upstream(Kind::Unavailable, "upstream connect failed").with_cause(e)),
+                Err(_) => last_err = Some(Error::upstream(Kind::Unavailable, "upstream connect timed out")),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| Error::upstream(Kind::Unavailable, "upstream host has no address")))
+    }
+
+    /// Resolve a host, off the event loop (getaddrinfo blocks), cached for `DNS_TTL`.
+    async fn resolve(&self, origin: &Origin) -> Result<Vec<SocketAddr>> {
+        if let Ok(ip) = origin.host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, origin.port)]);
+        }
+        let key = (origin.host.clone(), origin.port);
+        if let Some((addrs, at)) = self.dns.borrow().get(&key) {
+            if at.elapsed() < limits::DNS_TTL {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs = resolve_off_loop(key.0.clone(), key.1).await?;
+        self.dns.borrow_mut().insert(key, (addrs.clone(), Instant::now()));
+        Ok(addrs)
+    }
+}
+
+/// Run getaddrinfo on a short-lived thread and wait for it without blocking the worker.
+async fn resolve_off_loop(host: String, port: u16) -> Result<Vec<SocketAddr>> {
+    let slot: Arc<(Mutex<Option<std::io::Result<Vec<SocketAddr>>>>, event_listener::Event)> =
+        Arc::new((Mutex::new(None), event_listener::Event::new()));
+    let theirs = slot.clone();
+    std::thread::Builder::new()
+        .name("ringcache-dns".into())
+        .spawn(move || {
+            use std::net::ToSocketAddrs;
+            let r = (host.as_str(), port).to_socket_addrs().map(|a| a.collect());
+            *theirs.0.lock().unwrap() = Some(r);
+            theirs.1.notify(usize::MAX);
+        })
+        .or_err(Kind::Internal, Side::Internal, "spawn resolver thread")?;
+    loop {
+        let listener = slot.1.listen();
+        if let Some(r) = slot.0.lock().unwrap().take() {
+            return r.or_err(Kind::Unavailable, Side::Upstream, "upstream name did not resolve");
+        }
+        listener.await;
+    }
+}
+
+/// The TLS configuration for upstream connections: the system's roots (rustls-native-certs)
+/// plus an optional PEM CA file.
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> std::result::Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_table() {
+        let o = |tls, host: &str, port| Origin { tls, host: host.into(), port };
+        let cases: &[(&str, Option<(Origin, &str)>)] = &[
+            ("https://registry-1.docker.io", Some((o(true, "registry-1.docker.io", 443), "/"))),
+            ("http://127.0.0.1:5000/v2/", Some((o(false, "127.0.0.1", 5000), "/v2/"))),
+            ("http://[::1]:8080/x?y=1", Some((o(false, "::1", 8080), "/x?y=1"))),
+            ("https://Auth.Example.com/token?a=b", Some((o(true, "auth.example.com", 443), "/token?a=b"))),
+            ("ftp://x", None),
+            ("http://user:pw@x/", None),
+            ("http://x:notaport/", None),
+            ("http:///x", None),
+        ];
+        for (input, want) in cases {
+            let got = Url::parse(input).map(|u| (u.origin, u.path));
+            assert_eq!(got.as_ref().map(|(o, p)| (o, p.as_str())), want.as_ref().map(|(o, p)| (o, *p)), "{input}");
+        }
+        assert_eq!(o(true, "a", 443).authority(), "a");
+        assert_eq!(o(false, "a", 5000).authority(), "a:5000");
+        assert_eq!(o(false, "::1", 80).authority(), "[::1]");
+    }
+
+    #[test]
+    fn join_locations() {
+        let base = Url::parse("https://reg.example/v2/x/blobs/sha256:aa").unwrap();
+        assert_eq!(base.join("https://cdn.example/a?b").unwrap().to_string(), "https://cdn.example/a?b");
+        assert_eq!(base.join("/other").unwrap().to_string(), "https://reg.example/other");
+        assert_eq!(base.join("//cdn2/x").unwrap().to_string(), "https://cdn2/x");
+        assert!(base.join("relative/path").is_none());
+        assert!(base.join("file:///etc/passwd").is_none());
+    }
+}

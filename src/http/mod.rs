@@ -1,0 +1,7 @@
+//! Our own HTTP/1.1: `parse` (pure request heads), `body` (upstream response framing),
+//! `conn` (the server connection state machine), `client` (upstream HTTP/1.1).
+
+pub mod body;
+pub mod client;
+pub mod conn;
+pub mod parse;

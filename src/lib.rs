@@ -1,0 +1,59 @@
+//! ringcache: a pull-through cache for OCI / Docker registries.
+//!
+//! A drop-in replacement for the reference registry (CNCF Distribution) in `proxy:` mode.
+//! On a miss it fetches from upstream **once**, however many clients wait, and streams the
+//! bytes to all of them while writing the blob to disk and checking its sha256; later pulls
+//! are served from disk.
+//!
+//! # Layout
+//!
+//! | module | what it is |
+//! |---|---|
+//! | `main.rs` | CLI: `serve`, `check-config`; wires config → store → workers |
+//! | [`config`] | YAML (the reference registry's shape) → [`config::Config`] |
+//! | [`limits`] | every hard bound, each with its reason |
+//! | [`error`] | one [`error::Error`]; one table kind → OCI code + status |
+//! | [`worker`] | one monoio runtime per core: listener, accept loop, connection cap |
+//! | [`http`] | `parse` (pure request heads), `body` (framing), `conn` (server), `client` (upstream) |
+//! | [`route`] | method + path → [`route::Route`]; OCI name/tag/digest grammar |
+//! | [`digest`] | the sha256 [`digest::Digest`] newtype |
+//! | [`proxy`] | `serve(request)`: the one place where hit / miss / fill is decided |
+//! | [`store`] | content-addressed files, the index, ingest and commit, tag resolutions |
+//! | [`fill`] | the sharded in-flight map, the fill task, followers |
+//! | [`upstream`] | registry client: auth (Basic, Bearer), redirects |
+//!
+//! # The data path
+//!
+//! 1. **accept** — a worker accepts and spawns the connection task ([`worker`]).
+//! 2. **parse** — the request head is parsed from the connection's read buffer within the
+//!    limits ([`http::parse`], [`http::conn`]). Pipelined requests are answered in order.
+//! 3. **route** — method + path become a [`route::Route`]; writes get 405 `UNSUPPORTED`.
+//! 4. **tags** — a manifest by tag is resolved upstream with HEAD (within a freshness window,
+//!    and stale-if-error) ([`proxy`], [`store::tags`]). From here on everything is by digest.
+//! 5. **lookup** — the index says whether the digest is committed; a hit streams the file
+//!    ([`store::index`], [`proxy`]).
+//! 6. **miss** — [`fill::Fills::join_or_lead`]: one fill task per digest writes and hashes the
+//!    upstream body ([`fill::task`]); every requester follows the temp file as it grows
+//!    ([`fill::follow`]).
+//! 7. **commit** — size and sha256 checked, fsync, rename, fsync the directory, index
+//!    ([`store::ingest`]). Followers send the final byte only after `Committed`: a body that
+//!    fails verification is never delivered complete.
+//!
+//! # Glossary
+//!
+//! - **upstream**: the registry we cache (never "client").
+//! - **fill**: the one upstream fetch of a digest, writing to an ingest file.
+//! - **leader / follower**: the requester that started a fill / every requester streaming it.
+//! - **ingest**: a temp file under `ingest/` being filled; **commit** moves it into `blobs/`.
+
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod fill;
+pub mod http;
+pub mod limits;
+pub mod proxy;
+pub mod route;
+pub mod store;
+pub mod upstream;
+pub mod worker;

@@ -1,0 +1,88 @@
+//! Every hard bound in ringcache, each with the reason it exists.
+//!
+//! Limits that an operator may tune live in [`Limits`] (config section `ringcache.limits`);
+//! the rest are constants. Past a limit comes a typed error (431, 502, 503), never unbounded
+//! growth.
+
+use std::time::Duration;
+
+/// Bounds an operator may tune under `ringcache.limits`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest request line (`GET /v2/... HTTP/1.1`); longer gets 431 like the rest of the
+    /// head, since the name grammar caps useful paths far below this.
+    pub request_line_bytes_max: usize,
+    /// Longest single header line; one huge header must not eat the whole head budget.
+    pub header_line_bytes_max: usize,
+    /// Whole request head; this is also the size of each connection's read buffer.
+    pub head_bytes_max: usize,
+    /// Header count: httparse needs a fixed slot array, and this is its length.
+    pub headers_max: usize,
+    /// A client must finish sending a request head within this (slowloris).
+    pub head_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub keepalive_idle: Duration,
+    /// Connections one worker serves at once; past it new ones get 503 and are closed.
+    pub connections_per_worker_max: usize,
+    /// A client that accepts no bytes for this long while we send is cut.
+    pub send_stall: Duration,
+    /// Upstream: TCP (+TLS) connect.
+    pub upstream_connect_timeout: Duration,
+    /// Upstream: from request sent to response head received.
+    pub upstream_header_timeout: Duration,
+    /// Upstream: longest gap between two body reads.
+    pub upstream_body_stall: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_line_bytes_max: 8 * 1024,
+            header_line_bytes_max: 8 * 1024,
+            head_bytes_max: 32 * 1024,
+            headers_max: 100,
+            head_timeout: Duration::from_secs(10),
+            keepalive_idle: Duration::from_secs(75),
+            connections_per_worker_max: 16 * 1024,
+            send_stall: Duration::from_secs(30),
+            upstream_connect_timeout: Duration::from_secs(10),
+            upstream_header_timeout: Duration::from_secs(30),
+            upstream_body_stall: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Manifests are read whole into memory (to verify and store them): the reference registry's
+/// own cap.
+pub const MANIFEST_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Token responses, error bodies, tag lists: small JSON documents read whole.
+pub const SMALL_BODY_BYTES_MAX: u64 = 1024 * 1024;
+/// Upstream response head (status line + headers).
+pub const UPSTREAM_HEAD_BYTES_MAX: usize = 64 * 1024;
+/// Header slots for parsing an upstream response head.
+pub const UPSTREAM_HEADERS_MAX: usize = 128;
+/// Redirects followed for one upstream request (Docker Hub uses one, to its CDN).
+pub const REDIRECTS_MAX: usize = 10;
+/// Idle upstream connections kept per worker per origin.
+pub const UPSTREAM_IDLE_PER_ORIGIN_MAX: usize = 16;
+/// An idle pooled upstream connection older than this is not reused.
+pub const UPSTREAM_IDLE_TTL: Duration = Duration::from_secs(30);
+/// Size of one read from the store or from upstream: large enough to amortise a syscall,
+/// small enough that thousands of followers stay within memory (one buffer per connection).
+pub const CHUNK_BYTES: usize = 256 * 1024;
+/// Fills in flight at once across the process; past it new misses get 503 UNAVAILABLE.
+pub const FILLS_INFLIGHT_MAX: usize = 4096;
+/// Shards of the in-flight map and of the index (a power of two).
+pub const SHARDS: usize = 64;
+/// Resolved upstream addresses are reused for this long.
+pub const DNS_TTL: Duration = Duration::from_secs(60);
+/// A cached Bearer token is dropped this long before it expires, to cover clock skew and
+/// the request's own flight time.
+pub const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+/// Token lifetime when the realm does not say (distribution-spec: 60 s).
+pub const TOKEN_DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// Tag cache entries kept (per process); the least recently resolved is dropped past it.
+pub const TAGS_MAX: usize = 100_000;
+
+const _: () = assert!(SHARDS.is_power_of_two());
+const _: () = assert!(CHUNK_BYTES as u64 <= MANIFEST_BYTES_MAX);

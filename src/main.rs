@@ -1,0 +1,110 @@
+//! The `ringcache` command: `serve`, `check-config`. Wires config → store → workers.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use ringcache::config::{Config, DEFAULT_YAML};
+use ringcache::worker::{self, Shared};
+
+#[derive(Parser)]
+#[command(name = "ringcache", version, about = "A pull-through cache for OCI / Docker registries")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the cache (with no --config, on the embedded default config).
+    Serve {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and print the effective config, secrets masked.
+    CheckConfig { file: PathBuf },
+}
+
+/// Exit code for an invalid configuration.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => {
+            let config = match load(Some(&file)) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ringcache: config error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            for key in &config.ignored_keys {
+                eprintln!("ringcache: note: {key} is not used by ringcache and is ignored");
+            }
+            print!("{}", serde_saphyr::to_string(&config.effective()).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Command::Serve { config } => {
+            let config = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ringcache: config error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            init_logging(&config.log_level);
+            match serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("ringcache: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, String> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        None => DEFAULT_YAML.to_string(),
+    };
+    Config::from_yaml(&text).map_err(|e| e.to_string())
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("ringcache={level},warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    for key in &config.ignored_keys {
+        tracing::info!("config key {key} is not used by ringcache and is ignored");
+    }
+    let tls = ringcache::http::client::tls_config(config.upstream.ca_file.as_deref())
+        .map_err(|e| anyhow::anyhow!("upstream TLS setup: {e}"))?;
+    let store = ringcache::store::Store::open(&config.root_dir)
+        .with_context(|| format!("opening the store at {}", config.root_dir.display()))?;
+    let listeners = worker::bind(config.http_addr, config.workers).with_context(|| format!("listening on {}", config.http_addr))?;
+    let addr = listeners[0].local_addr()?;
+    tracing::info!(upstream = %config.upstream.url, workers = config.workers, "listening on {addr}");
+    let shared = Arc::new(Shared {
+        fills: ringcache::fill::Fills::new(ringcache::limits::FILLS_INFLIGHT_MAX),
+        tags: Default::default(),
+        store,
+        tls,
+        config,
+    });
+    let handles = worker::spawn(shared, listeners)?;
+    for h in handles {
+        if h.join().is_err() {
+            anyhow::bail!("a worker thread panicked");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,422 @@
+//! `serve(request)`: the one place where hit, miss and fill are decided (data path steps
+//! 4–7). Everything here is by digest once a tag is resolved.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::digest::Digest;
+use crate::error::{Error, Kind, OrErr, Result, Side};
+use crate::fill::follow::{self, Start};
+use crate::fill::task::{self, Content};
+use crate::fill::{Fill, Joined};
+use crate::http::conn::Exchange;
+use crate::http::parse::{resolve_range, RangeResult, RangeSpec};
+use crate::limits;
+use crate::route::{Method, Page, Reference, Route};
+use crate::store::{Entry, Ingest};
+use crate::upstream::{status_error, MANIFEST_ACCEPT_DEFAULT};
+use crate::worker::Worker;
+
+/// A routed request.
+pub struct Request {
+    pub method: Method,
+    pub route: Route,
+    /// The client's Accept headers joined, forwarded upstream for manifests.
+    pub accept: Option<String>,
+    pub range: Option<RangeSpec>,
+}
+
+const JSON: &str = "application/json; charset=utf-8";
+const OCTETS: &str = "application/octet-stream";
+
+fn io(e: std::io::Error) -> Error {
+    Error::new(Kind::Internal, Side::Client, "write to client").with_cause(e)
+}
+
+pub async fn serve(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>) -> Result<()> {
+    match &req.route {
+        Route::Root | Route::Base => x.send_full(200, &[("Content-Type", JSON)], b"{}".to_vec()).await.map_err(io),
+        Route::Blob { name, digest } => blob(w, req, x, name, *digest).await,
+        Route::Manifest { name, reference: Reference::Digest(d) } => manifest_by_digest(w, req, x, name, *d, None).await,
+        Route::Manifest { name, reference: Reference::Tag(tag) } => manifest_by_tag(w, req, x, name, tag).await,
+        Route::Tags { name, page } => tags_list(w, x, name, page).await,
+        Route::Catalog { page } => catalog(w, x, page).await,
+    }
+}
+
+// ----- blobs -----
+
+async fn blob(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, name: &str, digest: Digest) -> Result<()> {
+    let store = &w.shared.store;
+    loop {
+        if let Some(entry) = store.index.get(&digest) {
+            if !entry.linked(name) {
+                confirm(w, name, &format!("blobs/{digest}"), None, Kind::BlobUnknown).await?;
+                entry.link(name);
+            }
+            entry.touch();
+            return send_stored(w, req, x, digest, &entry, OCTETS).await;
+        }
+        if req.method == Method::Head {
+            return head_upstream(w, x, name, &format!("blobs/{digest}"), None, Kind::BlobUnknown, digest).await;
+        }
+        let fill = match join(w, name, digest, Content::Blob) {
+            Joined::Committed => continue,
+            Joined::Busy => return Err(Error::new(Kind::Unavailable, Side::Internal, "too many fills in flight")),
+            Joined::Lead(..) => unreachable!("join spawns the leader's task"),
+            Joined::Follow(fill) => fill,
+        };
+        if fill.repo != name {
+            confirm(w, name, &format!("blobs/{digest}"), None, Kind::BlobUnknown).await?;
+            fill.add_link(name);
+        }
+        return follow_fill(w, req, x, &fill, OCTETS).await;
+    }
+}
+
+/// Join the fill of `digest`, starting it (on this worker) if there is none.
+fn join(w: &Rc<Worker>, name: &str, digest: Digest, content: Content) -> Joined {
+    let store = &w.shared.store;
+    match w.shared.fills.join_or_lead(digest, name, || store.index.contains(&digest)) {
+        Joined::Lead(lease, fill) => {
+            monoio::spawn(task::run(w.clone(), lease, content));
+            Joined::Follow(fill)
+        }
+        other => other,
+    }
+}
+
+/// HEAD `tail` upstream in `name`: upstream confirms the content exists in that repository.
+async fn confirm(w: &Rc<Worker>, name: &str, tail: &str, accept: Option<&str>, unknown: Kind) -> Result<()> {
+    let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+    let resp = w.upstream.send("HEAD", name, tail, &headers).await?;
+    match resp.status {
+        200 => Ok(()),
+        s => Err(status_error(s, unknown)),
+    }
+}
+
+/// Answer a HEAD for content we do not have from upstream's HEAD.
+async fn head_upstream(
+    w: &Rc<Worker>,
+    x: &mut Exchange<'_>,
+    name: &str,
+    tail: &str,
+    accept: Option<&str>,
+    unknown: Kind,
+    digest: Digest,
+) -> Result<()> {
+    let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+    let resp = w.upstream.send("HEAD", name, tail, &headers).await?;
+    if resp.status != 200 {
+        return Err(status_error(resp.status, unknown));
+    }
+    let length = resp.header("content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ctype = match unknown {
+        Kind::ManifestUnknown => resp.header("content-type").unwrap_or(OCTETS).to_string(),
+        _ => OCTETS.to_string(),
+    };
+    let digest = digest.to_string();
+    x.send_head(200, length, &[("Content-Type", &ctype), ("Docker-Content-Digest", &digest), ("Accept-Ranges", "bytes")])
+        .await
+        .map_err(io)
+}
+
+/// Serve committed content from the store: a hit.
+async fn send_stored(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, digest: Digest, entry: &Entry, ctype: &str) -> Result<()> {
+    let path = w.shared.store.blob_path(&digest);
+    let file = monoio::fs::File::open(&path).await.or_err(Kind::Internal, Side::Store, "open committed content")?;
+    let len = file.metadata().await.or_err(Kind::Internal, Side::Store, "stat committed content")?.len();
+    if len != entry.size {
+        // The index and the disk disagree: never serve it; drop the entry so a fill repairs it.
+        tracing::error!(%digest, len, indexed = entry.size, "committed file has the wrong size; dropping it from the index");
+        w.shared.store.index.remove(&digest);
+        return Err(Error::new(Kind::Internal, Side::Store, "committed content has the wrong size"));
+    }
+    match send_range_head(req, x, digest, len, ctype).await? {
+        Some((start, end)) => x.send_file(&file, start, end).await.map_err(io),
+        None => Ok(()),
+    }
+}
+
+/// Resolve the Range against `size` and send the head. Returns the inclusive byte range the
+/// body must carry, or `None` when there is no body to send (HEAD, empty, 416).
+async fn send_range_head(req: &Request, x: &mut Exchange<'_>, digest: Digest, size: u64, ctype: &str) -> Result<Option<(u64, u64)>> {
+    let digest = digest.to_string();
+    let mut headers = vec![("Content-Type", ctype), ("Docker-Content-Digest", digest.as_str()), ("Accept-Ranges", "bytes")];
+    let (status, start, end, content_range) = match resolve_range(req.range, size) {
+        RangeResult::Full => (200, 0, size.saturating_sub(1), None),
+        RangeResult::Partial { start, end } => (206, start, end, Some(format!("bytes {start}-{end}/{size}"))),
+        RangeResult::Unsatisfiable => {
+            let cr = format!("bytes */{size}");
+            headers.push(("Content-Range", &cr));
+            x.send_head(416, 0, &headers).await.map_err(io)?;
+            return Ok(None);
+        }
+    };
+    if let Some(cr) = &content_range {
+        headers.push(("Content-Range", cr));
+    }
+    let length = if size == 0 { 0 } else { end + 1 - start };
+    x.send_head(status, length, &headers).await.map_err(io)?;
+    Ok((!x.head_only && length > 0).then_some((start, end)))
+}
+
+/// Follow a fill: send the head as soon as upstream's size is known, stream what is written,
+/// and the last byte after the commit.
+async fn follow_fill(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, fill: &Arc<Fill>, ctype: &str) -> Result<()> {
+    let limits = &w.shared.config.limits;
+    let (file, size, media_type) = match follow::start(fill).await {
+        Start::Failed(kind) => return Err(Error::upstream(kind, "fill failed")),
+        Start::Filling { file, size: Some(size), media_type } if size > 0 => (file, size, media_type),
+        // Unknown size (no Content-Length upstream) or empty: wait for the verified whole.
+        Start::Filling { .. } => match follow::finish(fill).await {
+            Ok((file, size, media_type)) => (file, size, media_type),
+            Err(kind) => return Err(Error::upstream(kind, "fill failed")),
+        },
+        Start::Committed { file, size, media_type } => (file, size, media_type),
+    };
+    let ctype = media_type.as_deref().unwrap_or(ctype).to_string();
+    let stall = limits.upstream_body_stall * 2;
+    let send_stall = limits.send_stall;
+    let Some((start, end)) = send_range_head(req, x, fill.digest, size, &ctype).await? else {
+        return Ok(());
+    };
+    let buf = std::mem::take(&mut x.buf);
+    let (res, buf) = follow::stream(fill, &file, start, end, size, x.sock, buf, send_stall, stall).await;
+    x.buf = buf;
+    match res {
+        Ok(()) => {
+            x.body_bytes += end + 1 - start;
+            Ok(())
+        }
+        Err(cut) => Err(Error::new(Kind::BadGateway, Side::Upstream, "follower cut short").with_cause(format!("{cut:?}"))),
+    }
+}
+
+// ----- manifests -----
+
+fn accept_or_default(req: &Request) -> &str {
+    req.accept.as_deref().unwrap_or(MANIFEST_ACCEPT_DEFAULT)
+}
+
+/// Does the client accept this media type? (No Accept, or `*/*`, accepts anything.)
+fn accepts(req: &Request, media_type: &str) -> bool {
+    match &req.accept {
+        None => true,
+        Some(a) => a.split(',').map(|t| t.split(';').next().unwrap_or("").trim()).any(|t| t == media_type || t == "*/*"),
+    }
+}
+
+async fn manifest_by_digest(
+    w: &Rc<Worker>,
+    req: &Request,
+    x: &mut Exchange<'_>,
+    name: &str,
+    digest: Digest,
+    confirmed: Option<&str>,
+) -> Result<()> {
+    let store = &w.shared.store;
+    let tail = format!("manifests/{digest}");
+    loop {
+        if let Some(entry) = store.index.get(&digest) {
+            if !entry.linked(name) {
+                if confirmed != Some(name) {
+                    confirm(w, name, &tail, Some(accept_or_default(req)), Kind::ManifestUnknown).await?;
+                }
+                entry.link(name);
+            }
+            entry.touch();
+            return send_manifest(w, x, digest, &entry).await;
+        }
+        if req.method == Method::Head {
+            return head_upstream(w, x, name, &tail, Some(accept_or_default(req)), Kind::ManifestUnknown, digest).await;
+        }
+        let content = Content::Manifest { accept: accept_or_default(req).to_string() };
+        let fill = match join(w, name, digest, content) {
+            Joined::Committed => continue,
+            Joined::Busy => return Err(Error::new(Kind::Unavailable, Side::Internal, "too many fills in flight")),
+            Joined::Lead(..) => unreachable!("join spawns the leader's task"),
+            Joined::Follow(fill) => fill,
+        };
+        if fill.repo != name {
+            confirm(w, name, &tail, Some(accept_or_default(req)), Kind::ManifestUnknown).await?;
+            fill.add_link(name);
+        }
+        return follow_fill(w, req, x, &fill, "application/vnd.oci.image.manifest.v1+json").await;
+    }
+}
+
+/// Manifests are small (≤ 4 MiB): read whole from the store and sent from memory, with the
+/// media type upstream gave, or sniffed from the JSON for content indexed at startup.
+async fn send_manifest(w: &Rc<Worker>, x: &mut Exchange<'_>, digest: Digest, entry: &Entry) -> Result<()> {
+    let body = read_small(&w.shared.store.blob_path(&digest), entry.size).await?;
+    let media_type = match entry.media_type() {
+        Some(mt) => mt,
+        None => {
+            let mt: Arc<str> = sniff_media_type(&body).into();
+            entry.set_media_type(mt.clone());
+            mt
+        }
+    };
+    let d = digest.to_string();
+    x.send_full(200, &[("Content-Type", &media_type), ("Docker-Content-Digest", &d)], body).await.map_err(io)
+}
+
+async fn read_small(path: &std::path::Path, size: u64) -> Result<Vec<u8>> {
+    if size > limits::MANIFEST_BYTES_MAX {
+        return Err(Error::new(Kind::Internal, Side::Store, "manifest over the size cap"));
+    }
+    let file = monoio::fs::File::open(path).await.or_err(Kind::Internal, Side::Store, "open manifest")?;
+    let buf = Vec::with_capacity(size as usize);
+    let (res, buf) = file.read_exact_at(buf, 0).await;
+    res.or_err(Kind::Internal, Side::Store, "read manifest")?;
+    Ok(buf)
+}
+
+/// The media type of a manifest from its JSON (`mediaType`, else its shape).
+pub fn sniff_media_type(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    if let Some(mt) = v.get("mediaType").and_then(|m| m.as_str()) {
+        return mt.to_string();
+    }
+    if v.get("schemaVersion").and_then(|s| s.as_u64()) == Some(1) {
+        return if v.get("signatures").is_some() {
+            "application/vnd.docker.distribution.manifest.v1+prettyjws".into()
+        } else {
+            "application/vnd.docker.distribution.manifest.v1+json".into()
+        };
+    }
+    if v.get("manifests").is_some() {
+        "application/vnd.oci.image.index.v1+json".into()
+    } else {
+        "application/vnd.oci.image.manifest.v1+json".into()
+    }
+}
+
+async fn manifest_by_tag(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, name: &str, tag: &str) -> Result<()> {
+    let shared = &w.shared;
+    let cached = shared.tags.get(name, tag).filter(|r| accepts(req, &r.media_type));
+    if let Some(r) = &cached {
+        if r.at.elapsed() < shared.config.tags_fresh_for && shared.store.index.contains(&r.digest) {
+            return manifest_by_digest(w, req, x, name, r.digest, Some(name)).await;
+        }
+    }
+    let tail = format!("manifests/{tag}");
+    let accept = accept_or_default(req).to_string();
+    let asked = Instant::now();
+    let stale = |e: Error| -> Result<Digest> {
+        // stale-if-error: upstream down or rate-limiting, and we know what the tag was.
+        match (&cached, e.kind) {
+            (Some(r), Kind::Unavailable | Kind::TooManyRequests | Kind::BadGateway) if shared.store.index.contains(&r.digest) => {
+                tracing::warn!(name, tag, error = %e, "upstream unavailable; serving the cached tag");
+                Ok(r.digest)
+            }
+            _ => Err(e),
+        }
+    };
+    let digest = match w.upstream.send("HEAD", name, &tail, &[("Accept", &accept)]).await {
+        Err(e) => stale(e)?,
+        Ok(resp) if resp.status == 200 => {
+            let digest = resp.header("docker-content-digest").and_then(|d| Digest::parse(d).ok());
+            let media_type: Arc<str> = resp.header("content-type").unwrap_or("").into();
+            match digest {
+                Some(d) => {
+                    shared.tags.put(name, tag, d, media_type, asked);
+                    d
+                }
+                None => return manifest_by_tag_get(w, req, x, name, tag, asked).await,
+            }
+        }
+        Ok(resp) if resp.status == 404 => {
+            shared.tags.remove(name, tag);
+            return Err(Error::upstream(Kind::ManifestUnknown, "upstream has no such tag"));
+        }
+        Ok(resp) => stale(status_error(resp.status, Kind::ManifestUnknown))?,
+    };
+    manifest_by_digest(w, req, x, name, digest, Some(name)).await
+}
+
+/// Upstream answered the tag HEAD without a digest: GET the manifest by tag, hash it, store it.
+async fn manifest_by_tag_get(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, name: &str, tag: &str, asked: Instant) -> Result<()> {
+    let resp = w.upstream.send("GET", name, &format!("manifests/{tag}"), &[("Accept", accept_or_default(req))]).await?;
+    if resp.status != 200 {
+        return Err(status_error(resp.status, Kind::ManifestUnknown));
+    }
+    let media_type: Arc<str> = resp.header("content-type").unwrap_or("").into();
+    let body = resp.read_capped(limits::MANIFEST_BYTES_MAX).await?;
+    let digest = Digest::of(&body);
+    let store = &w.shared.store;
+    if !store.index.contains(&digest) {
+        let mut ingest = Ingest::create(store).or_err(Kind::Unavailable, Side::Store, "create ingest file")?;
+        let (res, body_back) = ingest.append(body).await;
+        res.or_err(Kind::Unavailable, Side::Store, "write manifest")?;
+        let n = ingest.commit(store, digest, Some(body_back.len() as u64)).await.or_err(Kind::Unavailable, Side::Store, "commit manifest")?;
+        store.index.insert(digest, Arc::new(Entry::new(n, Some(media_type.clone()))));
+    }
+    w.shared.tags.put(name, tag, digest, media_type, asked);
+    manifest_by_digest(w, req, x, name, digest, Some(name)).await
+}
+
+// ----- listings -----
+
+async fn tags_list(w: &Rc<Worker>, x: &mut Exchange<'_>, name: &str, page: &Page) -> Result<()> {
+    let mut tail = "tags/list".to_string();
+    let mut sep = '?';
+    if let Some(n) = page.n {
+        tail.push_str(&format!("{sep}n={n}"));
+        sep = '&';
+    }
+    if let Some(last) = &page.last {
+        tail.push_str(&format!("{sep}last={}", crate::route::percent_encode(last)));
+    }
+    let resp = w.upstream.send("GET", name, &tail, &[("Accept", "application/json")]).await?;
+    if resp.status != 200 {
+        return Err(status_error(resp.status, Kind::NameUnknown));
+    }
+    let link = resp.header("link").map(str::to_string);
+    let body = resp.read_capped(limits::SMALL_BODY_BYTES_MAX).await?;
+    let mut headers = vec![("Content-Type", JSON)];
+    if let Some(l) = &link {
+        headers.push(("Link", l));
+    }
+    x.send_full(200, &headers, body).await.map_err(io)
+}
+
+/// `_catalog` lists the repositories with cached content (the cache's own view).
+async fn catalog(w: &Rc<Worker>, x: &mut Exchange<'_>, page: &Page) -> Result<()> {
+    let all = w.shared.store.index.repositories();
+    let start = page.last.as_ref().map_or(0, |l| all.partition_point(|r| r <= l));
+    let n = page.n.map_or(1000, |n| n as usize);
+    let slice: Vec<&String> = all[start..].iter().take(n).collect();
+    let body = serde_json::json!({ "repositories": slice }).to_string().into_bytes();
+    let mut headers = vec![("Content-Type", JSON)];
+    let link;
+    if start + slice.len() < all.len() && !slice.is_empty() {
+        link = format!(
+            "</v2/_catalog?last={}&n={n}>; rel=\"next\"",
+            crate::route::percent_encode(slice[slice.len() - 1])
+        );
+        headers.push(("Link", &link));
+    }
+    x.send_full(200, &headers, body).await.map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffing() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#, "application/vnd.docker.distribution.manifest.v2+json"),
+            (r#"{"schemaVersion":2,"config":{},"layers":[]}"#, "application/vnd.oci.image.manifest.v1+json"),
+            (r#"{"schemaVersion":2,"manifests":[]}"#, "application/vnd.oci.image.index.v1+json"),
+            (r#"{"schemaVersion":1,"signatures":[]}"#, "application/vnd.docker.distribution.manifest.v1+prettyjws"),
+        ];
+        for (body, want) in cases {
+            assert_eq!(sniff_media_type(body.as_bytes()), *want);
+        }
+    }
+}

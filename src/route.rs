@@ -1,0 +1,320 @@
+//! Data path step 3: method + path become a [`Route`]. Names, tags and digests are validated
+//! here against the OCI distribution-spec grammar, so nothing invalid reaches the store or
+//! upstream. Pure: no IO, no clock.
+
+use crate::digest::{Digest, DigestError};
+use crate::error::{Error, Kind};
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /` on the main listener: liveness for load balancers.
+    Root,
+    /// `GET /v2/`: API version check.
+    Base,
+    Manifest { name: String, reference: Reference },
+    Blob { name: String, digest: Digest },
+    Tags { name: String, page: Page },
+    Catalog { page: Page },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    Tag(String),
+    Digest(Digest),
+}
+
+/// Pagination parameters (`n`, `last`) of `tags/list` and `_catalog`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    pub n: Option<u32>,
+    pub last: Option<String>,
+}
+
+/// The request method, reduced to what routing needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    /// Anything else: PUT, POST, PATCH, DELETE, OPTIONS... This is a read-only cache.
+    Other,
+}
+
+impl Method {
+    pub fn parse(m: &str) -> Method {
+        match m {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            _ => Method::Other,
+        }
+    }
+}
+
+/// Longest repository name (distribution-spec: name components joined must stay under 255).
+pub const NAME_BYTES_MAX: usize = 255;
+/// Longest tag (OCI grammar: 1 + 127 characters).
+pub const TAG_BYTES_MAX: usize = 128;
+
+/// Route a request. `target` is the request-target as sent (path plus optional query).
+/// `Ok(None)` means no such route (plain 404 like the reference registry).
+pub fn route(method: Method, target: &str) -> Result<Option<Route>, Error> {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (target, ""),
+    };
+    if path == "/" {
+        return if method == Method::Other { Err(unsupported()) } else { Ok(Some(Route::Root)) };
+    }
+    let Some(rest) = path.strip_prefix("/v2") else {
+        return Ok(None);
+    };
+    // Writes are refused before anything else is looked at: the body is never read.
+    if method == Method::Other {
+        return Err(unsupported());
+    }
+    if path.contains('%') {
+        return Err(Error::client(Kind::NameInvalid, "percent-encoded path"));
+    }
+    if rest.is_empty() || rest == "/" {
+        return Ok(Some(Route::Base));
+    }
+    let rest = &rest[1..];
+    if rest == "_catalog" {
+        return Ok(Some(Route::Catalog { page: page(query)? }));
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Ok(Some(Route::Tags { name: name_checked(name)?, page: page(query)? }));
+    }
+    let Some((prefix, last)) = rest.rsplit_once('/') else {
+        return Ok(None);
+    };
+    let Some((name, kind)) = prefix.rsplit_once('/') else {
+        return Ok(None);
+    };
+    match kind {
+        "manifests" => {
+            let name = name_checked(name)?;
+            let reference = if last.contains(':') {
+                Reference::Digest(digest_checked(last)?)
+            } else if is_tag(last) {
+                Reference::Tag(last.to_string())
+            } else {
+                return Err(Error::client(Kind::TagInvalid, "invalid tag"));
+            };
+            Ok(Some(Route::Manifest { name, reference }))
+        }
+        "blobs" => {
+            let name = name_checked(name)?;
+            Ok(Some(Route::Blob { name, digest: digest_checked(last)? }))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn unsupported() -> Error {
+    Error::client(Kind::Unsupported, "ringcache is a read-only pull-through cache")
+}
+
+fn digest_checked(s: &str) -> Result<Digest, Error> {
+    Digest::parse(s).map_err(|e| match e {
+        DigestError::Invalid => Error::client(Kind::DigestInvalid, "invalid digest"),
+        DigestError::UnsupportedAlgorithm => {
+            Error::client(Kind::DigestInvalid, "unsupported digest algorithm")
+        }
+    })
+}
+
+fn name_checked(name: &str) -> Result<String, Error> {
+    if is_name(name) {
+        Ok(name.to_string())
+    } else {
+        Err(Error::client(Kind::NameInvalid, "invalid repository name"))
+    }
+}
+
+/// OCI name grammar: components `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` joined by `/`.
+pub fn is_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= NAME_BYTES_MAX && name.split('/').all(is_component)
+}
+
+fn is_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        // A separator run between two alphanumerics: ".", "_", "__" or "-"+.
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &b[start..i];
+        let ok = sep == b"." || sep == b"_" || sep == b"__" || sep.iter().all(|&x| x == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// OCI tag grammar: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
+pub fn is_tag(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
+    !b.is_empty()
+        && b.len() <= TAG_BYTES_MAX
+        && word(b[0])
+        && b[1..].iter().all(|&x| word(x) || x == b'.' || x == b'-')
+}
+
+fn page(query: &str) -> Result<Page, Error> {
+    let mut page = Page::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v).ok_or_else(|| Error::client(Kind::BadRequest, "bad query"))?;
+        match k {
+            "n" => {
+                let n = v
+                    .parse::<u32>()
+                    .map_err(|_| Error::client(Kind::BadRequest, "invalid pagination n"))?;
+                page.n = Some(n);
+            }
+            "last" => page.last = Some(v),
+            _ => {}
+        }
+    }
+    Ok(page)
+}
+
+/// Decode `%XX` escapes and `+` in a query value; `None` for a malformed escape or non-UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Encode a query value (tags and names need no escapes but `/`; anything odd is escaped).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn r(method: &str, target: &str) -> Result<Option<Route>, Kind> {
+        route(Method::parse(method), target).map_err(|e| e.kind)
+    }
+
+    #[test]
+    fn routes_table() {
+        let d = Digest::parse(D).unwrap();
+        let tag = |n: &str, t: &str| {
+            Ok(Some(Route::Manifest { name: n.into(), reference: Reference::Tag(t.into()) }))
+        };
+        let cases: Vec<(&str, String, Result<Option<Route>, Kind>)> = vec![
+            ("GET", "/v2/".into(), Ok(Some(Route::Base))),
+            ("GET", "/v2".into(), Ok(Some(Route::Base))),
+            ("HEAD", "/v2/".into(), Ok(Some(Route::Base))),
+            ("GET", "/".into(), Ok(Some(Route::Root))),
+            ("GET", "/v2/library/alpine/manifests/3.20".into(), tag("library/alpine", "3.20")),
+            ("HEAD", "/v2/a/b/c/manifests/latest".into(), tag("a/b/c", "latest")),
+            (
+                "GET",
+                format!("/v2/alpine/manifests/{D}"),
+                Ok(Some(Route::Manifest { name: "alpine".into(), reference: Reference::Digest(d) })),
+            ),
+            ("GET", format!("/v2/x/blobs/{D}"), Ok(Some(Route::Blob { name: "x".into(), digest: d }))),
+            (
+                "GET",
+                "/v2/x/tags/list?n=10&last=v1".into(),
+                Ok(Some(Route::Tags {
+                    name: "x".into(),
+                    page: Page { n: Some(10), last: Some("v1".into()) },
+                })),
+            ),
+            ("GET", "/v2/_catalog".into(), Ok(Some(Route::Catalog { page: Page::default() }))),
+            ("GET", "/v2/x/tags/list?n=abc".into(), Err(Kind::BadRequest)),
+            ("GET", "/v2/UPPER/manifests/latest".into(), Err(Kind::NameInvalid)),
+            ("GET", "/v2/a/../b/manifests/latest".into(), Err(Kind::NameInvalid)),
+            ("GET", "/v2/a%2fb/manifests/latest".into(), Err(Kind::NameInvalid)),
+            ("GET", "/v2/a//b/manifests/latest".into(), Err(Kind::NameInvalid)),
+            ("GET", "/v2/a/manifests/-bad".into(), Err(Kind::TagInvalid)),
+            ("GET", "/v2/a/manifests/sha256:abc".into(), Err(Kind::DigestInvalid)),
+            ("GET", "/v2/a/blobs/latest".into(), Err(Kind::DigestInvalid)),
+            ("GET", "/v2/a/blobs/sha512:abcd".into(), Err(Kind::DigestInvalid)),
+            ("GET", "/v2/a/unknown/latest".into(), Ok(None)),
+            ("GET", "/v2/a".into(), Ok(None)),
+            ("GET", "/metrics".into(), Ok(None)),
+            ("PUT", "/v2/a/manifests/latest".into(), Err(Kind::Unsupported)),
+            ("POST", "/v2/a/blobs/uploads/".into(), Err(Kind::Unsupported)),
+            ("PATCH", "/v2/a/blobs/uploads/123".into(), Err(Kind::Unsupported)),
+            ("DELETE", format!("/v2/a/blobs/{D}"), Err(Kind::Unsupported)),
+        ];
+        for (m, t, want) in cases {
+            assert_eq!(r(m, &t), want, "{m} {t}");
+        }
+    }
+
+    #[test]
+    fn name_grammar() {
+        for ok in ["a", "a/b", "a-b", "a--b", "a__b", "a_b", "a.b", "0", "library/alpine"] {
+            assert!(is_name(ok), "{ok}");
+        }
+        for bad in ["", "A", "a/", "/a", "a..b", "a___b", "-a", "a-", "a.", "a_.b", "a b", ".."] {
+            assert!(!is_name(bad), "{bad}");
+        }
+        assert!(!is_name(&"a".repeat(256)));
+    }
+
+    #[test]
+    fn tag_grammar() {
+        for ok in ["latest", "v1.2.3", "_x", "A-b_c.d", &"a".repeat(128)] {
+            assert!(is_tag(ok), "{ok}");
+        }
+        for bad in ["", ".x", "-x", "a/b", "a:b", &"a".repeat(129)] {
+            assert!(!is_tag(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn percent() {
+        assert_eq!(percent_decode("a%2Fb+c").as_deref(), Some("a/b c"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_encode("library/alpine:1"), "library%2Falpine%3A1");
+    }
+}

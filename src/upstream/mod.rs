@@ -1,0 +1,177 @@
+//! The registry client (data path steps 4 and 6): requests to the configured upstream
+//! registry with authentication and redirects, on the worker's HTTP client.
+//!
+//! Credentials go only to the configured upstream's origin and to its token realm; never to a
+//! redirect target on another origin (Docker Hub redirects blobs to a CDN with a signed URL),
+//! never into logs or responses.
+
+pub mod auth;
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+use crate::config::UpstreamConfig;
+use crate::error::{Error, Kind, Result};
+use crate::http::client::{Client, Request, Response, Url};
+use crate::limits;
+use auth::{Challenge, Tokens};
+
+pub struct Upstream {
+    base: Url,
+    credentials: Option<(String, String)>,
+    docker_hub: bool,
+    client: Client,
+    tokens: RefCell<Tokens>,
+}
+
+/// Media types a manifest request accepts when the client sent no Accept header.
+pub const MANIFEST_ACCEPT_DEFAULT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig, client: Client) -> Upstream {
+        let host = config.url.origin.host.as_str();
+        Upstream {
+            base: config.url.clone(),
+            credentials: config.username.clone().zip(config.password.clone()),
+            docker_hub: matches!(host, "registry-1.docker.io" | "docker.io" | "index.docker.io"),
+            client,
+            tokens: RefCell::new(Tokens::default()),
+        }
+    }
+
+    /// The repository name upstream knows: Docker Hub's official images live under
+    /// `library/`.
+    pub fn repo_name<'a>(&self, name: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.docker_hub && !name.contains('/') {
+            format!("library/{name}").into()
+        } else {
+            name.into()
+        }
+    }
+
+    /// `method` `/v2/<name>/<tail>` upstream, authenticating and following redirects.
+    pub async fn send(&self, method: &str, name: &str, tail: &str, headers: &[(&str, &str)]) -> Result<Response> {
+        let name = self.repo_name(name);
+        let scope = format!("repository:{name}:pull");
+        let base_path = self.base.path.trim_end_matches('/');
+        let mut url = Url { origin: self.base.origin.clone(), path: format!("{base_path}/v2/{name}/{tail}") };
+        self.send_url(method, &mut url, &scope, headers).await
+    }
+
+    /// `GET /v2/_catalog`-style requests that are not under a repository.
+    pub async fn send_path(&self, method: &str, path: &str, scope: &str, headers: &[(&str, &str)]) -> Result<Response> {
+        let base_path = self.base.path.trim_end_matches('/');
+        let mut url = Url { origin: self.base.origin.clone(), path: format!("{base_path}{path}") };
+        self.send_url(method, &mut url, scope, headers).await
+    }
+
+    async fn send_url(&self, method: &str, url: &mut Url, scope: &str, headers: &[(&str, &str)]) -> Result<Response> {
+        let mut challenged = false;
+        let mut hops = 0;
+        loop {
+            let same_origin = url.origin == self.base.origin;
+            let authorization = if same_origin { self.authorization(scope) } else { None };
+            let mut all: Vec<(&str, &str)> = headers.to_vec();
+            if let Some(a) = &authorization {
+                all.push(("Authorization", a));
+            }
+            let resp = self.client.send(&Request { method, url, headers: &all }).await?;
+            match resp.status {
+                401 if same_origin && !challenged => {
+                    challenged = true;
+                    let challenge = resp.header("www-authenticate").and_then(auth::parse_challenge);
+                    resp.discard().await;
+                    match challenge {
+                        Some(c) => self.answer_challenge(c, scope).await?,
+                        None => return Err(Error::upstream(Kind::Unauthorized, "upstream refused without a usable challenge")),
+                    }
+                }
+                301 | 302 | 303 | 307 | 308 => {
+                    hops += 1;
+                    if hops > limits::REDIRECTS_MAX {
+                        return Err(Error::upstream(Kind::BadGateway, "too many upstream redirects"));
+                    }
+                    let next = resp.header("location").and_then(|l| url.join(l));
+                    resp.discard().await;
+                    *url = next.ok_or_else(|| Error::upstream(Kind::BadGateway, "upstream redirect to an unusable location"))?;
+                }
+                _ => return Ok(resp),
+            }
+        }
+    }
+
+    /// The Authorization header for a request to the upstream origin, if upstream has asked
+    /// for one and we have it.
+    fn authorization(&self, scope: &str) -> Option<String> {
+        let tokens = self.tokens.borrow();
+        match tokens.challenge.as_ref()? {
+            Challenge::Basic => self.credentials.as_ref().map(|(u, p)| auth::basic(u, p)),
+            Challenge::Bearer { .. } => tokens.get(scope, Instant::now()).map(|t| format!("Bearer {t}")),
+        }
+    }
+
+    async fn answer_challenge(&self, challenge: Challenge, scope: &str) -> Result<()> {
+        self.tokens.borrow_mut().challenge = Some(challenge.clone());
+        match challenge {
+            Challenge::Basic => {
+                if self.credentials.is_none() {
+                    return Err(Error::upstream(Kind::Unauthorized, "upstream requires credentials; none configured"));
+                }
+                Ok(())
+            }
+            Challenge::Bearer { realm, service, scope: asked } => {
+                let (token, ttl) = self.fetch_token(&realm, service.as_deref(), asked.as_deref().unwrap_or(scope)).await?;
+                self.tokens.borrow_mut().put(scope, token, ttl, Instant::now());
+                Ok(())
+            }
+        }
+    }
+
+    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<(String, Duration)> {
+        let realm_url = Url::parse(realm).ok_or_else(|| Error::upstream(Kind::Unauthorized, "token realm is not an http(s) URL"))?;
+        let mut query = String::new();
+        if let Some(s) = service {
+            query.push_str(&format!("service={}&", crate::route::percent_encode(s)));
+        }
+        query.push_str(&format!("scope={}", crate::route::percent_encode(scope)));
+        let sep = if realm_url.path.contains('?') { '&' } else { '?' };
+        let url = Url { origin: realm_url.origin.clone(), path: format!("{}{sep}{query}", realm_url.path) };
+        let basic = self.credentials.as_ref().map(|(u, p)| auth::basic(u, p));
+        let mut headers = vec![("Accept", "application/json")];
+        if let Some(b) = &basic {
+            headers.push(("Authorization", b));
+        }
+        let resp = self.client.send(&Request { method: "GET", url: &url, headers: &headers }).await.map_err(|e| {
+            Error { kind: Kind::Unavailable, context: "token endpoint unreachable", ..e }
+        })?;
+        let status = resp.status;
+        let body = resp.read_capped(limits::SMALL_BODY_BYTES_MAX).await?;
+        match status {
+            200 => {}
+            401 | 403 => return Err(Error::upstream(Kind::Unauthorized, "token endpoint refused the credentials")),
+            _ => return Err(Error::upstream(Kind::Unavailable, "token endpoint failed")),
+        }
+        let t: auth::TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| Error::upstream(Kind::Unavailable, "token endpoint sent invalid JSON").with_cause(e))?;
+        let token = t.token.or(t.access_token).filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::upstream(Kind::Unavailable, "token endpoint sent no token"))?;
+        let ttl = t.expires_in.map_or(limits::TOKEN_DEFAULT_TTL, Duration::from_secs);
+        Ok((token, ttl))
+    }
+}
+
+/// The error a client is told for an upstream status that is not a success.
+pub fn status_error(status: u16, unknown: Kind) -> Error {
+    let kind = match status {
+        404 => unknown,
+        401 => Kind::Unauthorized,
+        403 => Kind::Denied,
+        429 => Kind::TooManyRequests,
+        500..=599 => Kind::Unavailable,
+        _ => Kind::BadGateway,
+    };
+    Error::upstream(kind, "upstream answered with an error")
+}

@@ -1,0 +1,149 @@
+//! Thread-per-core (data path step 1): `workers` threads, each a single-threaded monoio
+//! runtime (io_uring; the fusion driver falls back to epoll where io_uring is blocked) that
+//! accepts on its own SO_REUSEPORT listener and owns its connections, buffers, upstream
+//! connection pool and token cache. Only [`Shared`] crosses threads.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::fill::Fills;
+use crate::http::client::Client;
+use crate::store::tags::Tags;
+use crate::store::Store;
+use crate::upstream::Upstream;
+
+/// What every worker shares: config, the store and its index, the in-flight map, tags.
+pub struct Shared {
+    pub config: Config,
+    pub store: Store,
+    pub fills: Arc<Fills>,
+    pub tags: Tags,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// One worker's state, owned by its thread.
+pub struct Worker {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub upstream: Upstream,
+    /// Open client connections on this worker (bounded by `connections_per_worker_max`).
+    connections: Cell<usize>,
+}
+
+/// Bind `n` SO_REUSEPORT listeners on `addr` (the kernel spreads connections over them). With
+/// port 0 the first bind picks the port and the rest share it.
+pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        // monoio-style SO_REUSEPORT binds would silently share a port with another process:
+        // refuse to start if something already listens there.
+        let probe = if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
+        if std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(200)).is_ok() {
+            return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("{addr} is already in use by another listener")));
+        }
+    }
+    let first = reuseport_listener(addr)?;
+    let addr = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(reuseport_listener(addr)?);
+    }
+    Ok(all)
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+/// Start one thread per listener.
+pub fn spawn(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut handles = Vec::new();
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let shared = shared.clone();
+        let h = std::thread::Builder::new().name(format!("ringcache-w{id}")).spawn(move || run(id, shared, listener))?;
+        handles.push(h);
+    }
+    Ok(handles)
+}
+
+fn run(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener) {
+    // COOP_TASKRUN + SINGLE_ISSUER: the ring is only used from this thread; measured to bring
+    // a keep-alive server on monoio level with nginx (DESIGN.md, stack facts).
+    let mut urb = io_uring::IoUring::builder();
+    urb.setup_coop_taskrun().setup_single_issuer();
+    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().with_entries(1024).uring_builder(urb).build();
+    let mut rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!(worker = id, error = %e, "io_uring setup flags refused; using defaults");
+            monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().expect("build a monoio runtime")
+        }
+    };
+    let driver = match &rt {
+        monoio::FusionRuntime::Uring(_) => "io_uring",
+        monoio::FusionRuntime::Legacy(_) => "epoll",
+    };
+    tracing::info!(worker = id, driver, "worker started");
+    rt.block_on(accept_loop(id, shared, listener));
+}
+
+/// Decrements the worker's connection count when a connection task ends, however it ends.
+struct ConnSlot(Rc<Worker>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.connections.set(self.0.connections.get() - 1);
+    }
+}
+
+async fn accept_loop(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener) {
+    let client = Client::new(shared.tls.clone(), shared.config.limits.clone());
+    let upstream = Upstream::new(&shared.config.upstream, client);
+    let worker = Rc::new(Worker { id, shared, upstream, connections: Cell::new(0) });
+    let listener = monoio::net::TcpListener::from_std(listener).expect("register listener");
+    let max = worker.shared.config.limits.connections_per_worker_max;
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if worker.connections.get() >= max {
+                    monoio::spawn(refuse(stream));
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                worker.connections.set(worker.connections.get() + 1);
+                let slot = ConnSlot(worker.clone());
+                monoio::spawn(async move {
+                    let w = slot.0.clone();
+                    crate::http::conn::serve(w, stream, peer).await;
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(worker = id, error = %e, "accept failed");
+                monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Over the connection cap: a short 503 and close.
+async fn refuse(mut stream: monoio::net::TcpStream) {
+    use monoio::io::AsyncWriteRentExt;
+    let e = crate::error::Error::new(crate::error::Kind::Unavailable, crate::error::Side::Internal, "too many connections");
+    let body = e.body();
+    let msg = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(msg.into_bytes()).await;
+}
