@@ -80,7 +80,12 @@ fn join(w: &Rc<Worker>, name: &str, digest: Digest, content: Content) -> Joined 
     let store = &w.shared.store;
     match w.shared.fills.join_or_lead(digest, name, || store.index.contains(&digest)) {
         Joined::Lead(lease, fill) => {
+            tracing::debug!(%digest, worker = w.id, "fill started; following it");
             monoio::spawn(task::run(w.clone(), lease, content));
+            Joined::Follow(fill)
+        }
+        Joined::Follow(fill) => {
+            tracing::debug!(%digest, worker = w.id, followers = fill.followers(), "fill joined; following it");
             Joined::Follow(fill)
         }
         other => other,
@@ -197,8 +202,13 @@ async fn follow_fill(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, fill: 
 
 // ----- manifests -----
 
+/// The Accept to send upstream for a manifest: the client's, or every manifest type we know
+/// when the client named none (or only `*/*`, which Distribution does not match OCI types on).
 fn accept_or_default(req: &Request) -> &str {
-    req.accept.as_deref().unwrap_or(MANIFEST_ACCEPT_DEFAULT)
+    match req.accept.as_deref() {
+        Some(a) if a.split(',').any(|t| t.split(';').next().unwrap_or("").trim() != "*/*") => a,
+        _ => MANIFEST_ACCEPT_DEFAULT,
+    }
 }
 
 /// Does the client accept this media type? (No Accept, or `*/*`, accepts anything.)

@@ -1,0 +1,104 @@
+//! Building test images: gzip'd tar layers (valid, so real clients accept them), an OCI
+//! config and manifest, and pushing them to the reference registry through its API.
+
+use std::io::{BufReader, Write};
+use std::net::SocketAddr;
+
+use super::http;
+
+/// A deterministic pseudo-random byte stream (xorshift), so big blobs need no storage.
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A gzip'd tar holding one file of `size` pseudo-random bytes. Returns (layer, diff_id hex).
+pub fn layer(seed: u64, size: usize) -> (Vec<u8>, String) {
+    let mut tar = tar::Builder::new(Vec::new());
+    let data = pseudo_random(seed, size);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, format!("file-{seed}.bin"), &data[..]).unwrap();
+    let tar = tar.into_inner().unwrap();
+    let diff_id = super::sha256_hex(&tar);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    (gz.finish().unwrap(), diff_id)
+}
+
+pub struct Image {
+    pub manifest: Vec<u8>,
+    pub manifest_digest: String,
+    pub config: Vec<u8>,
+    pub layers: Vec<Vec<u8>>,
+}
+
+impl Image {
+    pub fn layer_digests(&self) -> Vec<String> {
+        self.layers.iter().map(|l| format!("sha256:{}", super::sha256_hex(l))).collect()
+    }
+}
+
+/// An OCI image with one layer per size.
+pub fn image(seed: u64, sizes: &[usize]) -> Image {
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let (l, d) = layer(seed * 1000 + i as u64, *size);
+        layers.push(l);
+        diff_ids.push(format!("sha256:{d}"));
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "config": {}
+    })
+    .to_string()
+    .into_bytes();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": format!("sha256:{}", super::sha256_hex(&config)), "size": config.len()},
+        "layers": layers.iter().map(|l| serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": format!("sha256:{}", super::sha256_hex(l)), "size": l.len()})).collect::<Vec<_>>(),
+    })
+    .to_string()
+    .into_bytes();
+    let manifest_digest = format!("sha256:{}", super::sha256_hex(&manifest));
+    Image { manifest, manifest_digest, config, layers }
+}
+
+/// Push an image to a registry through the distribution push API (monolithic uploads).
+pub fn push(addr: SocketAddr, name: &str, tag: &str, img: &Image, auth: Option<&str>) {
+    let auth_h: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+    for blob in img.layers.iter().chain(std::iter::once(&img.config)) {
+        let digest = format!("sha256:{}", super::sha256_hex(blob));
+        let r = http::request(addr, "POST", &format!("/v2/{name}/blobs/uploads/"), &auth_h, b"");
+        assert_eq!(r.status, 202, "start upload: {}", r.text());
+        let loc = r.header("location").unwrap().to_string();
+        let loc = loc.split_once("://").map_or(loc.clone(), |(_, rest)| rest[rest.find('/').unwrap()..].to_string());
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let mut headers = auth_h.clone();
+        headers.push(("Content-Type", "application/octet-stream"));
+        let mut s = http::connect(addr);
+        http::send(&mut s, addr, "PUT", &format!("{loc}{sep}digest={digest}"), &headers, blob);
+        let r = http::read_response(&mut BufReader::new(s), false).unwrap();
+        assert_eq!(r.status, 201, "finish upload: {}", r.text());
+    }
+    let mut headers = auth_h.clone();
+    headers.push(("Content-Type", "application/vnd.oci.image.manifest.v1+json"));
+    let r = http::request(addr, "PUT", &format!("/v2/{name}/manifests/{tag}"), &headers, &img.manifest);
+    assert_eq!(r.status, 201, "put manifest: {}", r.text());
+}

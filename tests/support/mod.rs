@@ -1,0 +1,267 @@
+//! Test support: real peers (ringcache's binary, the reference registry, skopeo), an in-repo
+//! counting test upstream, image building, and a small raw HTTP/1.1 client.
+//!
+//! Every wait here is bounded in count and time and waits on an event (a log line, a port
+//! opening, a request arriving), never a fixed sleep.
+#![allow(dead_code)]
+
+pub mod http;
+pub mod image;
+pub mod upstream;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Install a peer if it is missing (the test command installs them; this is a clear failure
+/// when someone runs `cargo test` alone).
+pub fn require(bin: &str) {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {bin}")).output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(found, "{bin} is not installed: run scripts/test.sh, which installs the test peers");
+}
+
+/// A free loopback port (bound and released; the peer binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Wait until `addr` accepts connections (bounded: 20 s, 10 ms apart).
+pub fn wait_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{addr} never opened");
+}
+
+/// A child process killed on drop, with its stderr collected.
+pub struct Proc {
+    pub child: Child,
+    pub log: Arc<Mutex<String>>,
+    signal: Arc<std::sync::Condvar>,
+}
+
+impl Proc {
+    /// Spawn with stderr (and stdout) captured into `log`.
+    pub fn spawn(mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let signal = Arc::new(std::sync::Condvar::new());
+        for pipe in [Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stdout.take().unwrap())] {
+            let log = log.clone();
+            let signal = signal.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                    signal.notify_all();
+                }
+            });
+        }
+        Proc { child, log, signal }
+    }
+
+    /// Wait until the log has a line containing `needle`; returns that line (bounded: `within`).
+    pub fn wait_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let mut log = self.log.lock().unwrap();
+        loop {
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            let now = Instant::now();
+            assert!(now < deadline, "no log line with {needle:?} within {within:?}; log:\n{}", *log);
+            log = self.signal.wait_timeout(log, deadline - now).unwrap().0;
+        }
+    }
+
+    /// How many log lines contain every one of `needles`.
+    pub fn count_log(&self, needles: &[&str]) -> usize {
+        self.log.lock().unwrap().lines().filter(|l| needles.iter().all(|n| l.contains(n))).count()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Wait for exit (bounded).
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "process did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// ringcache's binary, started on port 0 with a temp root; knows its address.
+pub struct Ringcache {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub root: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Ringcache {
+    /// Start with a config whose `http.addr` and root are filled in. `extra` is more YAML
+    /// appended (e.g. a `ringcache:` section).
+    pub fn start(upstream: &str, extra: &str) -> Ringcache {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        let mut rc = Ringcache::start_at(upstream, extra, &root);
+        rc._dir = Some(dir);
+        rc
+    }
+
+    /// Start on an existing root (for restart tests).
+    pub fn start_at(upstream: &str, extra: &str, root: &Path) -> Ringcache {
+        let config = format!(
+            "version: 0.1\nlog: {{level: debug}}\nhttp: {{addr: 127.0.0.1:0}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nproxy: {{remoteurl: {upstream}}}\n{extra}",
+            root.display()
+        );
+        let cfg_path = root.with_extension("yml");
+        std::fs::create_dir_all(root.parent().unwrap()).unwrap();
+        std::fs::write(&cfg_path, config).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcache"));
+        cmd.arg("serve").arg("--config").arg(&cfg_path).env("RUST_LOG", "ringcache=debug");
+        let proc = Proc::spawn(cmd);
+        let line = proc.wait_log("listening on ", Duration::from_secs(20));
+        let addr = line.split("listening on ").nth(1).unwrap().split_whitespace().next().unwrap();
+        let addr: SocketAddr = strip_ansi(addr).parse().unwrap_or_else(|e| panic!("{line}: {e}"));
+        Ringcache { proc, addr, root: root.to_path_buf(), _dir: None }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
+/// The reference registry (Debian's docker-registry, Distribution 2.8) on a free port.
+pub struct Registry {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// `htpasswd`: optional (user, password) to protect it with Basic auth.
+    pub fn start(htpasswd: Option<(&str, &str)>) -> Registry {
+        Registry::start_with(htpasswd, None)
+    }
+
+    /// `proxy_of`: run it as a pull-through cache of that URL (the reference proxy).
+    pub fn start_with(htpasswd: Option<(&str, &str)>, proxy_of: Option<&str>) -> Registry {
+        require("docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut auth = String::new();
+        if let Some((user, password)) = htpasswd {
+            require("htpasswd");
+            let out = Command::new("htpasswd").args(["-Bbn", user, password]).output().unwrap();
+            assert!(out.status.success());
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, out.stdout).unwrap();
+            auth = format!("auth: {{htpasswd: {{realm: test-realm, path: {}}}}}\n", file.display());
+        }
+        let proxy = proxy_of.map(|u| format!("proxy: {{remoteurl: {u}}}\n")).unwrap_or_default();
+        let config = format!(
+            "version: 0.1\nlog: {{level: info, accesslog: {{disabled: true}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n{auth}{proxy}",
+            dir.path().join("data").display()
+        );
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(&cfg, config).unwrap();
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve").arg(&cfg);
+        let proc = Proc::spawn(cmd);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_port(addr);
+        Registry { proc, addr, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Blob GETs the registry has answered (from its log).
+    pub fn blob_gets(&self) -> usize {
+        self.proc.count_log(&["http.request.method=GET", "/blobs/sha256:", "response completed"])
+    }
+}
+
+/// `skopeo copy` from a registry at `addr` into an OCI layout; returns the elapsed time.
+pub fn skopeo_copy(addr: SocketAddr, image: &str, dest: &Path, creds: Option<&str>) -> Duration {
+    require("skopeo");
+    let started = Instant::now();
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["--insecure-policy", "copy", "--src-tls-verify=false", "--retry-times=0"]);
+    if let Some(c) = creds {
+        cmd.args(["--src-creds", c]);
+    }
+    cmd.arg(format!("docker://{addr}/{image}")).arg(format!("oci:{}", dest.display()));
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "skopeo copy {image} failed: {}", String::from_utf8_lossy(&out.stderr));
+    started.elapsed()
+}
+
+/// The sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> String {
+    let data = std::fs::read(path).unwrap();
+    sha256_hex(&data)
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    ringcache::digest::Digest::of(data).hex()
+}
+
+/// Every file under `dir`, relative path → sha256.
+pub fn tree_hashes(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), sha256_file(&p));
+            }
+        }
+    }
+    out
+}

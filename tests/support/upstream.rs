@@ -1,0 +1,299 @@
+//! The in-repo test upstream: speaks the registry read API, counts every request, can demand
+//! Bearer tokens from its own token realm, records the Authorization each request carried,
+//! and injects faults (corrupt a byte, truncate, hold the body behind a gate, pace it).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, Default)]
+pub enum Fault {
+    #[default]
+    None,
+    /// Flip the byte at this offset (the body no longer matches its digest).
+    Corrupt(usize),
+    /// Send this many bytes of the body, then close.
+    Truncate(usize),
+}
+
+#[derive(Clone)]
+pub struct Blob {
+    pub data: Arc<Vec<u8>>,
+    pub fault: Fault,
+    /// Hold the response (after the head) until the gate opens.
+    pub gated: bool,
+    /// Pause after each 64 KiB piece (a slow upstream).
+    pub pace: Option<Duration>,
+}
+
+#[derive(Default)]
+pub struct State {
+    blobs: Mutex<HashMap<String, Blob>>,
+    manifests: Mutex<HashMap<(String, String), (String, Vec<u8>)>>,
+    counts: Mutex<HashMap<String, usize>>,
+    /// (request line, Authorization header) for every request.
+    seen: Mutex<Vec<(String, Option<String>)>>,
+    arrived: Condvar,
+    /// (user, password) the token realm demands; a token is required on /v2/ when set.
+    bearer: Mutex<Option<(String, String)>>,
+    gate: Mutex<bool>,
+    gate_cv: Condvar,
+}
+
+pub const TOKEN: &str = "test-token-123";
+
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub state: Arc<State>,
+    stop: Arc<AtomicBool>,
+}
+
+impl TestUpstream {
+    pub fn start() -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (state.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if sp.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let st = st.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(conn, addr, &st);
+                });
+            }
+        });
+        TestUpstream { addr, state, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn add_blob(&self, data: Vec<u8>, fault: Fault) -> String {
+        self.add_blob_with(Blob { data: Arc::new(data), fault, gated: false, pace: None })
+    }
+
+    pub fn add_blob_with(&self, blob: Blob) -> String {
+        let digest = format!("sha256:{}", super::sha256_hex(&blob.data));
+        self.state.blobs.lock().unwrap().insert(digest.clone(), blob);
+        digest
+    }
+
+    pub fn add_manifest(&self, name: &str, tag: &str, media_type: &str, body: Vec<u8>) -> String {
+        let digest = format!("sha256:{}", super::sha256_hex(&body));
+        let mut m = self.state.manifests.lock().unwrap();
+        m.insert((name.into(), tag.into()), (media_type.into(), body.clone()));
+        m.insert((name.into(), digest.clone()), (media_type.into(), body));
+        digest
+    }
+
+    pub fn remove_manifest(&self, name: &str, tag: &str) {
+        self.state.manifests.lock().unwrap().remove(&(name.into(), tag.into()));
+    }
+
+    /// Demand Bearer tokens, issued by `/token` for these Basic credentials.
+    pub fn require_bearer(&self, user: &str, password: &str) {
+        *self.state.bearer.lock().unwrap() = Some((user.into(), password.into()));
+    }
+
+    pub fn open_gate(&self) {
+        *self.state.gate.lock().unwrap() = true;
+        self.state.gate_cv.notify_all();
+    }
+
+    /// Requests seen whose request line starts with `prefix` (e.g. "GET /v2/x/blobs/").
+    pub fn count(&self, prefix: &str) -> usize {
+        self.state.counts.lock().unwrap().iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v).sum()
+    }
+
+    /// Wait until `count(prefix) >= n` (bounded).
+    pub fn wait_count(&self, prefix: &str, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        let mut seen = self.state.seen.lock().unwrap();
+        loop {
+            let c = seen.iter().filter(|(l, _)| l.starts_with(prefix)).count();
+            if c >= n {
+                return;
+            }
+            let now = Instant::now();
+            assert!(now < deadline, "only {c} of {n} requests {prefix:?} within {within:?}");
+            seen = self.state.arrived.wait_timeout(seen, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn seen(&self) -> Vec<(String, Option<String>)> {
+        self.state.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.open_gate();
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut w = conn.try_clone()?;
+    let mut r = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let line = line.trim_end().to_string();
+        let mut authz = None;
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((n, v)) = h.split_once(':') {
+                if n.eq_ignore_ascii_case("authorization") {
+                    authz = Some(v.trim().to_string());
+                }
+            }
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("").to_string();
+        *st.counts.lock().unwrap().entry(format!("{method} {target}")).or_default() += 1;
+        st.seen.lock().unwrap().push((format!("{method} {target}"), authz.clone()));
+        st.arrived.notify_all();
+        let head = method == "HEAD";
+        let path = target.split('?').next().unwrap_or("").to_string();
+
+        if path == "/token" {
+            let creds = st.bearer.lock().unwrap().clone();
+            let ok = match (&creds, &authz) {
+                (Some((u, p)), Some(a)) => *a == basic(u, p),
+                (Some(_), None) => false,
+                (None, _) => true,
+            };
+            if ok {
+                respond(&mut w, 200, &[("Content-Type", "application/json")], format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#).as_bytes(), head)?;
+            } else {
+                respond(&mut w, 401, &[], b"{}", head)?;
+            }
+            continue;
+        }
+        if st.bearer.lock().unwrap().is_some() && authz.as_deref() != Some(&format!("Bearer {TOKEN}")) {
+            let name = path.trim_start_matches("/v2/").rsplitn(3, '/').nth(2).unwrap_or("").to_string();
+            let challenge = format!(
+                r#"Bearer realm="http://{addr}/token",service="test-upstream",scope="repository:{name}:pull""#
+            );
+            respond(&mut w, 401, &[("WWW-Authenticate", &challenge), ("Content-Type", "application/json")], br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#, head)?;
+            continue;
+        }
+        if path == "/v2/" {
+            respond(&mut w, 200, &[("Content-Type", "application/json")], b"{}", head)?;
+            continue;
+        }
+        let rest = path.trim_start_matches("/v2/");
+        let Some((prefix, reference)) = rest.rsplit_once('/') else {
+            respond(&mut w, 404, &[], b"", head)?;
+            continue;
+        };
+        let Some((name, kind)) = prefix.rsplit_once('/') else {
+            respond(&mut w, 404, &[], b"", head)?;
+            continue;
+        };
+        match kind {
+            "manifests" => {
+                let m = st.manifests.lock().unwrap().get(&(name.to_string(), reference.to_string())).cloned();
+                match m {
+                    Some((mt, body)) => {
+                        let d = format!("sha256:{}", super::sha256_hex(&body));
+                        respond(&mut w, 200, &[("Content-Type", &mt), ("Docker-Content-Digest", &d)], &body, head)?;
+                    }
+                    None => respond(&mut w, 404, &[("Content-Type", "application/json")], br#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#, head)?,
+                }
+            }
+            "blobs" => {
+                let b = st.blobs.lock().unwrap().get(reference).cloned();
+                let Some(b) = b else {
+                    respond(&mut w, 404, &[("Content-Type", "application/json")], br#"{"errors":[{"code":"BLOB_UNKNOWN"}]}"#, head)?;
+                    continue;
+                };
+                let head_bytes = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nDocker-Content-Digest: {reference}\r\n\r\n",
+                    b.data.len()
+                );
+                w.write_all(head_bytes.as_bytes())?;
+                if head {
+                    continue;
+                }
+                if b.gated {
+                    let mut open = st.gate.lock().unwrap();
+                    while !*open {
+                        open = st.gate_cv.wait(open).unwrap();
+                    }
+                }
+                let mut data = b.data.as_ref().clone();
+                let limit = match b.fault {
+                    Fault::Corrupt(at) => {
+                        data[at] ^= 0xff;
+                        data.len()
+                    }
+                    Fault::Truncate(at) => at,
+                    Fault::None => data.len(),
+                };
+                for piece in data[..limit].chunks(64 * 1024) {
+                    w.write_all(piece)?;
+                    if let Some(p) = b.pace {
+                        std::thread::sleep(p);
+                    }
+                }
+                if limit < data.len() {
+                    return Ok(()); // truncated: close
+                }
+            }
+            _ => respond(&mut w, 404, &[], b"", head)?,
+        }
+    }
+}
+
+fn respond(w: &mut TcpStream, status: u16, headers: &[(&str, &str)], body: &[u8], head: bool) -> std::io::Result<()> {
+    let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+    for (n, v) in headers {
+        out.push_str(&format!("{n}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    if !head {
+        bytes.extend_from_slice(body);
+    }
+    w.write_all(&bytes)
+}
+
+pub fn basic(user: &str, password: &str) -> String {
+    use std::fmt::Write;
+    // base64 by hand: tests should not need the crate under test's dependencies.
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let input = format!("{user}:{password}").into_bytes();
+    let mut out = String::from("Basic ");
+    for chunk in input.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.write_char(T[(n >> (18 - 6 * i) & 63) as usize] as char).unwrap();
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
