@@ -88,19 +88,42 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn err(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.to_string(), message: message.into() }
+    ConfigError {
+        key: key.to_string(),
+        message: message.into(),
+    }
 }
 
 /// The reference registry's configuration schema (Distribution 2.8 `configuration.go`):
 /// top-level keys, and for the sections ringcache reads, their sub-keys. A key listed here but
 /// not used is accepted and reported; a key not listed at all is reported as unknown.
 const REFERENCE_TOP: &[&str] = &[
-    "version", "log", "loglevel", "storage", "auth", "middleware", "reporting", "http",
-    "notifications", "redis", "health", "proxy", "compatibility", "validation", "policy", "catalog",
+    "version",
+    "log",
+    "loglevel",
+    "storage",
+    "auth",
+    "middleware",
+    "reporting",
+    "http",
+    "notifications",
+    "redis",
+    "health",
+    "proxy",
+    "compatibility",
+    "validation",
+    "policy",
+    "catalog",
 ];
 const USED: &[&str] = &[
-    "version", "log.level", "http.addr", "storage.filesystem.rootdirectory", "proxy.remoteurl",
-    "proxy.username", "proxy.password", "proxy.ttl",
+    "version",
+    "log.level",
+    "http.addr",
+    "storage.filesystem.rootdirectory",
+    "proxy.remoteurl",
+    "proxy.username",
+    "proxy.password",
+    "proxy.ttl",
 ];
 
 impl Config {
@@ -121,6 +144,17 @@ impl Config {
         let Value::Object(root) = tree else {
             return Err(err("", "the config must be a YAML mapping"));
         };
+        // The sections ringcache reads must be mappings when present.
+        for section in ["log", "http", "storage", "storage.filesystem", "proxy"] {
+            let mut parts = section.split('.');
+            let mut cur = root.get(parts.next().unwrap_or(""));
+            for p in parts {
+                cur = cur.and_then(|c| c.as_object()).and_then(|m| m.get(p));
+            }
+            if cur.is_some_and(|v| !v.is_object() && !v.is_null()) {
+                return Err(err(section, "must be a mapping"));
+            }
+        }
         let mut ignored = Vec::new();
         for (k, v) in &root {
             if k == "ringcache" {
@@ -143,7 +177,9 @@ impl Config {
                 ttl: Some(Duration::from_secs(168 * 3600)),
                 ca_file: None,
             },
-            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             limits: Limits::default(),
             tags_fresh_for: Duration::from_secs(60),
             ignored_keys: ignored,
@@ -157,8 +193,14 @@ impl Config {
         }
         if let Some(v) = get(&root, "log.level") {
             let level = string("log.level", v)?.to_ascii_lowercase();
-            let level = if level == "warning" { "warn".to_string() } else { level };
-            if !["error", "warn", "info", "debug", "trace", "panic", "fatal"].contains(&level.as_str()) {
+            let level = if level == "warning" {
+                "warn".to_string()
+            } else {
+                level
+            };
+            if !["error", "warn", "info", "debug", "trace", "panic", "fatal"]
+                .contains(&level.as_str())
+            {
                 return Err(err("log.level", format!("unknown level {level:?}")));
             }
             config.log_level = match level.as_str() {
@@ -167,7 +209,8 @@ impl Config {
             };
         }
         if let Some(v) = get(&root, "http.addr") {
-            config.http_addr = parse_addr(string("http.addr", v)?).map_err(|m| err("http.addr", m))?;
+            config.http_addr =
+                parse_addr(string("http.addr", v)?).map_err(|m| err("http.addr", m))?;
         }
         if let Some(v) = get(&root, "storage.filesystem.rootdirectory") {
             let s = string("storage.filesystem.rootdirectory", v)?;
@@ -178,14 +221,16 @@ impl Config {
         }
         if let Some(v) = get(&root, "proxy.remoteurl") {
             let s = string("proxy.remoteurl", v)?;
-            config.upstream.url =
-                Url::parse(s.trim_end_matches('/')).ok_or_else(|| err("proxy.remoteurl", format!("{s:?} is not an http(s) URL")))?;
+            config.upstream.url = Url::parse(s.trim_end_matches('/'))
+                .ok_or_else(|| err("proxy.remoteurl", format!("{s:?} is not an http(s) URL")))?;
         }
         if let Some(v) = get(&root, "proxy.username") {
-            config.upstream.username = Some(string("proxy.username", v)?.to_string()).filter(|s| !s.is_empty());
+            config.upstream.username =
+                Some(string("proxy.username", v)?.to_string()).filter(|s| !s.is_empty());
         }
         if let Some(v) = get(&root, "proxy.password") {
-            config.upstream.password = Some(string("proxy.password", v)?.to_string()).filter(|s| !s.is_empty());
+            config.upstream.password =
+                Some(string("proxy.password", v)?.to_string()).filter(|s| !s.is_empty());
         }
         if let Some(v) = get(&root, "proxy.ttl") {
             let d = duration("proxy.ttl", v)?;
@@ -254,7 +299,9 @@ fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), ConfigError>
                 for (k2, v2) in mapping(&key, v)? {
                     let key = format!("{key}.{k2}");
                     match k2.as_str() {
-                        "ca_file" => config.upstream.ca_file = Some(PathBuf::from(string(&key, v2)?)),
+                        "ca_file" => {
+                            config.upstream.ca_file = Some(PathBuf::from(string(&key, v2)?))
+                        }
                         _ => return Err(err(&key, "unknown key")),
                     }
                 }
@@ -314,8 +361,13 @@ fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), ConfigError>
                     }
                 }
                 let l = &config.limits;
-                if l.request_line_bytes_max > l.head_bytes_max || l.header_line_bytes_max > l.head_bytes_max {
-                    return Err(err("ringcache.limits.head_bytes_max", "must be at least the line limits"));
+                if l.request_line_bytes_max > l.head_bytes_max
+                    || l.header_line_bytes_max > l.head_bytes_max
+                {
+                    return Err(err(
+                        "ringcache.limits.head_bytes_max",
+                        "must be at least the line limits",
+                    ));
                 }
             }
             _ => return Err(err(&key, "unknown key")),
@@ -354,8 +406,12 @@ fn string<'a>(key: &str, v: &'a Value) -> Result<&'a str, ConfigError> {
 
 fn uint(key: &str, v: &Value) -> Result<u64, ConfigError> {
     match v {
-        Value::Number(n) => n.as_u64().ok_or_else(|| err(key, "must be a non-negative integer")),
-        Value::String(s) => s.parse().map_err(|_| err(key, "must be a non-negative integer")),
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| err(key, "must be a non-negative integer")),
+        Value::String(s) => s
+            .parse()
+            .map_err(|_| err(key, "must be a non-negative integer")),
         _ => Err(err(key, "must be a non-negative integer")),
     }
 }
@@ -366,9 +422,17 @@ fn mapping<'a>(key: &str, v: &'a Value) -> Result<&'a Map<String, Value>, Config
 
 fn duration(key: &str, v: &Value) -> Result<Duration, ConfigError> {
     match v {
-        Value::String(s) => parse_duration(s).ok_or_else(|| err(key, format!("invalid duration {s:?} (e.g. 168h, 90s, 1h30m)"))),
+        Value::String(s) => parse_duration(s).ok_or_else(|| {
+            err(
+                key,
+                format!("invalid duration {s:?} (e.g. 168h, 90s, 1h30m)"),
+            )
+        }),
         Value::Number(n) if n.as_u64() == Some(0) => Ok(Duration::ZERO),
-        _ => Err(err(key, "must be a duration string (e.g. 168h, 90s, 1h30m)")),
+        _ => Err(err(
+            key,
+            "must be a duration string (e.g. 168h, 90s, 1h30m)",
+        )),
     }
 }
 
@@ -391,7 +455,9 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         }
         let n: f64 = rest[..num_end].parse().ok()?;
         rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_end] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -463,7 +529,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.root_dir, PathBuf::from("/var/cache/ringcache"));
         assert_eq!(c.upstream.username.as_deref(), Some("U"));
-        assert!(!format!("{c:?}").contains("\"P\""), "password must not be printed");
+        assert!(
+            !format!("{c:?}").contains("\"P\""),
+            "password must not be printed"
+        );
         assert!(c.ignored_keys.is_empty(), "{:?}", c.ignored_keys);
     }
 
@@ -476,8 +545,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.http_addr, "0.0.0.0:5000".parse().unwrap());
-        for k in ["storage.filesystem.maxthreads", "storage.delete", "http.headers", "health", "bogus (unknown key)"] {
-            assert!(c.ignored_keys.iter().any(|i| i == k), "{k} in {:?}", c.ignored_keys);
+        for k in [
+            "storage.filesystem.maxthreads",
+            "storage.delete",
+            "http.headers",
+            "health",
+            "bogus (unknown key)",
+        ] {
+            assert!(
+                c.ignored_keys.iter().any(|i| i == k),
+                "{k} in {:?}",
+                c.ignored_keys
+            );
         }
     }
 
@@ -491,8 +570,14 @@ mod tests {
             ("version: 0.2", "version"),
             ("ringcache: {workers: 0}", "ringcache.workers"),
             ("ringcache: {wrokers: 2}", "ringcache.wrokers"),
-            ("ringcache: {limits: {head_bytes_max: 10}}", "ringcache.limits.head_bytes_max"),
-            ("ringcache: {limits: {head_timeout: 0s}}", "ringcache.limits.head_timeout"),
+            (
+                "ringcache: {limits: {head_bytes_max: 10}}",
+                "ringcache.limits.head_bytes_max",
+            ),
+            (
+                "ringcache: {limits: {head_timeout: 0s}}",
+                "ringcache.limits.head_timeout",
+            ),
             ("proxy: {username: u}", "proxy.password"),
         ];
         for (yaml, key) in cases {
@@ -531,7 +616,11 @@ mod tests {
             ("-1s", None),
         ];
         for (s, want) in cases {
-            assert_eq!(parse_duration(s).map(|d| d.as_millis() as u64), *want, "{s}");
+            assert_eq!(
+                parse_duration(s).map(|d| d.as_millis() as u64),
+                *want,
+                "{s}"
+            );
         }
         assert_eq!(format_duration(Duration::from_secs(168 * 3600)), "168h");
         assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");

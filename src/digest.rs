@@ -22,7 +22,9 @@ impl Digest {
         let (algo, hex) = s.split_once(':').ok_or(DigestError::Invalid)?;
         // OCI grammar: algorithm ::= [a-z0-9]+ ([+._-] [a-z0-9]+)*; encoded ::= [a-zA-Z0-9=_-]+
         let algo_ok = !algo.is_empty()
-            && algo.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b));
+            && algo
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b));
         if !algo_ok {
             return Err(DigestError::Invalid);
         }
@@ -126,9 +128,15 @@ mod tests {
             ("sha256:", Err(Invalid)),
             ("sha512:abcd", Err(UnsupportedAlgorithm)),
             ("SHA256:abcd", Err(Invalid)),
-            ("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", Err(Invalid)),
+            (
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                Err(Invalid),
+            ),
             (":abc", Err(Invalid)),
-            ("sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85g", Err(Invalid)),
+            (
+                "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85g",
+                Err(Invalid),
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(Digest::parse(input).map(|_| ()), *want, "{input}");

@@ -82,7 +82,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: Kind, side: Side, context: &'static str) -> Error {
-        Error { kind, side, context, cause: None }
+        Error {
+            kind,
+            side,
+            context,
+            cause: None,
+        }
     }
 
     pub fn client(kind: Kind, context: &'static str) -> Error {
@@ -93,7 +98,10 @@ impl Error {
         Error::new(kind, Side::Upstream, context)
     }
 
-    pub fn with_cause(mut self, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+    pub fn with_cause(
+        mut self,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         self.cause = Some(cause.into());
         self
     }
@@ -127,7 +135,11 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} error ({:?}): {}", self.side, self.kind, self.context)?;
+        write!(
+            f,
+            "{:?} error ({:?}): {}",
+            self.side, self.kind, self.context
+        )?;
         if let Some(cause) = &self.cause {
             write!(f, ": {cause}")?;
         }
@@ -137,7 +149,9 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.cause.as_deref().map(|c| c as &(dyn std::error::Error + 'static))
+        self.cause
+            .as_deref()
+            .map(|c| c as &(dyn std::error::Error + 'static))
     }
 }
 

@@ -9,7 +9,11 @@ use ringcache::config::{Config, DEFAULT_YAML};
 use ringcache::worker::{self, Shared};
 
 #[derive(Parser)]
-#[command(name = "ringcache", version, about = "A pull-through cache for OCI / Docker registries")]
+#[command(
+    name = "ringcache",
+    version,
+    about = "A pull-through cache for OCI / Docker registries"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,7 +47,10 @@ fn main() -> ExitCode {
             for key in &config.ignored_keys {
                 eprintln!("ringcache: note: {key} is not used by ringcache and is ignored");
             }
-            print!("{}", serde_saphyr::to_string(&config.effective()).unwrap_or_default());
+            print!(
+                "{}",
+                serde_saphyr::to_string(&config.effective()).unwrap_or_default()
+            );
             ExitCode::SUCCESS
         }
         Command::Serve { config } => {
@@ -78,7 +85,13 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("ringcache={level},warn")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only on a terminal: a pipe or the journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
@@ -90,7 +103,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("upstream TLS setup: {e}"))?;
     let store = ringcache::store::Store::open(&config.root_dir)
         .with_context(|| format!("opening the store at {}", config.root_dir.display()))?;
-    let listeners = worker::bind(config.http_addr, config.workers).with_context(|| format!("listening on {}", config.http_addr))?;
+    let listeners = worker::bind(config.http_addr, config.workers)
+        .with_context(|| format!("listening on {}", config.http_addr))?;
     let addr = listeners[0].local_addr()?;
     tracing::info!(upstream = %config.upstream.url, workers = config.workers, "listening on {addr}");
     let shared = Arc::new(Shared {

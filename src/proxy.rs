@@ -36,10 +36,19 @@ fn io(e: std::io::Error) -> Error {
 
 pub async fn serve(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>) -> Result<()> {
     match &req.route {
-        Route::Root | Route::Base => x.send_full(200, &[("Content-Type", JSON)], b"{}".to_vec()).await.map_err(io),
+        Route::Root | Route::Base => x
+            .send_full(200, &[("Content-Type", JSON)], b"{}".to_vec())
+            .await
+            .map_err(io),
         Route::Blob { name, digest } => blob(w, req, x, name, *digest).await,
-        Route::Manifest { name, reference: Reference::Digest(d) } => manifest_by_digest(w, req, x, name, *d, None).await,
-        Route::Manifest { name, reference: Reference::Tag(tag) } => manifest_by_tag(w, req, x, name, tag).await,
+        Route::Manifest {
+            name,
+            reference: Reference::Digest(d),
+        } => manifest_by_digest(w, req, x, name, *d, None).await,
+        Route::Manifest {
+            name,
+            reference: Reference::Tag(tag),
+        } => manifest_by_tag(w, req, x, name, tag).await,
         Route::Tags { name, page } => tags_list(w, x, name, page).await,
         Route::Catalog { page } => catalog(w, x, page).await,
     }
@@ -47,7 +56,13 @@ pub async fn serve(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>) -> Resul
 
 // ----- blobs -----
 
-async fn blob(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, name: &str, digest: Digest) -> Result<()> {
+async fn blob(
+    w: &Rc<Worker>,
+    req: &Request,
+    x: &mut Exchange<'_>,
+    name: &str,
+    digest: Digest,
+) -> Result<()> {
     let store = &w.shared.store;
     loop {
         if let Some(entry) = store.index.get(&digest) {
@@ -59,11 +74,26 @@ async fn blob(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, name: &str, d
             return send_stored(w, req, x, digest, &entry, OCTETS).await;
         }
         if req.method == Method::Head {
-            return head_upstream(w, x, name, &format!("blobs/{digest}"), None, Kind::BlobUnknown, digest).await;
+            return head_upstream(
+                w,
+                x,
+                name,
+                &format!("blobs/{digest}"),
+                None,
+                Kind::BlobUnknown,
+                digest,
+            )
+            .await;
         }
         let fill = match join(w, name, digest, Content::Blob) {
             Joined::Committed => continue,
-            Joined::Busy => return Err(Error::new(Kind::Unavailable, Side::Internal, "too many fills in flight")),
+            Joined::Busy => {
+                return Err(Error::new(
+                    Kind::Unavailable,
+                    Side::Internal,
+                    "too many fills in flight",
+                ))
+            }
             Joined::Lead(..) => unreachable!("join spawns the leader's task"),
             Joined::Follow(fill) => fill,
         };
@@ -78,7 +108,11 @@ async fn blob(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, name: &str, d
 /// Join the fill of `digest`, starting it (on this worker) if there is none.
 fn join(w: &Rc<Worker>, name: &str, digest: Digest, content: Content) -> Joined {
     let store = &w.shared.store;
-    match w.shared.fills.join_or_lead(digest, name, || store.index.contains(&digest)) {
+    match w
+        .shared
+        .fills
+        .join_or_lead(digest, name, || store.index.contains(&digest))
+    {
         Joined::Lead(lease, fill) => {
             tracing::debug!(%digest, worker = w.id, "fill started; following it");
             monoio::spawn(task::run(w.clone(), lease, content));
@@ -93,7 +127,13 @@ fn join(w: &Rc<Worker>, name: &str, digest: Digest, content: Content) -> Joined 
 }
 
 /// HEAD `tail` upstream in `name`: upstream confirms the content exists in that repository.
-async fn confirm(w: &Rc<Worker>, name: &str, tail: &str, accept: Option<&str>, unknown: Kind) -> Result<()> {
+async fn confirm(
+    w: &Rc<Worker>,
+    name: &str,
+    tail: &str,
+    accept: Option<&str>,
+    unknown: Kind,
+) -> Result<()> {
     let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
     let resp = w.upstream.send("HEAD", name, tail, &headers).await?;
     match resp.status {
@@ -117,27 +157,57 @@ async fn head_upstream(
     if resp.status != 200 {
         return Err(status_error(resp.status, unknown));
     }
-    let length = resp.header("content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let length = resp
+        .header("content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     let ctype = match unknown {
         Kind::ManifestUnknown => resp.header("content-type").unwrap_or(OCTETS).to_string(),
         _ => OCTETS.to_string(),
     };
     let digest = digest.to_string();
-    x.send_head(200, length, &[("Content-Type", &ctype), ("Docker-Content-Digest", &digest), ("Accept-Ranges", "bytes")])
-        .await
-        .map_err(io)
+    x.send_head(
+        200,
+        length,
+        &[
+            ("Content-Type", &ctype),
+            ("Docker-Content-Digest", &digest),
+            ("Accept-Ranges", "bytes"),
+        ],
+    )
+    .await
+    .map_err(io)
 }
 
 /// Serve committed content from the store: a hit.
-async fn send_stored(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, digest: Digest, entry: &Entry, ctype: &str) -> Result<()> {
+async fn send_stored(
+    w: &Rc<Worker>,
+    req: &Request,
+    x: &mut Exchange<'_>,
+    digest: Digest,
+    entry: &Entry,
+    ctype: &str,
+) -> Result<()> {
     let path = w.shared.store.blob_path(&digest);
-    let file = monoio::fs::File::open(&path).await.or_err(Kind::Internal, Side::Store, "open committed content")?;
-    let len = file.metadata().await.or_err(Kind::Internal, Side::Store, "stat committed content")?.len();
+    let file = monoio::fs::File::open(&path).await.or_err(
+        Kind::Internal,
+        Side::Store,
+        "open committed content",
+    )?;
+    let len = file
+        .metadata()
+        .await
+        .or_err(Kind::Internal, Side::Store, "stat committed content")?
+        .len();
     if len != entry.size {
         // The index and the disk disagree: never serve it; drop the entry so a fill repairs it.
         tracing::error!(%digest, len, indexed = entry.size, "committed file has the wrong size; dropping it from the index");
         w.shared.store.index.remove(&digest);
-        return Err(Error::new(Kind::Internal, Side::Store, "committed content has the wrong size"));
+        return Err(Error::new(
+            Kind::Internal,
+            Side::Store,
+            "committed content has the wrong size",
+        ));
     }
     match send_range_head(req, x, digest, len, ctype).await? {
         Some((start, end)) => x.send_file(&file, start, end).await.map_err(io),
@@ -147,12 +217,24 @@ async fn send_stored(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, digest
 
 /// Resolve the Range against `size` and send the head. Returns the inclusive byte range the
 /// body must carry, or `None` when there is no body to send (HEAD, empty, 416).
-async fn send_range_head(req: &Request, x: &mut Exchange<'_>, digest: Digest, size: u64, ctype: &str) -> Result<Option<(u64, u64)>> {
+async fn send_range_head(
+    req: &Request,
+    x: &mut Exchange<'_>,
+    digest: Digest,
+    size: u64,
+    ctype: &str,
+) -> Result<Option<(u64, u64)>> {
     let digest = digest.to_string();
-    let mut headers = vec![("Content-Type", ctype), ("Docker-Content-Digest", digest.as_str()), ("Accept-Ranges", "bytes")];
+    let mut headers = vec![
+        ("Content-Type", ctype),
+        ("Docker-Content-Digest", digest.as_str()),
+        ("Accept-Ranges", "bytes"),
+    ];
     let (status, start, end, content_range) = match resolve_range(req.range, size) {
         RangeResult::Full => (200, 0, size.saturating_sub(1), None),
-        RangeResult::Partial { start, end } => (206, start, end, Some(format!("bytes {start}-{end}/{size}"))),
+        RangeResult::Partial { start, end } => {
+            (206, start, end, Some(format!("bytes {start}-{end}/{size}")))
+        }
         RangeResult::Unsatisfiable => {
             let cr = format!("bytes */{size}");
             headers.push(("Content-Range", &cr));
@@ -170,17 +252,31 @@ async fn send_range_head(req: &Request, x: &mut Exchange<'_>, digest: Digest, si
 
 /// Follow a fill: send the head as soon as upstream's size is known, stream what is written,
 /// and the last byte after the commit.
-async fn follow_fill(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, fill: &Arc<Fill>, ctype: &str) -> Result<()> {
+async fn follow_fill(
+    w: &Rc<Worker>,
+    req: &Request,
+    x: &mut Exchange<'_>,
+    fill: &Arc<Fill>,
+    ctype: &str,
+) -> Result<()> {
     let limits = &w.shared.config.limits;
     let (file, size, media_type) = match follow::start(fill).await {
         Start::Failed(kind) => return Err(Error::upstream(kind, "fill failed")),
-        Start::Filling { file, size: Some(size), media_type } if size > 0 => (file, size, media_type),
+        Start::Filling {
+            file,
+            size: Some(size),
+            media_type,
+        } if size > 0 => (file, size, media_type),
         // Unknown size (no Content-Length upstream) or empty: wait for the verified whole.
         Start::Filling { .. } => match follow::finish(fill).await {
             Ok((file, size, media_type)) => (file, size, media_type),
             Err(kind) => return Err(Error::upstream(kind, "fill failed")),
         },
-        Start::Committed { file, size, media_type } => (file, size, media_type),
+        Start::Committed {
+            file,
+            size,
+            media_type,
+        } => (file, size, media_type),
     };
     let ctype = media_type.as_deref().unwrap_or(ctype).to_string();
     let stall = limits.upstream_body_stall * 2;
@@ -189,14 +285,20 @@ async fn follow_fill(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, fill: 
         return Ok(());
     };
     let buf = std::mem::take(&mut x.buf);
-    let (res, buf) = follow::stream(fill, &file, start, end, size, x.sock, buf, send_stall, stall).await;
+    let (res, buf) = follow::stream(
+        fill, &file, start, end, size, x.sock, buf, send_stall, stall,
+    )
+    .await;
     x.buf = buf;
     match res {
         Ok(()) => {
             x.body_bytes += end + 1 - start;
             Ok(())
         }
-        Err(cut) => Err(Error::new(Kind::BadGateway, Side::Upstream, "follower cut short").with_cause(format!("{cut:?}"))),
+        Err(cut) => Err(
+            Error::new(Kind::BadGateway, Side::Upstream, "follower cut short")
+                .with_cause(format!("{cut:?}")),
+        ),
     }
 }
 
@@ -206,7 +308,12 @@ async fn follow_fill(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, fill: 
 /// when the client named none (or only `*/*`, which Distribution does not match OCI types on).
 fn accept_or_default(req: &Request) -> &str {
     match req.accept.as_deref() {
-        Some(a) if a.split(',').any(|t| t.split(';').next().unwrap_or("").trim() != "*/*") => a,
+        Some(a)
+            if a.split(',')
+                .any(|t| t.split(';').next().unwrap_or("").trim() != "*/*") =>
+        {
+            a
+        }
         _ => MANIFEST_ACCEPT_DEFAULT,
     }
 }
@@ -215,7 +322,10 @@ fn accept_or_default(req: &Request) -> &str {
 fn accepts(req: &Request, media_type: &str) -> bool {
     match &req.accept {
         None => true,
-        Some(a) => a.split(',').map(|t| t.split(';').next().unwrap_or("").trim()).any(|t| t == media_type || t == "*/*"),
+        Some(a) => a
+            .split(',')
+            .map(|t| t.split(';').next().unwrap_or("").trim())
+            .any(|t| t == media_type || t == "*/*"),
     }
 }
 
@@ -233,7 +343,14 @@ async fn manifest_by_digest(
         if let Some(entry) = store.index.get(&digest) {
             if !entry.linked(name) {
                 if confirmed != Some(name) {
-                    confirm(w, name, &tail, Some(accept_or_default(req)), Kind::ManifestUnknown).await?;
+                    confirm(
+                        w,
+                        name,
+                        &tail,
+                        Some(accept_or_default(req)),
+                        Kind::ManifestUnknown,
+                    )
+                    .await?;
                 }
                 entry.link(name);
             }
@@ -241,26 +358,62 @@ async fn manifest_by_digest(
             return send_manifest(w, x, digest, &entry).await;
         }
         if req.method == Method::Head {
-            return head_upstream(w, x, name, &tail, Some(accept_or_default(req)), Kind::ManifestUnknown, digest).await;
+            return head_upstream(
+                w,
+                x,
+                name,
+                &tail,
+                Some(accept_or_default(req)),
+                Kind::ManifestUnknown,
+                digest,
+            )
+            .await;
         }
-        let content = Content::Manifest { accept: accept_or_default(req).to_string() };
+        let content = Content::Manifest {
+            accept: accept_or_default(req).to_string(),
+        };
         let fill = match join(w, name, digest, content) {
             Joined::Committed => continue,
-            Joined::Busy => return Err(Error::new(Kind::Unavailable, Side::Internal, "too many fills in flight")),
+            Joined::Busy => {
+                return Err(Error::new(
+                    Kind::Unavailable,
+                    Side::Internal,
+                    "too many fills in flight",
+                ))
+            }
             Joined::Lead(..) => unreachable!("join spawns the leader's task"),
             Joined::Follow(fill) => fill,
         };
         if fill.repo != name {
-            confirm(w, name, &tail, Some(accept_or_default(req)), Kind::ManifestUnknown).await?;
+            confirm(
+                w,
+                name,
+                &tail,
+                Some(accept_or_default(req)),
+                Kind::ManifestUnknown,
+            )
+            .await?;
             fill.add_link(name);
         }
-        return follow_fill(w, req, x, &fill, "application/vnd.oci.image.manifest.v1+json").await;
+        return follow_fill(
+            w,
+            req,
+            x,
+            &fill,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .await;
     }
 }
 
 /// Manifests are small (≤ 4 MiB): read whole from the store and sent from memory, with the
 /// media type upstream gave, or sniffed from the JSON for content indexed at startup.
-async fn send_manifest(w: &Rc<Worker>, x: &mut Exchange<'_>, digest: Digest, entry: &Entry) -> Result<()> {
+async fn send_manifest(
+    w: &Rc<Worker>,
+    x: &mut Exchange<'_>,
+    digest: Digest,
+    entry: &Entry,
+) -> Result<()> {
     let body = read_small(&w.shared.store.blob_path(&digest), entry.size).await?;
     let media_type = match entry.media_type() {
         Some(mt) => mt,
@@ -271,14 +424,27 @@ async fn send_manifest(w: &Rc<Worker>, x: &mut Exchange<'_>, digest: Digest, ent
         }
     };
     let d = digest.to_string();
-    x.send_full(200, &[("Content-Type", &media_type), ("Docker-Content-Digest", &d)], body).await.map_err(io)
+    x.send_full(
+        200,
+        &[("Content-Type", &media_type), ("Docker-Content-Digest", &d)],
+        body,
+    )
+    .await
+    .map_err(io)
 }
 
 async fn read_small(path: &std::path::Path, size: u64) -> Result<Vec<u8>> {
     if size > limits::MANIFEST_BYTES_MAX {
-        return Err(Error::new(Kind::Internal, Side::Store, "manifest over the size cap"));
+        return Err(Error::new(
+            Kind::Internal,
+            Side::Store,
+            "manifest over the size cap",
+        ));
     }
-    let file = monoio::fs::File::open(path).await.or_err(Kind::Internal, Side::Store, "open manifest")?;
+    let file =
+        monoio::fs::File::open(path)
+            .await
+            .or_err(Kind::Internal, Side::Store, "open manifest")?;
     let buf = Vec::with_capacity(size as usize);
     let (res, buf) = file.read_exact_at(buf, 0).await;
     res.or_err(Kind::Internal, Side::Store, "read manifest")?;
@@ -305,9 +471,18 @@ pub fn sniff_media_type(body: &[u8]) -> String {
     }
 }
 
-async fn manifest_by_tag(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, name: &str, tag: &str) -> Result<()> {
+async fn manifest_by_tag(
+    w: &Rc<Worker>,
+    req: &Request,
+    x: &mut Exchange<'_>,
+    name: &str,
+    tag: &str,
+) -> Result<()> {
     let shared = &w.shared;
-    let cached = shared.tags.get(name, tag).filter(|r| accepts(req, &r.media_type));
+    let cached = shared
+        .tags
+        .get(name, tag)
+        .filter(|r| accepts(req, &r.media_type));
     if let Some(r) = &cached {
         if r.at.elapsed() < shared.config.tags_fresh_for && shared.store.index.contains(&r.digest) {
             return manifest_by_digest(w, req, x, name, r.digest, Some(name)).await;
@@ -319,17 +494,25 @@ async fn manifest_by_tag(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, na
     let stale = |e: Error| -> Result<Digest> {
         // stale-if-error: upstream down or rate-limiting, and we know what the tag was.
         match (&cached, e.kind) {
-            (Some(r), Kind::Unavailable | Kind::TooManyRequests | Kind::BadGateway) if shared.store.index.contains(&r.digest) => {
+            (Some(r), Kind::Unavailable | Kind::TooManyRequests | Kind::BadGateway)
+                if shared.store.index.contains(&r.digest) =>
+            {
                 tracing::warn!(name, tag, error = %e, "upstream unavailable; serving the cached tag");
                 Ok(r.digest)
             }
             _ => Err(e),
         }
     };
-    let digest = match w.upstream.send("HEAD", name, &tail, &[("Accept", &accept)]).await {
+    let digest = match w
+        .upstream
+        .send("HEAD", name, &tail, &[("Accept", &accept)])
+        .await
+    {
         Err(e) => stale(e)?,
         Ok(resp) if resp.status == 200 => {
-            let digest = resp.header("docker-content-digest").and_then(|d| Digest::parse(d).ok());
+            let digest = resp
+                .header("docker-content-digest")
+                .and_then(|d| Digest::parse(d).ok());
             let media_type: Arc<str> = resp.header("content-type").unwrap_or("").into();
             match digest {
                 Some(d) => {
@@ -341,7 +524,10 @@ async fn manifest_by_tag(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, na
         }
         Ok(resp) if resp.status == 404 => {
             shared.tags.remove(name, tag);
-            return Err(Error::upstream(Kind::ManifestUnknown, "upstream has no such tag"));
+            return Err(Error::upstream(
+                Kind::ManifestUnknown,
+                "upstream has no such tag",
+            ));
         }
         Ok(resp) => stale(status_error(resp.status, Kind::ManifestUnknown))?,
     };
@@ -349,8 +535,23 @@ async fn manifest_by_tag(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, na
 }
 
 /// Upstream answered the tag HEAD without a digest: GET the manifest by tag, hash it, store it.
-async fn manifest_by_tag_get(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>, name: &str, tag: &str, asked: Instant) -> Result<()> {
-    let resp = w.upstream.send("GET", name, &format!("manifests/{tag}"), &[("Accept", accept_or_default(req))]).await?;
+async fn manifest_by_tag_get(
+    w: &Rc<Worker>,
+    req: &Request,
+    x: &mut Exchange<'_>,
+    name: &str,
+    tag: &str,
+    asked: Instant,
+) -> Result<()> {
+    let resp = w
+        .upstream
+        .send(
+            "GET",
+            name,
+            &format!("manifests/{tag}"),
+            &[("Accept", accept_or_default(req))],
+        )
+        .await?;
     if resp.status != 200 {
         return Err(status_error(resp.status, Kind::ManifestUnknown));
     }
@@ -359,11 +560,17 @@ async fn manifest_by_tag_get(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>
     let digest = Digest::of(&body);
     let store = &w.shared.store;
     if !store.index.contains(&digest) {
-        let mut ingest = Ingest::create(store).or_err(Kind::Unavailable, Side::Store, "create ingest file")?;
+        let mut ingest =
+            Ingest::create(store).or_err(Kind::Unavailable, Side::Store, "create ingest file")?;
         let (res, body_back) = ingest.append(body).await;
         res.or_err(Kind::Unavailable, Side::Store, "write manifest")?;
-        let n = ingest.commit(store, digest, Some(body_back.len() as u64)).await.or_err(Kind::Unavailable, Side::Store, "commit manifest")?;
-        store.index.insert(digest, Arc::new(Entry::new(n, Some(media_type.clone()))));
+        let n = ingest
+            .commit(store, digest, Some(body_back.len() as u64))
+            .await
+            .or_err(Kind::Unavailable, Side::Store, "commit manifest")?;
+        store
+            .index
+            .insert(digest, Arc::new(Entry::new(n, Some(media_type.clone()))));
     }
     w.shared.tags.put(name, tag, digest, media_type, asked);
     manifest_by_digest(w, req, x, name, digest, Some(name)).await
@@ -381,7 +588,10 @@ async fn tags_list(w: &Rc<Worker>, x: &mut Exchange<'_>, name: &str, page: &Page
     if let Some(last) = &page.last {
         tail.push_str(&format!("{sep}last={}", crate::route::percent_encode(last)));
     }
-    let resp = w.upstream.send("GET", name, &tail, &[("Accept", "application/json")]).await?;
+    let resp = w
+        .upstream
+        .send("GET", name, &tail, &[("Accept", "application/json")])
+        .await?;
     if resp.status != 200 {
         return Err(status_error(resp.status, Kind::NameUnknown));
     }
@@ -397,10 +607,15 @@ async fn tags_list(w: &Rc<Worker>, x: &mut Exchange<'_>, name: &str, page: &Page
 /// `_catalog` lists the repositories with cached content (the cache's own view).
 async fn catalog(w: &Rc<Worker>, x: &mut Exchange<'_>, page: &Page) -> Result<()> {
     let all = w.shared.store.index.repositories();
-    let start = page.last.as_ref().map_or(0, |l| all.partition_point(|r| r <= l));
+    let start = page
+        .last
+        .as_ref()
+        .map_or(0, |l| all.partition_point(|r| r <= l));
     let n = page.n.map_or(1000, |n| n as usize);
     let slice: Vec<&String> = all[start..].iter().take(n).collect();
-    let body = serde_json::json!({ "repositories": slice }).to_string().into_bytes();
+    let body = serde_json::json!({ "repositories": slice })
+        .to_string()
+        .into_bytes();
     let mut headers = vec![("Content-Type", JSON)];
     let link;
     if start + slice.len() < all.len() && !slice.is_empty() {
@@ -420,10 +635,22 @@ mod tests {
     #[test]
     fn sniffing() {
         let cases: &[(&str, &str)] = &[
-            (r#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#, "application/vnd.docker.distribution.manifest.v2+json"),
-            (r#"{"schemaVersion":2,"config":{},"layers":[]}"#, "application/vnd.oci.image.manifest.v1+json"),
-            (r#"{"schemaVersion":2,"manifests":[]}"#, "application/vnd.oci.image.index.v1+json"),
-            (r#"{"schemaVersion":1,"signatures":[]}"#, "application/vnd.docker.distribution.manifest.v1+prettyjws"),
+            (
+                r#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#,
+                "application/vnd.docker.distribution.manifest.v2+json",
+            ),
+            (
+                r#"{"schemaVersion":2,"config":{},"layers":[]}"#,
+                "application/vnd.oci.image.manifest.v1+json",
+            ),
+            (
+                r#"{"schemaVersion":2,"manifests":[]}"#,
+                "application/vnd.oci.image.index.v1+json",
+            ),
+            (
+                r#"{"schemaVersion":1,"signatures":[]}"#,
+                "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            ),
         ];
         for (body, want) in cases {
             assert_eq!(sniff_media_type(body.as_bytes()), *want);

@@ -12,10 +12,21 @@ pub enum Route {
     Root,
     /// `GET /v2/`: API version check.
     Base,
-    Manifest { name: String, reference: Reference },
-    Blob { name: String, digest: Digest },
-    Tags { name: String, page: Page },
-    Catalog { page: Page },
+    Manifest {
+        name: String,
+        reference: Reference,
+    },
+    Blob {
+        name: String,
+        digest: Digest,
+    },
+    Tags {
+        name: String,
+        page: Page,
+    },
+    Catalog {
+        page: Page,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +74,11 @@ pub fn route(method: Method, target: &str) -> Result<Option<Route>, Error> {
         None => (target, ""),
     };
     if path == "/" {
-        return if method == Method::Other { Err(unsupported()) } else { Ok(Some(Route::Root)) };
+        return if method == Method::Other {
+            Err(unsupported())
+        } else {
+            Ok(Some(Route::Root))
+        };
     }
     let Some(rest) = path.strip_prefix("/v2") else {
         return Ok(None);
@@ -83,7 +98,10 @@ pub fn route(method: Method, target: &str) -> Result<Option<Route>, Error> {
         return Ok(Some(Route::Catalog { page: page(query)? }));
     }
     if let Some(name) = rest.strip_suffix("/tags/list") {
-        return Ok(Some(Route::Tags { name: name_checked(name)?, page: page(query)? }));
+        return Ok(Some(Route::Tags {
+            name: name_checked(name)?,
+            page: page(query)?,
+        }));
     }
     let Some((prefix, last)) = rest.rsplit_once('/') else {
         return Ok(None);
@@ -105,14 +123,20 @@ pub fn route(method: Method, target: &str) -> Result<Option<Route>, Error> {
         }
         "blobs" => {
             let name = name_checked(name)?;
-            Ok(Some(Route::Blob { name, digest: digest_checked(last)? }))
+            Ok(Some(Route::Blob {
+                name,
+                digest: digest_checked(last)?,
+            }))
         }
         _ => Ok(None),
     }
 }
 
 fn unsupported() -> Error {
-    Error::client(Kind::Unsupported, "ringcache is a read-only pull-through cache")
+    Error::client(
+        Kind::Unsupported,
+        "ringcache is a read-only pull-through cache",
+    )
 }
 
 fn digest_checked(s: &str) -> Result<Digest, Error> {
@@ -244,45 +268,111 @@ mod tests {
     fn routes_table() {
         let d = Digest::parse(D).unwrap();
         let tag = |n: &str, t: &str| {
-            Ok(Some(Route::Manifest { name: n.into(), reference: Reference::Tag(t.into()) }))
+            Ok(Some(Route::Manifest {
+                name: n.into(),
+                reference: Reference::Tag(t.into()),
+            }))
         };
         let cases: Vec<(&str, String, Result<Option<Route>, Kind>)> = vec![
             ("GET", "/v2/".into(), Ok(Some(Route::Base))),
             ("GET", "/v2".into(), Ok(Some(Route::Base))),
             ("HEAD", "/v2/".into(), Ok(Some(Route::Base))),
             ("GET", "/".into(), Ok(Some(Route::Root))),
-            ("GET", "/v2/library/alpine/manifests/3.20".into(), tag("library/alpine", "3.20")),
-            ("HEAD", "/v2/a/b/c/manifests/latest".into(), tag("a/b/c", "latest")),
+            (
+                "GET",
+                "/v2/library/alpine/manifests/3.20".into(),
+                tag("library/alpine", "3.20"),
+            ),
+            (
+                "HEAD",
+                "/v2/a/b/c/manifests/latest".into(),
+                tag("a/b/c", "latest"),
+            ),
             (
                 "GET",
                 format!("/v2/alpine/manifests/{D}"),
-                Ok(Some(Route::Manifest { name: "alpine".into(), reference: Reference::Digest(d) })),
+                Ok(Some(Route::Manifest {
+                    name: "alpine".into(),
+                    reference: Reference::Digest(d),
+                })),
             ),
-            ("GET", format!("/v2/x/blobs/{D}"), Ok(Some(Route::Blob { name: "x".into(), digest: d }))),
+            (
+                "GET",
+                format!("/v2/x/blobs/{D}"),
+                Ok(Some(Route::Blob {
+                    name: "x".into(),
+                    digest: d,
+                })),
+            ),
             (
                 "GET",
                 "/v2/x/tags/list?n=10&last=v1".into(),
                 Ok(Some(Route::Tags {
                     name: "x".into(),
-                    page: Page { n: Some(10), last: Some("v1".into()) },
+                    page: Page {
+                        n: Some(10),
+                        last: Some("v1".into()),
+                    },
                 })),
             ),
-            ("GET", "/v2/_catalog".into(), Ok(Some(Route::Catalog { page: Page::default() }))),
+            (
+                "GET",
+                "/v2/_catalog".into(),
+                Ok(Some(Route::Catalog {
+                    page: Page::default(),
+                })),
+            ),
             ("GET", "/v2/x/tags/list?n=abc".into(), Err(Kind::BadRequest)),
-            ("GET", "/v2/UPPER/manifests/latest".into(), Err(Kind::NameInvalid)),
-            ("GET", "/v2/a/../b/manifests/latest".into(), Err(Kind::NameInvalid)),
-            ("GET", "/v2/a%2fb/manifests/latest".into(), Err(Kind::NameInvalid)),
-            ("GET", "/v2/a//b/manifests/latest".into(), Err(Kind::NameInvalid)),
+            (
+                "GET",
+                "/v2/UPPER/manifests/latest".into(),
+                Err(Kind::NameInvalid),
+            ),
+            (
+                "GET",
+                "/v2/a/../b/manifests/latest".into(),
+                Err(Kind::NameInvalid),
+            ),
+            (
+                "GET",
+                "/v2/a%2fb/manifests/latest".into(),
+                Err(Kind::NameInvalid),
+            ),
+            (
+                "GET",
+                "/v2/a//b/manifests/latest".into(),
+                Err(Kind::NameInvalid),
+            ),
             ("GET", "/v2/a/manifests/-bad".into(), Err(Kind::TagInvalid)),
-            ("GET", "/v2/a/manifests/sha256:abc".into(), Err(Kind::DigestInvalid)),
+            (
+                "GET",
+                "/v2/a/manifests/sha256:abc".into(),
+                Err(Kind::DigestInvalid),
+            ),
             ("GET", "/v2/a/blobs/latest".into(), Err(Kind::DigestInvalid)),
-            ("GET", "/v2/a/blobs/sha512:abcd".into(), Err(Kind::DigestInvalid)),
+            (
+                "GET",
+                "/v2/a/blobs/sha512:abcd".into(),
+                Err(Kind::DigestInvalid),
+            ),
             ("GET", "/v2/a/unknown/latest".into(), Ok(None)),
             ("GET", "/v2/a".into(), Ok(None)),
             ("GET", "/metrics".into(), Ok(None)),
-            ("PUT", "/v2/a/manifests/latest".into(), Err(Kind::Unsupported)),
-            ("POST", "/v2/a/blobs/uploads/".into(), Err(Kind::Unsupported)),
-            ("PATCH", "/v2/a/blobs/uploads/123".into(), Err(Kind::Unsupported)),
+            (
+                "PUT",
+                "/v2/a/manifests/latest".into(),
+                Err(Kind::Unsupported),
+            ),
+            (
+                "POST",
+                "/v2/a/blobs/uploads/".into(),
+                Err(Kind::Unsupported),
+            ),
+            (
+                "PATCH",
+                "/v2/a/blobs/uploads/123".into(),
+                Err(Kind::Unsupported),
+            ),
             ("DELETE", format!("/v2/a/blobs/{D}"), Err(Kind::Unsupported)),
         ];
         for (m, t, want) in cases {
@@ -292,10 +382,22 @@ mod tests {
 
     #[test]
     fn name_grammar() {
-        for ok in ["a", "a/b", "a-b", "a--b", "a__b", "a_b", "a.b", "0", "library/alpine"] {
+        for ok in [
+            "a",
+            "a/b",
+            "a-b",
+            "a--b",
+            "a__b",
+            "a_b",
+            "a.b",
+            "0",
+            "library/alpine",
+        ] {
             assert!(is_name(ok), "{ok}");
         }
-        for bad in ["", "A", "a/", "/a", "a..b", "a___b", "-a", "a-", "a.", "a_.b", "a b", ".."] {
+        for bad in [
+            "", "A", "a/", "/a", "a..b", "a___b", "-a", "a-", "a.", "a_.b", "a b", "..",
+        ] {
             assert!(!is_name(bad), "{bad}");
         }
         assert!(!is_name(&"a".repeat(256)));

@@ -39,9 +39,18 @@ pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpList
     if addr.port() != 0 {
         // monoio-style SO_REUSEPORT binds would silently share a port with another process:
         // refuse to start if something already listens there.
-        let probe = if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
-        if std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(200)).is_ok() {
-            return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("{addr} is already in use by another listener")));
+        let probe = if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
+        if std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(200))
+            .is_ok()
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{addr} is already in use by another listener"),
+            ));
         }
     }
     let first = reuseport_listener(addr)?;
@@ -65,11 +74,16 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 }
 
 /// Start one thread per listener.
-pub fn spawn(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+pub fn spawn(
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut handles = Vec::new();
     for (id, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
-        let h = std::thread::Builder::new().name(format!("ringcache-w{id}")).spawn(move || run(id, shared, listener))?;
+        let h = std::thread::Builder::new()
+            .name(format!("ringcache-w{id}"))
+            .spawn(move || run(id, shared, listener))?;
         handles.push(h);
     }
     Ok(handles)
@@ -80,12 +94,19 @@ fn run(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener) {
     // a keep-alive server on monoio level with nginx (DESIGN.md, stack facts).
     let mut urb = io_uring::IoUring::builder();
     urb.setup_coop_taskrun().setup_single_issuer();
-    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().with_entries(1024).uring_builder(urb).build();
+    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(1024)
+        .uring_builder(urb)
+        .build();
     let mut rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             tracing::warn!(worker = id, error = %e, "io_uring setup flags refused; using defaults");
-            monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().expect("build a monoio runtime")
+            monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .build()
+                .expect("build a monoio runtime")
         }
     };
     let driver = match &rt {
@@ -108,7 +129,12 @@ impl Drop for ConnSlot {
 async fn accept_loop(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener) {
     let client = Client::new(shared.tls.clone(), shared.config.limits.clone());
     let upstream = Upstream::new(&shared.config.upstream, client);
-    let worker = Rc::new(Worker { id, shared, upstream, connections: Cell::new(0) });
+    let worker = Rc::new(Worker {
+        id,
+        shared,
+        upstream,
+        connections: Cell::new(0),
+    });
     let listener = monoio::net::TcpListener::from_std(listener).expect("register listener");
     let max = worker.shared.config.limits.connections_per_worker_max;
     loop {
@@ -139,7 +165,11 @@ async fn accept_loop(id: usize, shared: Arc<Shared>, listener: std::net::TcpList
 /// Over the connection cap: a short 503 and close.
 async fn refuse(mut stream: monoio::net::TcpStream) {
     use monoio::io::AsyncWriteRentExt;
-    let e = crate::error::Error::new(crate::error::Kind::Unavailable, crate::error::Side::Internal, "too many connections");
+    let e = crate::error::Error::new(
+        crate::error::Kind::Unavailable,
+        crate::error::Side::Internal,
+        "too many connections",
+    );
     let body = e.body();
     let msg = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -16,7 +16,8 @@ fn wait_blob_gets(reg: &Registry, n: usize) -> usize {
         if c >= n || std::time::Instant::now() > deadline {
             return c;
         }
-        reg.proc.wait_log("response completed", Duration::from_secs(1));
+        reg.proc
+            .wait_log("response completed", Duration::from_secs(1));
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -36,15 +37,31 @@ fn skopeo_cold_then_warm_pull_is_byte_identical_and_warm_needs_no_upstream_get()
     let cold = dir.path().join("cold");
     skopeo_copy(rc.addr, "test/app:v1", &cold, None);
     let after_cold = wait_blob_gets(&reg, before + 4);
-    assert_eq!(after_cold - before, 4, "cold pull: one upstream GET per blob (3 layers + config)");
+    assert_eq!(
+        after_cold - before,
+        4,
+        "cold pull: one upstream GET per blob (3 layers + config)"
+    );
 
     let warm = dir.path().join("warm");
     skopeo_copy(rc.addr, "test/app:v1", &warm, None);
-    assert_eq!(reg.blob_gets(), after_cold, "warm pull must not GET any blob upstream");
+    assert_eq!(
+        reg.blob_gets(),
+        after_cold,
+        "warm pull must not GET any blob upstream"
+    );
 
     let want = tree_hashes(&direct);
-    assert_eq!(tree_hashes(&cold), want, "cold pull through ringcache differs from a direct pull");
-    assert_eq!(tree_hashes(&warm), want, "warm pull through ringcache differs from a direct pull");
+    assert_eq!(
+        tree_hashes(&cold),
+        want,
+        "cold pull through ringcache differs from a direct pull"
+    );
+    assert_eq!(
+        tree_hashes(&warm),
+        want,
+        "warm pull through ringcache differs from a direct pull"
+    );
     // The store holds exactly the image's content, each file named by its hash.
     for d in img.layer_digests() {
         let hex = d.trim_start_matches("sha256:");
@@ -61,32 +78,95 @@ fn head_and_get_by_tag_and_digest() {
     let rc = Ringcache::start(&reg.url(), "");
     let accept = ("Accept", "application/vnd.oci.image.manifest.v1+json");
 
-    let r = http::request(rc.addr, "HEAD", "/v2/library/alpine/manifests/3.20", &[accept], b"");
+    let r = http::request(
+        rc.addr,
+        "HEAD",
+        "/v2/library/alpine/manifests/3.20",
+        &[accept],
+        b"",
+    );
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("docker-content-digest"), Some(img.manifest_digest.as_str()));
-    assert_eq!(r.header("content-length"), Some(img.manifest.len().to_string().as_str()));
-    assert_eq!(r.header("content-type"), Some("application/vnd.oci.image.manifest.v1+json"));
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(img.manifest_digest.as_str())
+    );
+    assert_eq!(
+        r.header("content-length"),
+        Some(img.manifest.len().to_string().as_str())
+    );
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/vnd.oci.image.manifest.v1+json")
+    );
 
-    let r = http::request(rc.addr, "GET", "/v2/library/alpine/manifests/3.20", &[accept], b"");
-    assert_eq!((r.status, r.body.as_slice()), (200, img.manifest.as_slice()));
-    let r = http::request(rc.addr, "GET", &format!("/v2/library/alpine/manifests/{}", img.manifest_digest), &[accept], b"");
-    assert_eq!((r.status, r.body.as_slice()), (200, img.manifest.as_slice()));
+    let r = http::request(
+        rc.addr,
+        "GET",
+        "/v2/library/alpine/manifests/3.20",
+        &[accept],
+        b"",
+    );
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, img.manifest.as_slice())
+    );
+    let r = http::request(
+        rc.addr,
+        "GET",
+        &format!("/v2/library/alpine/manifests/{}", img.manifest_digest),
+        &[accept],
+        b"",
+    );
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, img.manifest.as_slice())
+    );
     // A client that accepts anything still gets the OCI manifest.
-    let r = http::request(rc.addr, "GET", "/v2/library/alpine/manifests/3.20", &[("Accept", "*/*")], b"");
+    let r = http::request(
+        rc.addr,
+        "GET",
+        "/v2/library/alpine/manifests/3.20",
+        &[("Accept", "*/*")],
+        b"",
+    );
     assert_eq!(r.status, 200);
 
     let layer = &img.layer_digests()[0];
-    let r = http::request(rc.addr, "HEAD", &format!("/v2/library/alpine/blobs/{layer}"), &[], b"");
-    assert_eq!((r.status, r.header("content-length")), (200, Some(img.layers[0].len().to_string().as_str())));
+    let r = http::request(
+        rc.addr,
+        "HEAD",
+        &format!("/v2/library/alpine/blobs/{layer}"),
+        &[],
+        b"",
+    );
+    assert_eq!(
+        (r.status, r.header("content-length")),
+        (200, Some(img.layers[0].len().to_string().as_str()))
+    );
     let r = http::get(rc.addr, &format!("/v2/library/alpine/blobs/{layer}"));
     assert_eq!(r.body, img.layers[0]);
     // Range on a cached blob: 206, then 416 past the end.
-    let r = http::request(rc.addr, "GET", &format!("/v2/library/alpine/blobs/{layer}"), &[("Range", "bytes=10-19")], b"");
+    let r = http::request(
+        rc.addr,
+        "GET",
+        &format!("/v2/library/alpine/blobs/{layer}"),
+        &[("Range", "bytes=10-19")],
+        b"",
+    );
     assert_eq!(r.status, 206);
     assert_eq!(r.body, img.layers[0][10..20]);
-    assert_eq!(r.header("content-range").unwrap(), format!("bytes 10-19/{}", img.layers[0].len()));
+    assert_eq!(
+        r.header("content-range").unwrap(),
+        format!("bytes 10-19/{}", img.layers[0].len())
+    );
     let past = format!("bytes={}-", img.layers[0].len());
-    let r = http::request(rc.addr, "GET", &format!("/v2/library/alpine/blobs/{layer}"), &[("Range", &past)], b"");
+    let r = http::request(
+        rc.addr,
+        "GET",
+        &format!("/v2/library/alpine/blobs/{layer}"),
+        &[("Range", &past)],
+        b"",
+    );
     assert_eq!(r.status, 416);
 
     // Unknown tag and blob: the reference registry's codes.
@@ -99,7 +179,10 @@ fn head_and_get_by_tag_and_digest() {
     let r = http::get(rc.addr, "/v2/library/alpine/tags/list");
     assert_eq!(r.json()["tags"], serde_json::json!(["3.20"]));
     let r = http::get(rc.addr, "/v2/_catalog");
-    assert_eq!(r.json()["repositories"], serde_json::json!(["library/alpine"]));
+    assert_eq!(
+        r.json()["repositories"],
+        serde_json::json!(["library/alpine"])
+    );
 }
 
 #[test]
@@ -111,13 +194,23 @@ fn htpasswd_protected_upstream_with_basic_credentials() {
 
     let rc = Ringcache::start(&reg.url(), "");
     let r = http::get(rc.addr, "/v2/private/app/manifests/v1");
-    assert_eq!((r.status, r.error_code()), (401, "UNAUTHORIZED".into()), "no credentials configured");
+    assert_eq!(
+        (r.status, r.error_code()),
+        (401, "UNAUTHORIZED".into()),
+        "no credentials configured"
+    );
     drop(rc);
 
-    let rc = Ringcache::start(&format!("{}, username: alice, password: s3cret", reg.url()), "");
+    let rc = Ringcache::start(
+        &format!("{}, username: alice, password: s3cret", reg.url()),
+        "",
+    );
     let dir = tempfile::tempdir().unwrap();
     skopeo_copy(rc.addr, "private/app:v1", &dir.path().join("out"), None);
-    assert!(!rc.proc.log.lock().unwrap().contains("s3cret"), "the password must never be logged");
+    assert!(
+        !rc.proc.log.lock().unwrap().contains("s3cret"),
+        "the password must never be logged"
+    );
 }
 
 #[test]
@@ -141,6 +234,10 @@ fn starts_with_upstream_down_and_serves_cached_content_when_upstream_dies() {
     reg.proc.signal(libc::SIGKILL);
     reg.proc.wait_exit(Duration::from_secs(10));
     skopeo_copy(rc.addr, "team/svc:prod", &dir.path().join("b"), None);
-    assert_eq!(tree_hashes(&dir.path().join("a")), tree_hashes(&dir.path().join("b")));
-    rc.proc.wait_log("serving the cached tag", Duration::from_secs(5));
+    assert_eq!(
+        tree_hashes(&dir.path().join("a")),
+        tree_hashes(&dir.path().join("b"))
+    );
+    rc.proc
+        .wait_log("serving the cached tag", Duration::from_secs(5));
 }

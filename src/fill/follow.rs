@@ -20,8 +20,16 @@ use crate::limits::CHUNK_BYTES;
 /// What a follower learns once the fill has an answer from upstream.
 pub enum Start {
     /// Bytes are coming: the size (if upstream declared one) and the media type.
-    Filling { file: Arc<std::fs::File>, size: Option<u64>, media_type: Option<Arc<str>> },
-    Committed { file: Arc<std::fs::File>, size: u64, media_type: Option<Arc<str>> },
+    Filling {
+        file: Arc<std::fs::File>,
+        size: Option<u64>,
+        media_type: Option<Arc<str>>,
+    },
+    Committed {
+        file: Arc<std::fs::File>,
+        size: u64,
+        media_type: Option<Arc<str>>,
+    },
     Failed(Kind),
 }
 
@@ -31,8 +39,28 @@ pub async fn start(fill: &Fill) -> Start {
         let listener = fill.listen();
         match fill.state() {
             State::Pending => listener.await,
-            State::Filling { file, size, media_type } => return Start::Filling { file, size, media_type },
-            State::Committed { file, size, media_type } => return Start::Committed { file, size, media_type },
+            State::Filling {
+                file,
+                size,
+                media_type,
+            } => {
+                return Start::Filling {
+                    file,
+                    size,
+                    media_type,
+                }
+            }
+            State::Committed {
+                file,
+                size,
+                media_type,
+            } => {
+                return Start::Committed {
+                    file,
+                    size,
+                    media_type,
+                }
+            }
             State::Failed(kind) => return Start::Failed(kind),
         }
     }
@@ -43,7 +71,11 @@ pub async fn finish(fill: &Fill) -> Result<(Arc<std::fs::File>, u64, Option<Arc<
     loop {
         let listener = fill.listen();
         match fill.state() {
-            State::Committed { file, size, media_type } => return Ok((file, size, media_type)),
+            State::Committed {
+                file,
+                size,
+                media_type,
+            } => return Ok((file, size, media_type)),
             State::Failed(kind) => return Err(kind),
             _ => listener.await,
         }
@@ -96,9 +128,16 @@ pub async fn stream(
             return (Err(Cut::FillFailed(kind)), buf);
         }
         // Hold back the last byte until the content is verified.
-        let limit = if includes_last && !committed { written.min(size - 1) } else { written.min(end + 1) };
+        let limit = if includes_last && !committed {
+            written.min(size - 1)
+        } else {
+            written.min(end + 1)
+        };
         if pos >= limit {
-            if monoio::time::timeout(progress_stall, listener).await.is_err() {
+            if monoio::time::timeout(progress_stall, listener)
+                .await
+                .is_err()
+            {
                 return (Err(Cut::Stalled), buf);
             }
             continue;
@@ -110,14 +149,25 @@ pub async fn stream(
         let (res, slice) = file.read_at(slice, pos).await;
         buf = slice.into_inner();
         let n = match res {
-            Ok(0) => return (Err(Cut::Read(std::io::ErrorKind::UnexpectedEof.into())), buf),
+            Ok(0) => {
+                return (
+                    Err(Cut::Read(std::io::ErrorKind::UnexpectedEof.into())),
+                    buf,
+                )
+            }
             Ok(n) => n,
             Err(e) => return (Err(Cut::Read(e)), buf),
         };
-        let (res, back) = match monoio::time::timeout(send_stall, sock.write_all(buf.slice(0..n))).await {
-            Ok((res, slice)) => (res, slice.into_inner()),
-            Err(_) => return (Err(Cut::Client(std::io::ErrorKind::TimedOut.into())), Vec::with_capacity(CHUNK_BYTES)),
-        };
+        let (res, back) =
+            match monoio::time::timeout(send_stall, sock.write_all(buf.slice(0..n))).await {
+                Ok((res, slice)) => (res, slice.into_inner()),
+                Err(_) => {
+                    return (
+                        Err(Cut::Client(std::io::ErrorKind::TimedOut.into())),
+                        Vec::with_capacity(CHUNK_BYTES),
+                    )
+                }
+            };
         buf = back;
         if let Err(e) = res {
             return (Err(Cut::Client(e)), buf);

@@ -31,9 +31,17 @@ pub enum State {
     Pending,
     /// Upstream answered 200: the body is being appended to `file`; [`Fill::written`] bytes
     /// of it are there to read. `size` is upstream's Content-Length, when it sent one.
-    Filling { file: Arc<std::fs::File>, size: Option<u64>, media_type: Option<Arc<str>> },
+    Filling {
+        file: Arc<std::fs::File>,
+        size: Option<u64>,
+        media_type: Option<Arc<str>>,
+    },
     /// Verified, renamed into the store and indexed. `file` still reads the same content.
-    Committed { file: Arc<std::fs::File>, size: u64, media_type: Option<Arc<str>> },
+    Committed {
+        file: Arc<std::fs::File>,
+        size: u64,
+        media_type: Option<Arc<str>>,
+    },
     /// Nothing will be committed. The kind is what a client that has no bytes yet is told;
     /// a client mid-body is cut short.
     Failed(Kind),
@@ -106,14 +114,21 @@ impl Fill {
                 | (State::Filling { .. }, State::Committed { .. })
                 | (State::Filling { .. }, State::Failed(_))
         );
-        assert!(ok, "fill {}: bad transition {:?} -> {:?}", self.digest, *state, next);
+        assert!(
+            ok,
+            "fill {}: bad transition {:?} -> {:?}",
+            self.digest, *state, next
+        );
         *state = next;
         drop(state);
         self.event.notify(usize::MAX);
     }
 
     fn is_terminal(&self) -> bool {
-        matches!(*self.state.lock().unwrap(), State::Committed { .. } | State::Failed(_))
+        matches!(
+            *self.state.lock().unwrap(),
+            State::Committed { .. } | State::Failed(_)
+        )
     }
 }
 
@@ -129,9 +144,12 @@ pub enum Joined {
     Busy,
 }
 
+/// One shard of the in-flight map.
+type Shard = Mutex<HashMap<Digest, Arc<Fill>>>;
+
 /// The sharded in-flight map.
 pub struct Fills {
-    shards: Box<[Mutex<HashMap<Digest, Arc<Fill>>>]>,
+    shards: Box<[Shard]>,
     inflight: AtomicUsize,
     inflight_max: usize,
 }
@@ -148,7 +166,12 @@ impl Fills {
     /// Join the fill of `digest`, or lead a new one. `committed` re-checks the index under
     /// the shard lock: a fill inserts into the index before it leaves this map, so a requester
     /// that missed the index but finds no fill here learns that it was just committed.
-    pub fn join_or_lead(self: &Arc<Self>, digest: Digest, repo: &str, committed: impl FnOnce() -> bool) -> Joined {
+    pub fn join_or_lead(
+        self: &Arc<Self>,
+        digest: Digest,
+        repo: &str,
+        committed: impl FnOnce() -> bool,
+    ) -> Joined {
         let mut shard = self.shards[digest.shard(SHARDS)].lock().unwrap();
         if let Some(fill) = shard.get(&digest) {
             fill.followers.fetch_add(1, Ordering::Relaxed);
@@ -164,7 +187,14 @@ impl Fills {
         let fill = Arc::new(Fill::new(digest, repo));
         fill.followers.store(1, Ordering::Relaxed);
         shard.insert(digest, fill.clone());
-        Joined::Lead(Lease { fills: self.clone(), fill: fill.clone(), done: false }, fill)
+        Joined::Lead(
+            Lease {
+                fills: self.clone(),
+                fill: fill.clone(),
+                done: false,
+            },
+            fill,
+        )
     }
 
     pub fn inflight(&self) -> usize {
@@ -172,12 +202,19 @@ impl Fills {
     }
 
     pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
-        self.shards[digest.shard(SHARDS)].lock().unwrap().get(digest).cloned()
+        self.shards[digest.shard(SHARDS)]
+            .lock()
+            .unwrap()
+            .get(digest)
+            .cloned()
     }
 
     fn remove(&self, fill: &Arc<Fill>) {
         let mut shard = self.shards[fill.digest.shard(SHARDS)].lock().unwrap();
-        if shard.get(&fill.digest).is_some_and(|f| Arc::ptr_eq(f, fill)) {
+        if shard
+            .get(&fill.digest)
+            .is_some_and(|f| Arc::ptr_eq(f, fill))
+        {
             shard.remove(&fill.digest);
             self.inflight.fetch_sub(1, Ordering::Relaxed);
         }
@@ -199,8 +236,17 @@ impl Lease {
     }
 
     /// Upstream answered 200: the body is coming into `file`.
-    pub fn filling(&self, file: Arc<std::fs::File>, size: Option<u64>, media_type: Option<Arc<str>>) {
-        self.fill.transition(State::Filling { file, size, media_type });
+    pub fn filling(
+        &self,
+        file: Arc<std::fs::File>,
+        size: Option<u64>,
+        media_type: Option<Arc<str>>,
+    ) {
+        self.fill.transition(State::Filling {
+            file,
+            size,
+            media_type,
+        });
     }
 
     /// `written` bytes are now in the file.
@@ -213,10 +259,16 @@ impl Lease {
     /// The content is verified, in the store and in the index.
     pub fn committed(mut self, size: u64) {
         let (file, media_type) = match self.fill.state() {
-            State::Filling { file, media_type, .. } => (file, media_type),
+            State::Filling {
+                file, media_type, ..
+            } => (file, media_type),
             other => panic!("commit from {other:?}"),
         };
-        self.fill.transition(State::Committed { file, size, media_type });
+        self.fill.transition(State::Committed {
+            file,
+            size,
+            media_type,
+        });
         self.done = true;
         self.fills.remove(&self.fill);
     }
@@ -255,9 +307,14 @@ mod tests {
     fn one_leader_many_followers() {
         let fills = Fills::new(10);
         let d = Digest::of(b"a");
-        let Joined::Lead(lease, _) = fills.join_or_lead(d, "r", || false) else { panic!() };
+        let Joined::Lead(lease, _) = fills.join_or_lead(d, "r", || false) else {
+            panic!()
+        };
         for _ in 0..3 {
-            assert!(matches!(fills.join_or_lead(d, "r", || false), Joined::Follow(_)));
+            assert!(matches!(
+                fills.join_or_lead(d, "r", || false),
+                Joined::Follow(_)
+            ));
         }
         assert_eq!(lease.fill().followers(), 4);
         lease.filling(file(), Some(3), None);
@@ -265,31 +322,44 @@ mod tests {
         lease.committed(3);
         assert_eq!(fills.inflight(), 0);
         // After commit the map no longer has it, and the index (re-checked) does.
-        assert!(matches!(fills.join_or_lead(d, "r", || true), Joined::Committed));
+        assert!(matches!(
+            fills.join_or_lead(d, "r", || true),
+            Joined::Committed
+        ));
     }
 
     #[test]
     fn dropped_lease_fails_and_frees() {
         let fills = Fills::new(10);
         let d = Digest::of(b"b");
-        let Joined::Lead(lease, fill) = fills.join_or_lead(d, "r", || false) else { panic!() };
+        let Joined::Lead(lease, fill) = fills.join_or_lead(d, "r", || false) else {
+            panic!()
+        };
         drop(lease);
         assert!(matches!(fill.state(), State::Failed(Kind::Internal)));
-        assert!(matches!(fills.join_or_lead(d, "r", || false), Joined::Lead(..)));
+        assert!(matches!(
+            fills.join_or_lead(d, "r", || false),
+            Joined::Lead(..)
+        ));
     }
 
     #[test]
     fn inflight_cap() {
         let fills = Fills::new(1);
         let _a = fills.join_or_lead(Digest::of(b"1"), "r", || false);
-        assert!(matches!(fills.join_or_lead(Digest::of(b"2"), "r", || false), Joined::Busy));
+        assert!(matches!(
+            fills.join_or_lead(Digest::of(b"2"), "r", || false),
+            Joined::Busy
+        ));
     }
 
     #[test]
     #[should_panic(expected = "commit from")]
     fn transitions_are_checked() {
         let fills = Fills::new(1);
-        let Joined::Lead(lease, _) = fills.join_or_lead(Digest::of(b"c"), "r", || false) else { panic!() };
+        let Joined::Lead(lease, _) = fills.join_or_lead(Digest::of(b"c"), "r", || false) else {
+            panic!()
+        };
         lease.committed(0);
     }
 
@@ -297,7 +367,9 @@ mod tests {
     #[should_panic(expected = "backwards")]
     fn published_count_never_decreases() {
         let fills = Fills::new(1);
-        let Joined::Lead(lease, _) = fills.join_or_lead(Digest::of(b"d"), "r", || false) else { panic!() };
+        let Joined::Lead(lease, _) = fills.join_or_lead(Digest::of(b"d"), "r", || false) else {
+            panic!()
+        };
         lease.filling(file(), None, None);
         lease.progress(10);
         lease.progress(5);

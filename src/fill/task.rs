@@ -26,10 +26,19 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
     let started = std::time::Instant::now();
     let (tail, accept, unknown, cap) = match &content {
         Content::Blob => (format!("blobs/{digest}"), None, Kind::BlobUnknown, u64::MAX),
-        Content::Manifest { accept } => (format!("manifests/{digest}"), Some(accept.as_str()), Kind::ManifestUnknown, MANIFEST_BYTES_MAX),
+        Content::Manifest { accept } => (
+            format!("manifests/{digest}"),
+            Some(accept.as_str()),
+            Kind::ManifestUnknown,
+            MANIFEST_BYTES_MAX,
+        ),
     };
     let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
-    let mut resp = match worker.upstream.send("GET", &fill.repo, &tail, &headers).await {
+    let mut resp = match worker
+        .upstream
+        .send("GET", &fill.repo, &tail, &headers)
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(%digest, repo = %fill.repo, error = %e, "fill failed before the body");
@@ -85,7 +94,9 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
     }
     match ingest.commit(store, digest, size).await {
         Ok(n) => {
-            let entry = store.index.insert(digest, Arc::new(Entry::new(n, media_type)));
+            let entry = store
+                .index
+                .insert(digest, Arc::new(Entry::new(n, media_type)));
             entry.link(&fill.repo);
             for repo in fill.take_links() {
                 entry.link(&repo);

@@ -41,7 +41,8 @@ pub fn response_framing(
         if h.name.eq_ignore_ascii_case("content-length") {
             // A list of identical values is tolerated by RFC 9110 §8.6, but a registry never
             // sends one; refuse any duplicate that disagrees, and any malformed value.
-            let v = parse_content_length(h.value.trim_ascii()).ok_or(FramingError::InvalidLength)?;
+            let v =
+                parse_content_length(h.value.trim_ascii()).ok_or(FramingError::InvalidLength)?;
             if length.is_some_and(|l| l != v) {
                 return Err(FramingError::ConflictingLength);
             }
@@ -88,14 +89,24 @@ pub struct Chunked {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     /// Reading a chunk-size line; `line` bytes of it seen so far.
-    Size { size: u64, digits: usize, in_ext: bool, line: usize, cr: bool },
+    Size {
+        size: u64,
+        digits: usize,
+        in_ext: bool,
+        line: usize,
+        cr: bool,
+    },
     /// Inside chunk data, this many bytes left.
     Data(u64),
     /// After chunk data: expecting CR then LF.
     DataCr,
     DataLf,
     /// In the trailer section after the last chunk; `line` is the current line's length.
-    Trailer { line: usize, total: usize, cr: bool },
+    Trailer {
+        line: usize,
+        total: usize,
+        cr: bool,
+    },
     Done,
 }
 
@@ -118,7 +129,11 @@ impl std::error::Error for ChunkedError {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// `input[start..end]` is body data; `consumed` bytes of input were used.
-    Data { start: usize, end: usize, consumed: usize },
+    Data {
+        start: usize,
+        end: usize,
+        consumed: usize,
+    },
     /// Framing bytes consumed, no data yet: call again with the rest (or more input).
     Consumed(usize),
     /// The body is complete; `consumed` bytes were used (the rest is the next response).
@@ -133,7 +148,15 @@ impl Default for Chunked {
 
 impl Chunked {
     pub fn new() -> Chunked {
-        Chunked { state: State::Size { size: 0, digits: 0, in_ext: false, line: 0, cr: false } }
+        Chunked {
+            state: State::Size {
+                size: 0,
+                digits: 0,
+                in_ext: false,
+                line: 0,
+                cr: false,
+            },
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -145,7 +168,13 @@ impl Chunked {
         let mut i = 0;
         while i < input.len() {
             match &mut self.state {
-                State::Size { size, digits, in_ext, line, cr } => {
+                State::Size {
+                    size,
+                    digits,
+                    in_ext,
+                    line,
+                    cr,
+                } => {
                     let b = input[i];
                     i += 1;
                     *line += 1;
@@ -160,7 +189,11 @@ impl Chunked {
                             return Err(ChunkedError::BadSize);
                         }
                         self.state = if *size == 0 {
-                            State::Trailer { line: 0, total: 0, cr: false }
+                            State::Trailer {
+                                line: 0,
+                                total: 0,
+                                cr: false,
+                            }
                         } else {
                             State::Data(*size)
                         };
@@ -189,7 +222,11 @@ impl Chunked {
                     if *left == 0 {
                         self.state = State::DataCr;
                     }
-                    return Ok(Step::Data { start: i, end: i + n, consumed: i + n });
+                    return Ok(Step::Data {
+                        start: i,
+                        end: i + n,
+                        consumed: i + n,
+                    });
                 }
                 State::DataCr => {
                     if input[i] != b'\r' {
@@ -203,7 +240,13 @@ impl Chunked {
                         return Err(ChunkedError::BadDelimiter);
                     }
                     i += 1;
-                    self.state = State::Size { size: 0, digits: 0, in_ext: false, line: 0, cr: false };
+                    self.state = State::Size {
+                        size: 0,
+                        digits: 0,
+                        in_ext: false,
+                        line: 0,
+                        cr: false,
+                    };
                 }
                 State::Trailer { line, total, cr } => {
                     let b = input[i];
@@ -248,7 +291,11 @@ mod tests {
         let mut pos = 0;
         loop {
             match d.step(&input[pos..])? {
-                Step::Data { start, end, consumed } => {
+                Step::Data {
+                    start,
+                    end,
+                    consumed,
+                } => {
                     out.extend_from_slice(&input[pos + start..pos + end]);
                     pos += consumed;
                 }
@@ -267,7 +314,10 @@ mod tests {
     fn chunked_table() {
         let cases: &[(&[u8], Result<&[u8], ChunkedError>)] = &[
             (b"5\r\nhello\r\n0\r\n\r\n", Ok(b"hello")),
-            (b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", Ok(b"hello world")),
+            (
+                b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+                Ok(b"hello world"),
+            ),
             (b"A\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n", Ok(b"0123456789")),
             (b"0\r\n\r\n", Ok(b"")),
             (b"5\nhello\r\n0\r\n\r\n", Err(ChunkedError::BadDelimiter)),
@@ -306,25 +356,72 @@ mod tests {
 
     #[test]
     fn framing_table() {
-        let h = |n: &'static str, v: &'static str| httparse::Header { name: n, value: v.as_bytes() };
+        let h = |n: &'static str, v: &'static str| httparse::Header {
+            name: n,
+            value: v.as_bytes(),
+        };
         use Framing::*;
         use FramingError::*;
-        let cases: Vec<(u16, bool, Vec<httparse::Header>, Result<Framing, FramingError>)> = vec![
+        let cases: Vec<(
+            u16,
+            bool,
+            Vec<httparse::Header>,
+            Result<Framing, FramingError>,
+        )> = vec![
             (200, false, vec![h("Content-Length", "10")], Ok(Length(10))),
             (200, true, vec![h("Content-Length", "10")], Ok(Empty)),
             (204, false, vec![], Ok(Empty)),
             (304, false, vec![h("Content-Length", "10")], Ok(Empty)),
-            (200, false, vec![h("Transfer-Encoding", "chunked")], Ok(Chunked)),
+            (
+                200,
+                false,
+                vec![h("Transfer-Encoding", "chunked")],
+                Ok(Chunked),
+            ),
             (200, false, vec![], Ok(Close)),
-            (200, false, vec![h("Content-Length", "10"), h("Content-Length", "10")], Ok(Length(10))),
-            (200, false, vec![h("Content-Length", "10"), h("Content-Length", "11")], Err(ConflictingLength)),
-            (200, false, vec![h("Content-Length", "-1")], Err(InvalidLength)),
-            (200, false, vec![h("Content-Length", "1"), h("Transfer-Encoding", "chunked")], Err(BothLengthAndChunked)),
-            (200, false, vec![h("Transfer-Encoding", "chunked, gzip")], Err(UnsupportedCoding)),
-            (200, false, vec![h("Transfer-Encoding", "gzip")], Err(UnsupportedCoding)),
+            (
+                200,
+                false,
+                vec![h("Content-Length", "10"), h("Content-Length", "10")],
+                Ok(Length(10)),
+            ),
+            (
+                200,
+                false,
+                vec![h("Content-Length", "10"), h("Content-Length", "11")],
+                Err(ConflictingLength),
+            ),
+            (
+                200,
+                false,
+                vec![h("Content-Length", "-1")],
+                Err(InvalidLength),
+            ),
+            (
+                200,
+                false,
+                vec![h("Content-Length", "1"), h("Transfer-Encoding", "chunked")],
+                Err(BothLengthAndChunked),
+            ),
+            (
+                200,
+                false,
+                vec![h("Transfer-Encoding", "chunked, gzip")],
+                Err(UnsupportedCoding),
+            ),
+            (
+                200,
+                false,
+                vec![h("Transfer-Encoding", "gzip")],
+                Err(UnsupportedCoding),
+            ),
         ];
         for (status, head, headers, want) in cases {
-            assert_eq!(response_framing(status, head, &headers), want, "{status} {headers:?}");
+            assert_eq!(
+                response_framing(status, head, &headers),
+                want,
+                "{status} {headers:?}"
+            );
         }
     }
 }

@@ -29,15 +29,28 @@ pub struct Origin {
 impl Origin {
     /// The `Host` header value: the port only when it is not the scheme's default.
     pub fn authority(&self) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         let default = if self.tls { 443 } else { 80 };
-        if self.port == default { host } else { format!("{host}:{}", self.port) }
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
     }
 }
 
 impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}", if self.tls { "https" } else { "http" }, self.authority())
+        write!(
+            f,
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.authority()
+        )
     }
 }
 
@@ -87,8 +100,19 @@ impl Url {
         if host.is_empty() {
             return None;
         }
-        let path = if path.starts_with('?') { format!("/{path}") } else { path.to_string() };
-        Some(Url { origin: Origin { tls, host: host.to_ascii_lowercase(), port }, path })
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_string()
+        };
+        Some(Url {
+            origin: Origin {
+                tls,
+                host: host.to_ascii_lowercase(),
+                port,
+            },
+            path,
+        })
     }
 
     /// Resolve a `Location` header against this URL (absolute, or absolute-path reference).
@@ -96,9 +120,15 @@ impl Url {
         if location.starts_with("http://") || location.starts_with("https://") {
             Url::parse(location)
         } else if let Some(rest) = location.strip_prefix("//") {
-            Url::parse(&format!("{}://{rest}", if self.origin.tls { "https" } else { "http" }))
+            Url::parse(&format!(
+                "{}://{rest}",
+                if self.origin.tls { "https" } else { "http" }
+            ))
         } else if location.starts_with('/') {
-            Some(Url { origin: self.origin.clone(), path: location.to_string() })
+            Some(Url {
+                origin: self.origin.clone(),
+                path: location.to_string(),
+            })
         } else {
             None
         }
@@ -119,7 +149,11 @@ pub enum Stream {
 
 impl Stream {
     /// Append at most `want` bytes to `buf` (growing it as needed). Ok(0) is end of stream.
-    async fn read_append(&mut self, mut buf: Vec<u8>, want: usize) -> (std::io::Result<usize>, Vec<u8>) {
+    async fn read_append(
+        &mut self,
+        mut buf: Vec<u8>,
+        want: usize,
+    ) -> (std::io::Result<usize>, Vec<u8>) {
         let len = buf.len();
         buf.reserve(want);
         let slice = buf.slice_mut(len..len + want);
@@ -178,7 +212,10 @@ enum BodyState {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body length when the framing states it.
@@ -205,7 +242,9 @@ impl Response {
                 }
                 BodyState::Length { left } => {
                     if !self.buf.is_empty() {
-                        let n = (self.buf.len() as u64).min(*left).min(out.capacity() as u64) as usize;
+                        let n = (self.buf.len() as u64)
+                            .min(*left)
+                            .min(out.capacity() as u64) as usize;
                         out.extend_from_slice(&self.buf[..n]);
                         self.buf.drain(..n);
                         *left -= n as u64;
@@ -216,9 +255,14 @@ impl Response {
                     let (n, back) = self.read_raw(out, want).await?;
                     out = back;
                     if n == 0 {
-                        return Err(Error::upstream(Kind::BadGateway, "upstream body ended short"));
+                        return Err(Error::upstream(
+                            Kind::BadGateway,
+                            "upstream body ended short",
+                        ));
                     }
-                    self.body = BodyState::Length { left: left_before - n as u64 };
+                    self.body = BodyState::Length {
+                        left: left_before - n as u64,
+                    };
                     return Ok(Some(out));
                 }
                 BodyState::Chunked(dec) => {
@@ -227,7 +271,10 @@ impl Response {
                         let (n, back) = self.read_raw(raw, limits::CHUNK_BYTES).await?;
                         self.buf = back;
                         if n == 0 {
-                            return Err(Error::upstream(Kind::BadGateway, "upstream chunked body ended short"));
+                            return Err(Error::upstream(
+                                Kind::BadGateway,
+                                "upstream chunked body ended short",
+                            ));
                         }
                         continue;
                     }
@@ -235,10 +282,18 @@ impl Response {
                     let input = &self.buf[..];
                     let step = dec
                         .step(&input[..input.len().min(room.max(64))])
-                        .or_err(Kind::BadGateway, Side::Upstream, "bad chunked framing from upstream")
+                        .or_err(
+                            Kind::BadGateway,
+                            Side::Upstream,
+                            "bad chunked framing from upstream",
+                        )
                         .inspect_err(|_| self.reusable = false)?;
                     match step {
-                        Step::Data { start, end, consumed } => {
+                        Step::Data {
+                            start,
+                            end,
+                            consumed,
+                        } => {
                             out.extend_from_slice(&self.buf[start..end]);
                             self.buf.drain(..consumed);
                             if !out.is_empty() {
@@ -278,14 +333,20 @@ impl Response {
     pub async fn read_capped(mut self, cap: u64) -> Result<Vec<u8>> {
         if let Some(n) = self.content_length() {
             if n > cap {
-                return Err(Error::upstream(Kind::BadGateway, "upstream body over its cap"));
+                return Err(Error::upstream(
+                    Kind::BadGateway,
+                    "upstream body over its cap",
+                ));
             }
         }
         let mut body = Vec::new();
         let mut buf = Vec::with_capacity(64 * 1024);
         while let Some(piece) = self.chunk(buf).await? {
             if body.len() as u64 + piece.len() as u64 > cap {
-                return Err(Error::upstream(Kind::BadGateway, "upstream body over its cap"));
+                return Err(Error::upstream(
+                    Kind::BadGateway,
+                    "upstream body over its cap",
+                ));
             }
             body.extend_from_slice(&piece);
             buf = piece;
@@ -310,7 +371,10 @@ impl Response {
     /// length-delimited body never pulls the next response's bytes into a buffer we hand out.
     async fn read_raw(&mut self, out: Vec<u8>, want: usize) -> Result<(usize, Vec<u8>)> {
         let Some(conn) = self.conn.as_mut() else {
-            return Err(Error::upstream(Kind::BadGateway, "upstream connection gone"));
+            return Err(Error::upstream(
+                Kind::BadGateway,
+                "upstream connection gone",
+            ));
         };
         match monoio::time::timeout(self.stall, conn.stream.read_append(out, want)).await {
             Ok((Ok(n), buf)) => Ok((n, buf)),
@@ -326,7 +390,9 @@ impl Response {
     }
 
     fn finish(&mut self) {
-        if let (true, Some(mut conn), Some(pool)) = (self.reusable, self.conn.take(), self.pool.take()) {
+        if let (true, Some(mut conn), Some(pool)) =
+            (self.reusable, self.conn.take(), self.pool.take())
+        {
             if self.buf.is_empty() {
                 conn.idle_since = Instant::now();
                 pool.put(self.origin.clone(), conn);
@@ -362,11 +428,14 @@ impl Pool {
     }
 }
 
+/// Addresses a host resolved to, and when.
+type Resolved = (Vec<SocketAddr>, Instant);
+
 /// The per-worker upstream HTTP client.
 pub struct Client {
     pool: std::rc::Rc<Pool>,
     tls: TlsConnector,
-    dns: RefCell<HashMap<(String, u16), (Vec<SocketAddr>, Instant)>>,
+    dns: RefCell<HashMap<(String, u16), Resolved>>,
     limits: Limits,
 }
 
@@ -398,7 +467,11 @@ impl Client {
 
     /// Write the request and read the response head. The error says whether any response
     /// byte had arrived (if not, a retry on a fresh connection is safe).
-    async fn exchange(&self, mut conn: Conn, req: &Request<'_>) -> std::result::Result<Response, (bool, Error)> {
+    async fn exchange(
+        &self,
+        mut conn: Conn,
+        req: &Request<'_>,
+    ) -> std::result::Result<Response, (bool, Error)> {
         let mut head = format!(
             "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringcache/{}\r\n",
             req.method,
@@ -414,25 +487,38 @@ impl Client {
         }
         head.push_str("\r\n");
         if let Err(e) = conn.stream.write_all(head.into_bytes()).await {
-            return Err((false, Error::upstream(Kind::Unavailable, "upstream write failed").with_cause(e)));
+            return Err((
+                false,
+                Error::upstream(Kind::Unavailable, "upstream write failed").with_cause(e),
+            ));
         }
         let is_head = req.method == "HEAD";
         let read_head = async {
             let mut buf = Vec::with_capacity(16 * 1024);
             loop {
                 if buf.len() >= limits::UPSTREAM_HEAD_BYTES_MAX {
-                    return Err((true, Error::upstream(Kind::BadGateway, "upstream response head too large")));
+                    return Err((
+                        true,
+                        Error::upstream(Kind::BadGateway, "upstream response head too large"),
+                    ));
                 }
                 let want = (16 * 1024).min(limits::UPSTREAM_HEAD_BYTES_MAX - buf.len());
                 let (res, back) = conn.stream.read_append(buf, want).await;
                 buf = back;
                 match res {
                     Ok(0) => {
-                        return Err((!buf.is_empty(), Error::upstream(Kind::Unavailable, "upstream closed the connection")));
+                        return Err((
+                            !buf.is_empty(),
+                            Error::upstream(Kind::Unavailable, "upstream closed the connection"),
+                        ));
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        return Err((!buf.is_empty(), Error::upstream(Kind::Unavailable, "upstream read failed").with_cause(e)));
+                        return Err((
+                            !buf.is_empty(),
+                            Error::upstream(Kind::Unavailable, "upstream read failed")
+                                .with_cause(e),
+                        ));
                     }
                 }
                 let mut slots = [httparse::EMPTY_HEADER; limits::UPSTREAM_HEADERS_MAX];
@@ -445,15 +531,21 @@ impl Client {
                             buf.drain(..len);
                             continue; // interim response (100 Continue): the real one follows
                         }
-                        let framing = response_framing(status, is_head, resp.headers).map_err(|e| {
-                            (true, Error::upstream(Kind::BadGateway, "bad framing from upstream").with_cause(format!("{e:?}")))
-                        })?;
+                        let framing =
+                            response_framing(status, is_head, resp.headers).map_err(|e| {
+                                (
+                                    true,
+                                    Error::upstream(Kind::BadGateway, "bad framing from upstream")
+                                        .with_cause(format!("{e:?}")),
+                                )
+                            })?;
                         let mut close = resp.version == Some(0);
                         let mut headers = Vec::with_capacity(resp.headers.len());
                         for h in resp.headers.iter() {
                             let name = h.name.to_ascii_lowercase();
                             let value = String::from_utf8_lossy(h.value.trim_ascii()).into_owned();
-                            if name == "connection" && value.to_ascii_lowercase().contains("close") {
+                            if name == "connection" && value.to_ascii_lowercase().contains("close")
+                            {
                                 close = true;
                             }
                             headers.push((name, value));
@@ -462,10 +554,20 @@ impl Client {
                         return Ok((status, headers, framing, close, buf));
                     }
                     Err(httparse::Error::TooManyHeaders) => {
-                        return Err((true, Error::upstream(Kind::BadGateway, "too many headers from upstream")));
+                        return Err((
+                            true,
+                            Error::upstream(Kind::BadGateway, "too many headers from upstream"),
+                        ));
                     }
                     Err(e) => {
-                        return Err((true, Error::upstream(Kind::BadGateway, "malformed response head from upstream").with_cause(e)));
+                        return Err((
+                            true,
+                            Error::upstream(
+                                Kind::BadGateway,
+                                "malformed response head from upstream",
+                            )
+                            .with_cause(e),
+                        ));
                     }
                 }
             }
@@ -473,7 +575,12 @@ impl Client {
         let (status, headers, framing, close, buf) =
             match monoio::time::timeout(self.limits.upstream_header_timeout, read_head).await {
                 Ok(r) => r?,
-                Err(_) => return Err((true, Error::upstream(Kind::Unavailable, "upstream response head timed out"))),
+                Err(_) => {
+                    return Err((
+                        true,
+                        Error::upstream(Kind::Unavailable, "upstream response head timed out"),
+                    ))
+                }
             };
         let body = match framing {
             Framing::Empty => BodyState::Done,
@@ -499,29 +606,56 @@ impl Client {
         let addrs = self.resolve(origin).await?;
         let mut last_err = None;
         for addr in addrs {
-            match monoio::time::timeout(self.limits.upstream_connect_timeout, TcpStream::connect_addr(addr)).await {
+            match monoio::time::timeout(
+                self.limits.upstream_connect_timeout,
+                TcpStream::connect_addr(addr),
+            )
+            .await
+            {
                 Ok(Ok(tcp)) => {
                     // Without NODELAY a TLS handshake waits on delayed ACKs (~40 ms each).
                     let _ = tcp.set_nodelay(true);
                     let stream = if origin.tls {
                         let name = rustls_pki_types::ServerName::try_from(origin.host.clone())
                             .or_err(Kind::Unavailable, Side::Upstream, "bad upstream host name")?;
-                        let tls = monoio::time::timeout(self.limits.upstream_connect_timeout, self.tls.connect(name, tcp))
-                            .await
-                            .map_err(|_| Error::upstream(Kind::Unavailable, "upstream TLS handshake timed out"))?
-                            .map_err(std::io::Error::from)
-                            .or_err(Kind::Unavailable, Side::Upstream, "upstream TLS handshake failed")?;
+                        let tls = monoio::time::timeout(
+                            self.limits.upstream_connect_timeout,
+                            self.tls.connect(name, tcp),
+                        )
+                        .await
+                        .map_err(|_| {
+                            Error::upstream(Kind::Unavailable, "upstream TLS handshake timed out")
+                        })?
+                        .map_err(std::io::Error::from)
+                        .or_err(
+                            Kind::Unavailable,
+                            Side::Upstream,
+                            "upstream TLS handshake failed",
+                        )?;
                         Stream::Tls(Box::new(tls))
                     } else {
                         Stream::Plain(tcp)
                     };
-                    return Ok(Conn { stream, idle_since: Instant::now() });
+                    return Ok(Conn {
+                        stream,
+                        idle_since: Instant::now(),
+                    });
                 }
-                Ok(Err(e)) => last_err = Some(Error::upstream(Kind::Unavailable, "upstream connect failed").with_cause(e)),
-                Err(_) => last_err = Some(Error::upstream(Kind::Unavailable, "upstream connect timed out")),
+                Ok(Err(e)) => {
+                    last_err = Some(
+                        Error::upstream(Kind::Unavailable, "upstream connect failed").with_cause(e),
+                    )
+                }
+                Err(_) => {
+                    last_err = Some(Error::upstream(
+                        Kind::Unavailable,
+                        "upstream connect timed out",
+                    ))
+                }
             }
         }
-        Err(last_err.unwrap_or_else(|| Error::upstream(Kind::Unavailable, "upstream host has no address")))
+        Err(last_err
+            .unwrap_or_else(|| Error::upstream(Kind::Unavailable, "upstream host has no address")))
     }
 
     /// Resolve a host, off the event loop (getaddrinfo blocks), cached for `DNS_TTL`.
@@ -536,14 +670,19 @@ impl Client {
             }
         }
         let addrs = resolve_off_loop(key.0.clone(), key.1).await?;
-        self.dns.borrow_mut().insert(key, (addrs.clone(), Instant::now()));
+        self.dns
+            .borrow_mut()
+            .insert(key, (addrs.clone(), Instant::now()));
         Ok(addrs)
     }
 }
 
+/// Where the resolver thread leaves its answer.
+type ResolveSlot = Mutex<Option<std::io::Result<Vec<SocketAddr>>>>;
+
 /// Run getaddrinfo on a short-lived thread and wait for it without blocking the worker.
 async fn resolve_off_loop(host: String, port: u16) -> Result<Vec<SocketAddr>> {
-    let slot: Arc<(Mutex<Option<std::io::Result<Vec<SocketAddr>>>>, event_listener::Event)> =
+    let slot: Arc<(ResolveSlot, event_listener::Event)> =
         Arc::new((Mutex::new(None), event_listener::Event::new()));
     let theirs = slot.clone();
     std::thread::Builder::new()
@@ -558,7 +697,11 @@ async fn resolve_off_loop(host: String, port: u16) -> Result<Vec<SocketAddr>> {
     loop {
         let listener = slot.1.listen();
         if let Some(r) = slot.0.lock().unwrap().take() {
-            return r.or_err(Kind::Unavailable, Side::Upstream, "upstream name did not resolve");
+            return r.or_err(
+                Kind::Unavailable,
+                Side::Upstream,
+                "upstream name did not resolve",
+            );
         }
         listener.await;
     }
@@ -566,7 +709,9 @@ async fn resolve_off_loop(host: String, port: u16) -> Result<Vec<SocketAddr>> {
 
 /// The TLS configuration for upstream connections: the system's roots (rustls-native-certs)
 /// plus an optional PEM CA file.
-pub fn tls_config(ca_file: Option<&std::path::Path>) -> std::result::Result<Arc<rustls::ClientConfig>, String> {
+pub fn tls_config(
+    ca_file: Option<&std::path::Path>,
+) -> std::result::Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -578,7 +723,9 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> std::result::Result<Arc<
             .map_err(|e| format!("{}: {e}", path.display()))?;
         for cert in certs {
             let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-            roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -596,12 +743,28 @@ mod tests {
 
     #[test]
     fn url_table() {
-        let o = |tls, host: &str, port| Origin { tls, host: host.into(), port };
+        let o = |tls, host: &str, port| Origin {
+            tls,
+            host: host.into(),
+            port,
+        };
         let cases: &[(&str, Option<(Origin, &str)>)] = &[
-            ("https://registry-1.docker.io", Some((o(true, "registry-1.docker.io", 443), "/"))),
-            ("http://127.0.0.1:5000/v2/", Some((o(false, "127.0.0.1", 5000), "/v2/"))),
-            ("http://[::1]:8080/x?y=1", Some((o(false, "::1", 8080), "/x?y=1"))),
-            ("https://Auth.Example.com/token?a=b", Some((o(true, "auth.example.com", 443), "/token?a=b"))),
+            (
+                "https://registry-1.docker.io",
+                Some((o(true, "registry-1.docker.io", 443), "/")),
+            ),
+            (
+                "http://127.0.0.1:5000/v2/",
+                Some((o(false, "127.0.0.1", 5000), "/v2/")),
+            ),
+            (
+                "http://[::1]:8080/x?y=1",
+                Some((o(false, "::1", 8080), "/x?y=1")),
+            ),
+            (
+                "https://Auth.Example.com/token?a=b",
+                Some((o(true, "auth.example.com", 443), "/token?a=b")),
+            ),
             ("ftp://x", None),
             ("http://user:pw@x/", None),
             ("http://x:notaport/", None),
@@ -609,7 +772,11 @@ mod tests {
         ];
         for (input, want) in cases {
             let got = Url::parse(input).map(|u| (u.origin, u.path));
-            assert_eq!(got.as_ref().map(|(o, p)| (o, p.as_str())), want.as_ref().map(|(o, p)| (o, *p)), "{input}");
+            assert_eq!(
+                got.as_ref().map(|(o, p)| (o, p.as_str())),
+                want.as_ref().map(|(o, p)| (o, *p)),
+                "{input}"
+            );
         }
         assert_eq!(o(true, "a", 443).authority(), "a");
         assert_eq!(o(false, "a", 5000).authority(), "a:5000");
@@ -619,8 +786,14 @@ mod tests {
     #[test]
     fn join_locations() {
         let base = Url::parse("https://reg.example/v2/x/blobs/sha256:aa").unwrap();
-        assert_eq!(base.join("https://cdn.example/a?b").unwrap().to_string(), "https://cdn.example/a?b");
-        assert_eq!(base.join("/other").unwrap().to_string(), "https://reg.example/other");
+        assert_eq!(
+            base.join("https://cdn.example/a?b").unwrap().to_string(),
+            "https://cdn.example/a?b"
+        );
+        assert_eq!(
+            base.join("/other").unwrap().to_string(),
+            "https://reg.example/other"
+        );
         assert_eq!(base.join("//cdn2/x").unwrap().to_string(), "https://cdn2/x");
         assert!(base.join("relative/path").is_none());
         assert!(base.join("file:///etc/passwd").is_none());

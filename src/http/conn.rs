@@ -14,7 +14,7 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use super::parse::{parse_request, parse_range, Head, Parsed};
+use super::parse::{parse_range, parse_request, Head, Parsed};
 use crate::error::{Error, Kind};
 use crate::limits::CHUNK_BYTES;
 use crate::proxy::{self, Request};
@@ -43,7 +43,12 @@ pub struct Exchange<'a> {
 
 impl Exchange<'_> {
     /// Write a response head. `headers` are added after the standard ones.
-    pub async fn send_head(&mut self, status: u16, content_length: u64, headers: &[(&str, &str)]) -> std::io::Result<()> {
+    pub async fn send_head(
+        &mut self,
+        status: u16,
+        content_length: u64,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<()> {
         assert!(!self.wrote_head, "response head written twice");
         let mut h = String::with_capacity(256);
         h.push_str("HTTP/1.1 ");
@@ -71,7 +76,12 @@ impl Exchange<'_> {
     }
 
     /// A complete response from memory (the body is skipped for HEAD).
-    pub async fn send_full(&mut self, status: u16, headers: &[(&str, &str)], body: Vec<u8>) -> std::io::Result<()> {
+    pub async fn send_full(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> std::io::Result<()> {
         self.send_head(status, body.len() as u64, headers).await?;
         if self.head_only || body.is_empty() {
             return Ok(());
@@ -86,7 +96,12 @@ impl Exchange<'_> {
             self.keep_alive = false;
         }
         let body = e.body().into_bytes();
-        self.send_full(status, &[("Content-Type", "application/json; charset=utf-8")], body).await
+        self.send_full(
+            status,
+            &[("Content-Type", "application/json; charset=utf-8")],
+            body,
+        )
+        .await
     }
 
     /// Write bytes with the send-stall timeout: a client that reads nothing is cut.
@@ -98,7 +113,12 @@ impl Exchange<'_> {
     }
 
     /// Stream `[start, end]` of an open, complete file to the client.
-    pub async fn send_file(&mut self, file: &monoio::fs::File, start: u64, end: u64) -> std::io::Result<()> {
+    pub async fn send_file(
+        &mut self,
+        file: &monoio::fs::File,
+        start: u64,
+        end: u64,
+    ) -> std::io::Result<()> {
         let mut buf = std::mem::take(&mut self.buf);
         let mut pos = start;
         let mut result = Ok(());
@@ -119,14 +139,17 @@ impl Exchange<'_> {
                     break;
                 }
             };
-            let (res, slice) = match monoio::time::timeout(self.send_stall, self.sock.write_all(buf.slice(0..n))).await {
-                Ok(r) => r,
-                Err(_) => {
-                    result = Err(std::io::ErrorKind::TimedOut.into());
-                    buf = Vec::new();
-                    break;
-                }
-            };
+            let (res, slice) =
+                match monoio::time::timeout(self.send_stall, self.sock.write_all(buf.slice(0..n)))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => {
+                        result = Err(std::io::ErrorKind::TimedOut.into());
+                        buf = Vec::new();
+                        break;
+                    }
+                };
             buf = slice.into_inner();
             if let Err(e) = res {
                 result = Err(e);
@@ -196,7 +219,11 @@ pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::Sock
                 proxy::serve(&worker, &req, &mut x).await
             }
             Ok(None) => x
-                .send_full(404, &[("Content-Type", "text/plain; charset=utf-8")], b"404 page not found\n".to_vec())
+                .send_full(
+                    404,
+                    &[("Content-Type", "text/plain; charset=utf-8")],
+                    b"404 page not found\n".to_vec(),
+                )
                 .await
                 .map_err(|e| Error::client(Kind::Internal, "write").with_cause(e)),
             Err(e) => Err(e),

@@ -33,7 +33,10 @@ impl Span {
 
     fn within(buf: &[u8], s: &[u8]) -> Span {
         let start = s.as_ptr() as usize - buf.as_ptr() as usize;
-        Span { start: start as u32, end: (start + s.len()) as u32 }
+        Span {
+            start: start as u32,
+            end: (start + s.len()) as u32,
+        }
     }
 }
 
@@ -77,7 +80,9 @@ impl Head {
     }
 
     pub fn accepts<'a>(&'a self, buf: &'a [u8]) -> impl Iterator<Item = &'a str> + 'a {
-        self.accept[..self.accept_count].iter().map(move |s| s.str(buf))
+        self.accept[..self.accept_count]
+            .iter()
+            .map(move |s| s.str(buf))
     }
 }
 
@@ -107,9 +112,17 @@ pub fn parse_request<'b>(
             return Err(bad("bare LF in request head"));
         }
         let line_len = i + 1 - line_start;
-        let cap = if line_start == 0 { limits.request_line_bytes_max } else { limits.header_line_bytes_max };
+        let cap = if line_start == 0 {
+            limits.request_line_bytes_max
+        } else {
+            limits.header_line_bytes_max
+        };
         if line_len > cap + 2 {
-            return Err(too_large(if line_start == 0 { "request line too long" } else { "header line too long" }));
+            return Err(too_large(if line_start == 0 {
+                "request line too long"
+            } else {
+                "header line too long"
+            }));
         }
         if line_len == 2 && line_start > 0 {
             head_end = Some(i + 1);
@@ -118,12 +131,22 @@ pub fn parse_request<'b>(
         line_start = i + 1;
     }
     match head_end {
-        Some(end) if end > limits.head_bytes_max => return Err(too_large("request head too large")),
+        Some(end) if end > limits.head_bytes_max => {
+            return Err(too_large("request head too large"))
+        }
         None => {
             let pending = buf.len() - line_start;
-            let cap = if line_start == 0 { limits.request_line_bytes_max } else { limits.header_line_bytes_max };
+            let cap = if line_start == 0 {
+                limits.request_line_bytes_max
+            } else {
+                limits.header_line_bytes_max
+            };
             if pending > cap + 1 {
-                return Err(too_large(if line_start == 0 { "request line too long" } else { "header line too long" }));
+                return Err(too_large(if line_start == 0 {
+                    "request line too long"
+                } else {
+                    "header line too long"
+                }));
             }
             if buf.len() >= limits.head_bytes_max {
                 return Err(too_large("request head too large"));
@@ -167,7 +190,8 @@ pub fn parse_request<'b>(
             if content_length.is_some() {
                 return Err(bad("duplicate Content-Length"));
             }
-            content_length = Some(parse_content_length(h.value).ok_or_else(|| bad("invalid Content-Length"))?);
+            content_length =
+                Some(parse_content_length(h.value).ok_or_else(|| bad("invalid Content-Length"))?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             transfer_encoding = true;
         } else if name.eq_ignore_ascii_case("connection") {
@@ -175,7 +199,9 @@ pub fn parse_request<'b>(
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
                     head.connection = ConnectionOpt::Close;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && head.connection != ConnectionOpt::Close {
+                } else if token.eq_ignore_ascii_case(b"keep-alive")
+                    && head.connection != ConnectionOpt::Close
+                {
                     head.connection = ConnectionOpt::KeepAlive;
                 }
             }
@@ -195,7 +221,11 @@ pub fn parse_request<'b>(
         return Err(bad("both Content-Length and Transfer-Encoding"));
     }
     if minor_version == 1 && hosts != 1 {
-        return Err(bad(if hosts == 0 { "missing Host" } else { "duplicate Host" }));
+        return Err(bad(if hosts == 0 {
+            "missing Host"
+        } else {
+            "duplicate Host"
+        }));
     }
     if hosts > 1 {
         return Err(bad("duplicate Host"));
@@ -244,7 +274,11 @@ pub fn parse_range(v: &[u8]) -> Option<RangeSpec> {
     }
     let (a, b) = spec.split_once('-')?;
     let num = |s: &str| -> Option<u64> {
-        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) { None } else { s.parse().ok() }
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            None
+        } else {
+            s.parse().ok()
+        }
     };
     if a.is_empty() {
         return Some(RangeSpec::Suffix(num(b)?));
@@ -272,7 +306,10 @@ pub fn resolve_range(spec: Option<RangeSpec>, size: u64) -> RangeResult {
         }
         RangeSpec::Suffix(0) => RangeResult::Unsatisfiable,
         RangeSpec::Suffix(_) if size == 0 => RangeResult::Unsatisfiable,
-        RangeSpec::Suffix(n) => RangeResult::Partial { start: size.saturating_sub(n), end: size - 1 },
+        RangeSpec::Suffix(n) => RangeResult::Partial {
+            start: size.saturating_sub(n),
+            end: size - 1,
+        },
     }
 }
 
@@ -295,10 +332,19 @@ mod tests {
     #[test]
     fn framing_table() {
         use Kind::*;
-        let big_header = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "a".repeat(9000));
+        let big_header = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "a".repeat(9000)
+        );
         let big_line = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9000));
-        let many = format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", "X: y\r\n".repeat(100));
-        let huge_head = format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", format!("X: {}\r\n", "a".repeat(8000)).repeat(5));
+        let many = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+            "X: y\r\n".repeat(100)
+        );
+        let huge_head = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+            format!("X: {}\r\n", "a".repeat(8000)).repeat(5)
+        );
         let cases: Vec<(&str, Result<(), Kind>)> = vec![
             ("GET /v2/ HTTP/1.1\r\nHost: a\r\n\r\n", Ok(())),
             ("GET /v2/ HTTP/1.0\r\n\r\n", Ok(())),
@@ -324,14 +370,21 @@ mod tests {
             (&huge_head, Err(HeadTooLarge)),
         ];
         for (input, want) in cases {
-            let got = parse(input).map(|p| assert!(matches!(p, Parsed::Complete(_)), "{input:?}: {p:?}"));
+            let got =
+                parse(input).map(|p| assert!(matches!(p, Parsed::Complete(_)), "{input:?}: {p:?}"));
             assert_eq!(got, want, "{input:?}");
         }
     }
 
     #[test]
     fn partial_heads() {
-        for input in ["", "GET", "GET / HTTP/1.1\r", "GET / HTTP/1.1\r\nHost: a\r\n", "GET / HTTP/1.1\r\nHost: a\r\n\r"] {
+        for input in [
+            "",
+            "GET",
+            "GET / HTTP/1.1\r",
+            "GET / HTTP/1.1\r\nHost: a\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\n\r",
+        ] {
             assert_eq!(parse(input), Ok(Parsed::Partial), "{input:?}");
         }
         // A partial head already over a limit is refused without waiting for more.
@@ -355,8 +408,14 @@ mod tests {
     fn keep_alive_rules() {
         let cases = [
             ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", true),
-            ("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", false),
-            ("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n", false),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                false,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n",
+                false,
+            ),
             ("GET / HTTP/1.0\r\n\r\n", false),
             ("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
         ];
@@ -382,7 +441,11 @@ mod tests {
             ("bytes=a-b", 100, Full),
         ];
         for (v, size, want) in cases {
-            assert_eq!(resolve_range(parse_range(v.as_bytes()), *size), *want, "{v}");
+            assert_eq!(
+                resolve_range(parse_range(v.as_bytes()), *size),
+                *want,
+                "{v}"
+            );
         }
         assert_eq!(resolve_range(None, 10), Full);
     }

@@ -63,11 +63,16 @@ impl Entry {
 }
 
 pub fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
+/// One shard of the index.
+type Shard = RwLock<HashMap<Digest, Arc<Entry>>>;
+
 pub struct Index {
-    shards: Box<[RwLock<HashMap<Digest, Arc<Entry>>>]>,
+    shards: Box<[Shard]>,
 }
 
 impl Default for Index {
@@ -78,10 +83,12 @@ impl Default for Index {
 
 impl Index {
     pub fn new() -> Index {
-        Index { shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect() }
+        Index {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+        }
     }
 
-    fn shard(&self, d: &Digest) -> &RwLock<HashMap<Digest, Arc<Entry>>> {
+    fn shard(&self, d: &Digest) -> &Shard {
         &self.shards[d.shard(SHARDS)]
     }
 
@@ -112,7 +119,10 @@ impl Index {
     }
 
     pub fn bytes(&self) -> u64 {
-        self.shards.iter().map(|s| s.read().unwrap().values().map(|e| e.size).sum::<u64>()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap().values().map(|e| e.size).sum::<u64>())
+            .sum()
     }
 
     /// Every repository some committed digest is linked to, sorted (for `_catalog`).

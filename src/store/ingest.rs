@@ -25,16 +25,23 @@ pub struct Ingest {
 #[derive(Debug)]
 pub enum CommitError {
     /// Upstream sent a different number of bytes than it declared.
-    Size { expected: u64, got: u64 },
+    Size {
+        expected: u64,
+        got: u64,
+    },
     /// The content does not hash to the digest it was asked for under.
-    Digest { got: Digest },
+    Digest {
+        got: Digest,
+    },
     Io(std::io::Error),
 }
 
 impl std::fmt::Display for CommitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CommitError::Size { expected, got } => write!(f, "size mismatch: expected {expected}, got {got}"),
+            CommitError::Size { expected, got } => {
+                write!(f, "size mismatch: expected {expected}, got {got}")
+            }
             CommitError::Digest { got } => write!(f, "digest mismatch: content hashes to {got}"),
             CommitError::Io(e) => write!(f, "{e}"),
         }
@@ -88,23 +95,37 @@ impl Ingest {
 
     /// Verify and commit: size and sha256 checked, fsync, rename into `blobs/`, fsync the
     /// directory. On any error nothing is committed and the temp file is removed (Drop).
-    pub async fn commit(mut self, store: &Store, expected: Digest, size: Option<u64>) -> Result<u64, CommitError> {
+    pub async fn commit(
+        mut self,
+        store: &Store,
+        expected: Digest,
+        size: Option<u64>,
+    ) -> Result<u64, CommitError> {
         if let Some(expected) = size {
             if expected != self.written {
-                return Err(CommitError::Size { expected, got: self.written });
+                return Err(CommitError::Size {
+                    expected,
+                    got: self.written,
+                });
             }
         }
-        let hasher = std::mem::replace(&mut self.hasher, ring::digest::Context::new(&ring::digest::SHA256));
+        let hasher = std::mem::replace(
+            &mut self.hasher,
+            ring::digest::Context::new(&ring::digest::SHA256),
+        );
         let got = Digest::from_ring(&hasher.finish());
         if got != expected {
             return Err(CommitError::Digest { got });
         }
         self.file.sync_all().await.map_err(CommitError::Io)?;
         let dest = store.blob_path(&expected);
-        monoio::fs::rename(&self.path, &dest).await.map_err(CommitError::Io)?;
+        monoio::fs::rename(&self.path, &dest)
+            .await
+            .map_err(CommitError::Io)?;
         self.committed = true;
         // The rename is durable only once the directory entry is: fsync the directory.
-        let dir = std::fs::File::open(dest.parent().expect("blob paths have a parent")).map_err(CommitError::Io)?;
+        let dir = std::fs::File::open(dest.parent().expect("blob paths have a parent"))
+            .map_err(CommitError::Io)?;
         let dir = monoio::fs::File::from_std(dir).map_err(CommitError::Io)?;
         dir.sync_all().await.map_err(CommitError::Io)?;
         Ok(self.written)

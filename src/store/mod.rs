@@ -67,10 +67,16 @@ impl Store {
             }
         }
         if stray > 0 {
-            tracing::warn!(stray, "files under blobs/ that are not named by their digest were left alone");
+            tracing::warn!(
+                stray,
+                "files under blobs/ that are not named by their digest were left alone"
+            );
         }
         tracing::info!(entries = index.len(), bytes = index.bytes(), root = %root.display(), "store opened");
-        Ok(Store { root: root.to_path_buf(), index })
+        Ok(Store {
+            root: root.to_path_buf(),
+            index,
+        })
     }
 
     /// Where committed content for `digest` lives.

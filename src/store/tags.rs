@@ -24,7 +24,11 @@ pub struct Tags {
 
 impl Tags {
     pub fn get(&self, name: &str, tag: &str) -> Option<Resolution> {
-        self.map.lock().unwrap().get(&(name.to_string(), tag.to_string())).cloned()
+        self.map
+            .lock()
+            .unwrap()
+            .get(&(name.to_string(), tag.to_string()))
+            .cloned()
     }
 
     pub fn put(&self, name: &str, tag: &str, digest: Digest, media_type: Arc<str>, at: Instant) {
@@ -35,10 +39,20 @@ impl Tags {
                 map.remove(&oldest);
             }
         }
-        map.insert((name.to_string(), tag.to_string()), Resolution { digest, media_type, at });
+        map.insert(
+            (name.to_string(), tag.to_string()),
+            Resolution {
+                digest,
+                media_type,
+                at,
+            },
+        );
     }
 
     pub fn remove(&self, name: &str, tag: &str) {
-        self.map.lock().unwrap().remove(&(name.to_string(), tag.to_string()));
+        self.map
+            .lock()
+            .unwrap()
+            .remove(&(name.to_string(), tag.to_string()));
     }
 }

@@ -13,7 +13,11 @@ use base64::Engine;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
     Basic,
-    Bearer { realm: String, service: Option<String>, scope: Option<String> },
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
 }
 
 /// Parse the first challenge we can use from a `WWW-Authenticate` value (RFC 9110 §11.6.1:
@@ -28,8 +32,17 @@ pub fn parse_challenge(value: &str) -> Option<Challenge> {
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
-    let get = |k: &str| params.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone());
-    Some(Challenge::Bearer { realm: get("realm")?, service: get("service"), scope: get("scope") })
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+    };
+    Some(Challenge::Bearer {
+        realm: get("realm")?,
+        service: get("service"),
+        scope: get("scope"),
+    })
 }
 
 fn parse_params(s: &str) -> Option<Vec<(String, String)>> {
@@ -93,7 +106,10 @@ fn parse_params(s: &str) -> Option<Vec<(String, String)>> {
 
 /// `Authorization: Basic …` for a username and password.
 pub fn basic(username: &str, password: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+    )
 }
 
 /// A token endpoint's answer (distribution spec: `token`, or OAuth2's `access_token`).
@@ -117,11 +133,16 @@ pub struct Tokens {
 
 impl Tokens {
     pub fn get(&self, scope: &str, now: Instant) -> Option<&str> {
-        self.by_scope.get(scope).filter(|(_, exp)| *exp > now).map(|(t, _)| t.as_str())
+        self.by_scope
+            .get(scope)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(t, _)| t.as_str())
     }
 
     pub fn put(&mut self, scope: &str, token: String, ttl: Duration, now: Instant) {
-        let ttl = ttl.saturating_sub(crate::limits::TOKEN_EXPIRY_MARGIN).max(Duration::from_secs(1));
+        let ttl = ttl
+            .saturating_sub(crate::limits::TOKEN_EXPIRY_MARGIN)
+            .max(Duration::from_secs(1));
         if self.by_scope.len() >= 4096 {
             self.by_scope.retain(|_, (_, exp)| *exp > now);
         }
@@ -136,15 +157,29 @@ mod tests {
     #[test]
     fn challenges() {
         let bearer = |realm: &str, service: Option<&str>, scope: Option<&str>| {
-            Some(Challenge::Bearer { realm: realm.into(), service: service.map(Into::into), scope: scope.map(Into::into) })
+            Some(Challenge::Bearer {
+                realm: realm.into(),
+                service: service.map(Into::into),
+                scope: scope.map(Into::into),
+            })
         };
         let cases: &[(&str, Option<Challenge>)] = &[
             (
                 r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#,
-                bearer("https://auth.docker.io/token", Some("registry.docker.io"), Some("repository:library/alpine:pull")),
+                bearer(
+                    "https://auth.docker.io/token",
+                    Some("registry.docker.io"),
+                    Some("repository:library/alpine:pull"),
+                ),
             ),
-            (r#"Bearer realm="http://127.0.0.1:1/t""#, bearer("http://127.0.0.1:1/t", None, None)),
-            (r#"bearer realm=http://x/t, service=svc"#, bearer("http://x/t", Some("svc"), None)),
+            (
+                r#"Bearer realm="http://127.0.0.1:1/t""#,
+                bearer("http://127.0.0.1:1/t", None, None),
+            ),
+            (
+                r#"bearer realm=http://x/t, service=svc"#,
+                bearer("http://x/t", Some("svc"), None),
+            ),
             (r#"Bearer realm="a\"b""#, bearer("a\"b", None, None)),
             (r#"Basic realm="Registry Realm""#, Some(Challenge::Basic)),
             (r#"Bearer service="x""#, None),

@@ -36,7 +36,10 @@ impl Upstream {
         Upstream {
             base: config.url.clone(),
             credentials: config.username.clone().zip(config.password.clone()),
-            docker_hub: matches!(host, "registry-1.docker.io" | "docker.io" | "index.docker.io"),
+            docker_hub: matches!(
+                host,
+                "registry-1.docker.io" | "docker.io" | "index.docker.io"
+            ),
             client,
             tokens: RefCell::new(Tokens::default()),
         }
@@ -53,50 +56,100 @@ impl Upstream {
     }
 
     /// `method` `/v2/<name>/<tail>` upstream, authenticating and following redirects.
-    pub async fn send(&self, method: &str, name: &str, tail: &str, headers: &[(&str, &str)]) -> Result<Response> {
+    pub async fn send(
+        &self,
+        method: &str,
+        name: &str,
+        tail: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Response> {
         let name = self.repo_name(name);
         let scope = format!("repository:{name}:pull");
         let base_path = self.base.path.trim_end_matches('/');
-        let mut url = Url { origin: self.base.origin.clone(), path: format!("{base_path}/v2/{name}/{tail}") };
+        let mut url = Url {
+            origin: self.base.origin.clone(),
+            path: format!("{base_path}/v2/{name}/{tail}"),
+        };
         self.send_url(method, &mut url, &scope, headers).await
     }
 
     /// `GET /v2/_catalog`-style requests that are not under a repository.
-    pub async fn send_path(&self, method: &str, path: &str, scope: &str, headers: &[(&str, &str)]) -> Result<Response> {
+    pub async fn send_path(
+        &self,
+        method: &str,
+        path: &str,
+        scope: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Response> {
         let base_path = self.base.path.trim_end_matches('/');
-        let mut url = Url { origin: self.base.origin.clone(), path: format!("{base_path}{path}") };
+        let mut url = Url {
+            origin: self.base.origin.clone(),
+            path: format!("{base_path}{path}"),
+        };
         self.send_url(method, &mut url, scope, headers).await
     }
 
-    async fn send_url(&self, method: &str, url: &mut Url, scope: &str, headers: &[(&str, &str)]) -> Result<Response> {
+    async fn send_url(
+        &self,
+        method: &str,
+        url: &mut Url,
+        scope: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Response> {
         let mut challenged = false;
         let mut hops = 0;
         loop {
             let same_origin = url.origin == self.base.origin;
-            let authorization = if same_origin { self.authorization(scope) } else { None };
+            let authorization = if same_origin {
+                self.authorization(scope)
+            } else {
+                None
+            };
             let mut all: Vec<(&str, &str)> = headers.to_vec();
             if let Some(a) = &authorization {
                 all.push(("Authorization", a));
             }
-            let resp = self.client.send(&Request { method, url, headers: &all }).await?;
+            let resp = self
+                .client
+                .send(&Request {
+                    method,
+                    url,
+                    headers: &all,
+                })
+                .await?;
             match resp.status {
                 401 if same_origin && !challenged => {
                     challenged = true;
-                    let challenge = resp.header("www-authenticate").and_then(auth::parse_challenge);
+                    let challenge = resp
+                        .header("www-authenticate")
+                        .and_then(auth::parse_challenge);
                     resp.discard().await;
                     match challenge {
                         Some(c) => self.answer_challenge(c, scope).await?,
-                        None => return Err(Error::upstream(Kind::Unauthorized, "upstream refused without a usable challenge")),
+                        None => {
+                            return Err(Error::upstream(
+                                Kind::Unauthorized,
+                                "upstream refused without a usable challenge",
+                            ))
+                        }
                     }
                 }
                 301 | 302 | 303 | 307 | 308 => {
                     hops += 1;
                     if hops > limits::REDIRECTS_MAX {
-                        return Err(Error::upstream(Kind::BadGateway, "too many upstream redirects"));
+                        return Err(Error::upstream(
+                            Kind::BadGateway,
+                            "too many upstream redirects",
+                        ));
                     }
                     let next = resp.header("location").and_then(|l| url.join(l));
                     resp.discard().await;
-                    *url = next.ok_or_else(|| Error::upstream(Kind::BadGateway, "upstream redirect to an unusable location"))?;
+                    *url = next.ok_or_else(|| {
+                        Error::upstream(
+                            Kind::BadGateway,
+                            "upstream redirect to an unusable location",
+                        )
+                    })?;
                 }
                 _ => return Ok(resp),
             }
@@ -109,7 +162,9 @@ impl Upstream {
         let tokens = self.tokens.borrow();
         match tokens.challenge.as_ref()? {
             Challenge::Basic => self.credentials.as_ref().map(|(u, p)| auth::basic(u, p)),
-            Challenge::Bearer { .. } => tokens.get(scope, Instant::now()).map(|t| format!("Bearer {t}")),
+            Challenge::Bearer { .. } => tokens
+                .get(scope, Instant::now())
+                .map(|t| format!("Bearer {t}")),
         }
     }
 
@@ -118,47 +173,97 @@ impl Upstream {
         match challenge {
             Challenge::Basic => {
                 if self.credentials.is_none() {
-                    return Err(Error::upstream(Kind::Unauthorized, "upstream requires credentials; none configured"));
+                    return Err(Error::upstream(
+                        Kind::Unauthorized,
+                        "upstream requires credentials; none configured",
+                    ));
                 }
                 Ok(())
             }
-            Challenge::Bearer { realm, service, scope: asked } => {
-                let (token, ttl) = self.fetch_token(&realm, service.as_deref(), asked.as_deref().unwrap_or(scope)).await?;
-                self.tokens.borrow_mut().put(scope, token, ttl, Instant::now());
+            Challenge::Bearer {
+                realm,
+                service,
+                scope: asked,
+            } => {
+                let (token, ttl) = self
+                    .fetch_token(
+                        &realm,
+                        service.as_deref(),
+                        asked.as_deref().unwrap_or(scope),
+                    )
+                    .await?;
+                self.tokens
+                    .borrow_mut()
+                    .put(scope, token, ttl, Instant::now());
                 Ok(())
             }
         }
     }
 
-    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<(String, Duration)> {
-        let realm_url = Url::parse(realm).ok_or_else(|| Error::upstream(Kind::Unauthorized, "token realm is not an http(s) URL"))?;
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<(String, Duration)> {
+        let realm_url = Url::parse(realm).ok_or_else(|| {
+            Error::upstream(Kind::Unauthorized, "token realm is not an http(s) URL")
+        })?;
         let mut query = String::new();
         if let Some(s) = service {
             query.push_str(&format!("service={}&", crate::route::percent_encode(s)));
         }
         query.push_str(&format!("scope={}", crate::route::percent_encode(scope)));
-        let sep = if realm_url.path.contains('?') { '&' } else { '?' };
-        let url = Url { origin: realm_url.origin.clone(), path: format!("{}{sep}{query}", realm_url.path) };
+        let sep = if realm_url.path.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let url = Url {
+            origin: realm_url.origin.clone(),
+            path: format!("{}{sep}{query}", realm_url.path),
+        };
         let basic = self.credentials.as_ref().map(|(u, p)| auth::basic(u, p));
         let mut headers = vec![("Accept", "application/json")];
         if let Some(b) = &basic {
             headers.push(("Authorization", b));
         }
-        let resp = self.client.send(&Request { method: "GET", url: &url, headers: &headers }).await.map_err(|e| {
-            Error { kind: Kind::Unavailable, context: "token endpoint unreachable", ..e }
-        })?;
+        let resp = self
+            .client
+            .send(&Request {
+                method: "GET",
+                url: &url,
+                headers: &headers,
+            })
+            .await
+            .map_err(|e| Error {
+                kind: Kind::Unavailable,
+                context: "token endpoint unreachable",
+                ..e
+            })?;
         let status = resp.status;
         let body = resp.read_capped(limits::SMALL_BODY_BYTES_MAX).await?;
         match status {
             200 => {}
-            401 | 403 => return Err(Error::upstream(Kind::Unauthorized, "token endpoint refused the credentials")),
+            401 | 403 => {
+                return Err(Error::upstream(
+                    Kind::Unauthorized,
+                    "token endpoint refused the credentials",
+                ))
+            }
             _ => return Err(Error::upstream(Kind::Unavailable, "token endpoint failed")),
         }
-        let t: auth::TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| Error::upstream(Kind::Unavailable, "token endpoint sent invalid JSON").with_cause(e))?;
-        let token = t.token.or(t.access_token).filter(|t| !t.is_empty())
+        let t: auth::TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+            Error::upstream(Kind::Unavailable, "token endpoint sent invalid JSON").with_cause(e)
+        })?;
+        let token = t
+            .token
+            .or(t.access_token)
+            .filter(|t| !t.is_empty())
             .ok_or_else(|| Error::upstream(Kind::Unavailable, "token endpoint sent no token"))?;
-        let ttl = t.expires_in.map_or(limits::TOKEN_DEFAULT_TTL, Duration::from_secs);
+        let ttl = t
+            .expires_in
+            .map_or(limits::TOKEN_DEFAULT_TTL, Duration::from_secs);
         Ok((token, ttl))
     }
 }

@@ -16,7 +16,10 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -24,12 +27,16 @@ impl Resp {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     /// The OCI error code of an error body.
     pub fn error_code(&self) -> String {
-        self.json()["errors"][0]["code"].as_str().unwrap_or("").to_string()
+        self.json()["errors"][0]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 }
 
@@ -41,7 +48,13 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 /// One request on a fresh connection.
-pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
     let mut s = connect(addr);
     send(&mut s, addr, method, path, headers, body);
     let mut r = BufReader::new(s);
@@ -52,7 +65,14 @@ pub fn get(addr: SocketAddr, path: &str) -> Resp {
     request(addr, "GET", path, &[], b"")
 }
 
-pub fn send(s: &mut TcpStream, addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) {
+pub fn send(
+    s: &mut TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
@@ -71,7 +91,10 @@ pub fn read_response<R: Read>(r: &mut BufReader<R>, head_request: bool) -> std::
     if r.read_line(&mut line)? == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
-    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok())
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
     let mut headers = Vec::new();
     loop {
@@ -81,10 +104,16 @@ pub fn read_response<R: Read>(r: &mut BufReader<R>, head_request: bool) -> std::
         if l.is_empty() {
             break;
         }
-        let (n, v) = l.split_once(':').ok_or_else(|| std::io::Error::other(format!("bad header {l:?}")))?;
+        let (n, v) = l
+            .split_once(':')
+            .ok_or_else(|| std::io::Error::other(format!("bad header {l:?}")))?;
         headers.push((n.trim().to_string(), v.trim().to_string()));
     }
-    let mut resp = Resp { status, headers, body: Vec::new() };
+    let mut resp = Resp {
+        status,
+        headers,
+        body: Vec::new(),
+    };
     if head_request || status == 204 || status == 304 {
         return Ok(resp);
     }
@@ -92,7 +121,10 @@ pub fn read_response<R: Read>(r: &mut BufReader<R>, head_request: bool) -> std::
         let len: usize = len.parse().unwrap();
         resp.body = vec![0; len];
         r.read_exact(&mut resp.body)?;
-    } else if resp.header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+    } else if resp
+        .header("transfer-encoding")
+        .is_some_and(|t| t.contains("chunked"))
+    {
         loop {
             line.clear();
             r.read_line(&mut line)?;
@@ -141,7 +173,10 @@ pub fn get_hashed(addr: SocketAddr, path: &str) -> (u16, u64, String, bool) {
         Ok(h) => h,
         Err(_) => return (0, 0, String::new(), false),
     };
-    let len: u64 = head.header("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let len: u64 = head
+        .header("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut got = 0u64;
     let mut buf = vec![0u8; 256 * 1024];

@@ -28,7 +28,8 @@ pub fn layer(seed: u64, size: usize) -> (Vec<u8>, String) {
     h.set_size(data.len() as u64);
     h.set_mode(0o644);
     h.set_cksum();
-    tar.append_data(&mut h, format!("file-{seed}.bin"), &data[..]).unwrap();
+    tar.append_data(&mut h, format!("file-{seed}.bin"), &data[..])
+        .unwrap();
     let tar = tar.into_inner().unwrap();
     let diff_id = super::sha256_hex(&tar);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -45,7 +46,10 @@ pub struct Image {
 
 impl Image {
     pub fn layer_digests(&self) -> Vec<String> {
-        self.layers.iter().map(|l| format!("sha256:{}", super::sha256_hex(l))).collect()
+        self.layers
+            .iter()
+            .map(|l| format!("sha256:{}", super::sha256_hex(l)))
+            .collect()
     }
 }
 
@@ -77,7 +81,12 @@ pub fn image(seed: u64, sizes: &[usize]) -> Image {
     .to_string()
     .into_bytes();
     let manifest_digest = format!("sha256:{}", super::sha256_hex(&manifest));
-    Image { manifest, manifest_digest, config, layers }
+    Image {
+        manifest,
+        manifest_digest,
+        config,
+        layers,
+    }
 }
 
 /// Push an image to a registry through the distribution push API (monolithic uploads).
@@ -85,20 +94,41 @@ pub fn push(addr: SocketAddr, name: &str, tag: &str, img: &Image, auth: Option<&
     let auth_h: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
     for blob in img.layers.iter().chain(std::iter::once(&img.config)) {
         let digest = format!("sha256:{}", super::sha256_hex(blob));
-        let r = http::request(addr, "POST", &format!("/v2/{name}/blobs/uploads/"), &auth_h, b"");
+        let r = http::request(
+            addr,
+            "POST",
+            &format!("/v2/{name}/blobs/uploads/"),
+            &auth_h,
+            b"",
+        );
         assert_eq!(r.status, 202, "start upload: {}", r.text());
         let loc = r.header("location").unwrap().to_string();
-        let loc = loc.split_once("://").map_or(loc.clone(), |(_, rest)| rest[rest.find('/').unwrap()..].to_string());
+        let loc = loc.split_once("://").map_or(loc.clone(), |(_, rest)| {
+            rest[rest.find('/').unwrap()..].to_string()
+        });
         let sep = if loc.contains('?') { '&' } else { '?' };
         let mut headers = auth_h.clone();
         headers.push(("Content-Type", "application/octet-stream"));
         let mut s = http::connect(addr);
-        http::send(&mut s, addr, "PUT", &format!("{loc}{sep}digest={digest}"), &headers, blob);
+        http::send(
+            &mut s,
+            addr,
+            "PUT",
+            &format!("{loc}{sep}digest={digest}"),
+            &headers,
+            blob,
+        );
         let r = http::read_response(&mut BufReader::new(s), false).unwrap();
         assert_eq!(r.status, 201, "finish upload: {}", r.text());
     }
     let mut headers = auth_h.clone();
     headers.push(("Content-Type", "application/vnd.oci.image.manifest.v1+json"));
-    let r = http::request(addr, "PUT", &format!("/v2/{name}/manifests/{tag}"), &headers, &img.manifest);
+    let r = http::request(
+        addr,
+        "PUT",
+        &format!("/v2/{name}/manifests/{tag}"),
+        &headers,
+        &img.manifest,
+    );
     assert_eq!(r.status, 201, "put manifest: {}", r.text());
 }

@@ -19,13 +19,25 @@ use std::time::{Duration, Instant};
 /// Install a peer if it is missing (the test command installs them; this is a clear failure
 /// when someone runs `cargo test` alone).
 pub fn require(bin: &str) {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {bin}")).output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(found, "{bin} is not installed: run scripts/test.sh, which installs the test peers");
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {bin}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{bin} is not installed: run scripts/test.sh, which installs the test peers"
+    );
 }
 
 /// A free loopback port (bound and released; the peer binds it right after).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Wait until `addr` accepts connections (bounded: 20 s, 10 ms apart).
@@ -50,11 +62,16 @@ pub struct Proc {
 impl Proc {
     /// Spawn with stderr (and stdout) captured into `log`.
     pub fn spawn(mut cmd: Command) -> Proc {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let log = Arc::new(Mutex::new(String::new()));
         let signal = Arc::new(std::sync::Condvar::new());
-        for pipe in [Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stdout.take().unwrap())] {
+        for pipe in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
             let log = log.clone();
             let signal = signal.clone();
             std::thread::spawn(move || {
@@ -79,14 +96,44 @@ impl Proc {
                 return line.to_string();
             }
             let now = Instant::now();
-            assert!(now < deadline, "no log line with {needle:?} within {within:?}; log:\n{}", *log);
+            assert!(
+                now < deadline,
+                "no log line with {needle:?} within {within:?}; log:\n{}",
+                *log
+            );
+            log = self.signal.wait_timeout(log, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Wait until at least `n` log lines contain every one of `needles` (bounded: `within`).
+    pub fn wait_count(&self, needles: &[&str], n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        let mut log = self.log.lock().unwrap();
+        loop {
+            let c = log
+                .lines()
+                .filter(|l| needles.iter().all(|x| l.contains(x)))
+                .count();
+            if c >= n {
+                return;
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "only {c} of {n} log lines with {needles:?} within {within:?}"
+            );
             log = self.signal.wait_timeout(log, deadline - now).unwrap().0;
         }
     }
 
     /// How many log lines contain every one of `needles`.
     pub fn count_log(&self, needles: &[&str]) -> usize {
-        self.log.lock().unwrap().lines().filter(|l| needles.iter().all(|n| l.contains(n))).count()
+        self.log
+            .lock()
+            .unwrap()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
     }
 
     pub fn signal(&self, sig: i32) {
@@ -103,7 +150,10 @@ impl Proc {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "process did not exit within {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -145,12 +195,28 @@ impl Ringcache {
         std::fs::create_dir_all(root.parent().unwrap()).unwrap();
         std::fs::write(&cfg_path, config).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcache"));
-        cmd.arg("serve").arg("--config").arg(&cfg_path).env("RUST_LOG", "ringcache=debug");
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&cfg_path)
+            .env("RUST_LOG", "ringcache=debug");
         let proc = Proc::spawn(cmd);
         let line = proc.wait_log("listening on ", Duration::from_secs(20));
-        let addr = line.split("listening on ").nth(1).unwrap().split_whitespace().next().unwrap();
-        let addr: SocketAddr = strip_ansi(addr).parse().unwrap_or_else(|e| panic!("{line}: {e}"));
-        Ringcache { proc, addr, root: root.to_path_buf(), _dir: None }
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        let addr: SocketAddr = strip_ansi(addr)
+            .parse()
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+        Ringcache {
+            proc,
+            addr,
+            root: root.to_path_buf(),
+            _dir: None,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -193,13 +259,21 @@ impl Registry {
         let mut auth = String::new();
         if let Some((user, password)) = htpasswd {
             require("htpasswd");
-            let out = Command::new("htpasswd").args(["-Bbn", user, password]).output().unwrap();
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .unwrap();
             assert!(out.status.success());
             let file = dir.path().join("htpasswd");
             std::fs::write(&file, out.stdout).unwrap();
-            auth = format!("auth: {{htpasswd: {{realm: test-realm, path: {}}}}}\n", file.display());
+            auth = format!(
+                "auth: {{htpasswd: {{realm: test-realm, path: {}}}}}\n",
+                file.display()
+            );
         }
-        let proxy = proxy_of.map(|u| format!("proxy: {{remoteurl: {u}}}\n")).unwrap_or_default();
+        let proxy = proxy_of
+            .map(|u| format!("proxy: {{remoteurl: {u}}}\n"))
+            .unwrap_or_default();
         let config = format!(
             "version: 0.1\nlog: {{level: info, accesslog: {{disabled: true}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n{auth}{proxy}",
             dir.path().join("data").display()
@@ -211,7 +285,11 @@ impl Registry {
         let proc = Proc::spawn(cmd);
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         wait_port(addr);
-        Registry { proc, addr, _dir: dir }
+        Registry {
+            proc,
+            addr,
+            _dir: dir,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -220,7 +298,11 @@ impl Registry {
 
     /// Blob GETs the registry has answered (from its log).
     pub fn blob_gets(&self) -> usize {
-        self.proc.count_log(&["http.request.method=GET", "/blobs/sha256:", "response completed"])
+        self.proc.count_log(&[
+            "http.request.method=GET",
+            "/blobs/sha256:",
+            "response completed",
+        ])
     }
 }
 
@@ -229,13 +311,23 @@ pub fn skopeo_copy(addr: SocketAddr, image: &str, dest: &Path, creds: Option<&st
     require("skopeo");
     let started = Instant::now();
     let mut cmd = Command::new("skopeo");
-    cmd.args(["--insecure-policy", "copy", "--src-tls-verify=false", "--retry-times=0"]);
+    cmd.args([
+        "--insecure-policy",
+        "copy",
+        "--src-tls-verify=false",
+        "--retry-times=0",
+    ]);
     if let Some(c) = creds {
         cmd.args(["--src-creds", c]);
     }
-    cmd.arg(format!("docker://{addr}/{image}")).arg(format!("oci:{}", dest.display()));
+    cmd.arg(format!("docker://{addr}/{image}"))
+        .arg(format!("oci:{}", dest.display()));
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "skopeo copy {image} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo copy {image} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     started.elapsed()
 }
 
@@ -259,7 +351,10 @@ pub fn tree_hashes(dir: &Path) -> std::collections::BTreeMap<String, String> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), sha256_file(&p));
+                out.insert(
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    sha256_file(&p),
+                );
             }
         }
     }

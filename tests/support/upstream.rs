@@ -78,12 +78,21 @@ impl TestUpstream {
     }
 
     pub fn add_blob(&self, data: Vec<u8>, fault: Fault) -> String {
-        self.add_blob_with(Blob { data: Arc::new(data), fault, gated: false, pace: None })
+        self.add_blob_with(Blob {
+            data: Arc::new(data),
+            fault,
+            gated: false,
+            pace: None,
+        })
     }
 
     pub fn add_blob_with(&self, blob: Blob) -> String {
         let digest = format!("sha256:{}", super::sha256_hex(&blob.data));
-        self.state.blobs.lock().unwrap().insert(digest.clone(), blob);
+        self.state
+            .blobs
+            .lock()
+            .unwrap()
+            .insert(digest.clone(), blob);
         digest
     }
 
@@ -96,7 +105,11 @@ impl TestUpstream {
     }
 
     pub fn remove_manifest(&self, name: &str, tag: &str) {
-        self.state.manifests.lock().unwrap().remove(&(name.into(), tag.into()));
+        self.state
+            .manifests
+            .lock()
+            .unwrap()
+            .remove(&(name.into(), tag.into()));
     }
 
     /// Demand Bearer tokens, issued by `/token` for these Basic credentials.
@@ -111,7 +124,14 @@ impl TestUpstream {
 
     /// Requests seen whose request line starts with `prefix` (e.g. "GET /v2/x/blobs/").
     pub fn count(&self, prefix: &str) -> usize {
-        self.state.counts.lock().unwrap().iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v).sum()
+        self.state
+            .counts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v)
+            .sum()
     }
 
     /// Wait until `count(prefix) >= n` (bounded).
@@ -124,8 +144,16 @@ impl TestUpstream {
                 return;
             }
             let now = Instant::now();
-            assert!(now < deadline, "only {c} of {n} requests {prefix:?} within {within:?}");
-            seen = self.state.arrived.wait_timeout(seen, deadline - now).unwrap().0;
+            assert!(
+                now < deadline,
+                "only {c} of {n} requests {prefix:?} within {within:?}"
+            );
+            seen = self
+                .state
+                .arrived
+                .wait_timeout(seen, deadline - now)
+                .unwrap()
+                .0;
         }
     }
 
@@ -169,8 +197,15 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
         let mut parts = line.split_whitespace();
         let method = parts.next().unwrap_or("").to_string();
         let target = parts.next().unwrap_or("").to_string();
-        *st.counts.lock().unwrap().entry(format!("{method} {target}")).or_default() += 1;
-        st.seen.lock().unwrap().push((format!("{method} {target}"), authz.clone()));
+        *st.counts
+            .lock()
+            .unwrap()
+            .entry(format!("{method} {target}"))
+            .or_default() += 1;
+        st.seen
+            .lock()
+            .unwrap()
+            .push((format!("{method} {target}"), authz.clone()));
         st.arrived.notify_all();
         let head = method == "HEAD";
         let path = target.split('?').next().unwrap_or("").to_string();
@@ -183,22 +218,50 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
                 (None, _) => true,
             };
             if ok {
-                respond(&mut w, 200, &[("Content-Type", "application/json")], format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#).as_bytes(), head)?;
+                respond(
+                    &mut w,
+                    200,
+                    &[("Content-Type", "application/json")],
+                    format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#).as_bytes(),
+                    head,
+                )?;
             } else {
                 respond(&mut w, 401, &[], b"{}", head)?;
             }
             continue;
         }
-        if st.bearer.lock().unwrap().is_some() && authz.as_deref() != Some(&format!("Bearer {TOKEN}")) {
-            let name = path.trim_start_matches("/v2/").rsplitn(3, '/').nth(2).unwrap_or("").to_string();
+        if st.bearer.lock().unwrap().is_some()
+            && authz.as_deref() != Some(&format!("Bearer {TOKEN}"))
+        {
+            let name = path
+                .trim_start_matches("/v2/")
+                .rsplitn(3, '/')
+                .nth(2)
+                .unwrap_or("")
+                .to_string();
             let challenge = format!(
                 r#"Bearer realm="http://{addr}/token",service="test-upstream",scope="repository:{name}:pull""#
             );
-            respond(&mut w, 401, &[("WWW-Authenticate", &challenge), ("Content-Type", "application/json")], br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#, head)?;
+            respond(
+                &mut w,
+                401,
+                &[
+                    ("WWW-Authenticate", &challenge),
+                    ("Content-Type", "application/json"),
+                ],
+                br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+                head,
+            )?;
             continue;
         }
         if path == "/v2/" {
-            respond(&mut w, 200, &[("Content-Type", "application/json")], b"{}", head)?;
+            respond(
+                &mut w,
+                200,
+                &[("Content-Type", "application/json")],
+                b"{}",
+                head,
+            )?;
             continue;
         }
         let rest = path.trim_start_matches("/v2/");
@@ -212,19 +275,42 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
         };
         match kind {
             "manifests" => {
-                let m = st.manifests.lock().unwrap().get(&(name.to_string(), reference.to_string())).cloned();
+                let m = st
+                    .manifests
+                    .lock()
+                    .unwrap()
+                    .get(&(name.to_string(), reference.to_string()))
+                    .cloned();
                 match m {
                     Some((mt, body)) => {
                         let d = format!("sha256:{}", super::sha256_hex(&body));
-                        respond(&mut w, 200, &[("Content-Type", &mt), ("Docker-Content-Digest", &d)], &body, head)?;
+                        respond(
+                            &mut w,
+                            200,
+                            &[("Content-Type", &mt), ("Docker-Content-Digest", &d)],
+                            &body,
+                            head,
+                        )?;
                     }
-                    None => respond(&mut w, 404, &[("Content-Type", "application/json")], br#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#, head)?,
+                    None => respond(
+                        &mut w,
+                        404,
+                        &[("Content-Type", "application/json")],
+                        br#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#,
+                        head,
+                    )?,
                 }
             }
             "blobs" => {
                 let b = st.blobs.lock().unwrap().get(reference).cloned();
                 let Some(b) = b else {
-                    respond(&mut w, 404, &[("Content-Type", "application/json")], br#"{"errors":[{"code":"BLOB_UNKNOWN"}]}"#, head)?;
+                    respond(
+                        &mut w,
+                        404,
+                        &[("Content-Type", "application/json")],
+                        br#"{"errors":[{"code":"BLOB_UNKNOWN"}]}"#,
+                        head,
+                    )?;
                     continue;
                 };
                 let head_bytes = format!(
@@ -265,7 +351,13 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
     }
 }
 
-fn respond(w: &mut TcpStream, status: u16, headers: &[(&str, &str)], body: &[u8], head: bool) -> std::io::Result<()> {
+fn respond(
+    w: &mut TcpStream,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    head: bool,
+) -> std::io::Result<()> {
     let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
     for (n, v) in headers {
         out.push_str(&format!("{n}: {v}\r\n"));
@@ -285,11 +377,16 @@ pub fn basic(user: &str, password: &str) -> String {
     let input = format!("{user}:{password}").into_bytes();
     let mut out = String::from("Basic ");
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {
-                out.write_char(T[(n >> (18 - 6 * i) & 63) as usize] as char).unwrap();
+                out.write_char(T[(n >> (18 - 6 * i) & 63) as usize] as char)
+                    .unwrap();
             } else {
                 out.push('=');
             }

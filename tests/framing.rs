@@ -1,0 +1,152 @@
+//! Strict HTTP/1.1 framing on the server side: every bad head gets its status and the
+//! connection is closed, and the server goes on serving other clients. Keep-alive (1.0 and
+//! 1.1), pipelining, writes refused without reading their body, and OCI errors for bad names.
+
+mod support;
+
+use std::io::{BufReader, Write};
+
+use support::upstream::TestUpstream;
+use support::{http, Ringcache};
+
+fn status_of(resp: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(resp);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn bad_framing_gets_its_status_and_the_connection_closes() {
+    let up = TestUpstream::start();
+    let rc = Ringcache::start(&up.url(), "");
+    let big_header = format!(
+        "GET /v2/ HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    let long_line = format!("GET /v2/{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9000));
+    let many = format!(
+        "GET /v2/ HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        "X-A: b\r\n".repeat(101)
+    );
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("bare LF", "GET /v2/ HTTP/1.1\nHost: a\n\n".into(), 400),
+        ("CL and TE", "GET /v2/ HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n".into(), 400),
+        ("duplicate CL", "GET /v2/ HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n".into(), 400),
+        ("invalid CL", "GET /v2/ HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n".into(), 400),
+        ("no Host", "GET /v2/ HTTP/1.1\r\n\r\n".into(), 400),
+        ("two Hosts", "GET /v2/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".into(), 400),
+        ("body on GET", "GET /v2/ HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc".into(), 400),
+        ("TE on HEAD", "HEAD /v2/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(), 400),
+        ("garbage", "\x16\x03\x01\x02\x00\x01\x00\x01\x7c\x03\x03\r\n\r\n".into(), 400),
+        ("header line too long", big_header, 431),
+        ("request line too long", long_line, 431),
+        ("too many headers", many, 431),
+    ];
+    for (what, input, want) in cases {
+        let (resp, closed) = http::raw(rc.addr, input.as_bytes());
+        assert_eq!(
+            status_of(&resp),
+            want,
+            "{what}: {}",
+            String::from_utf8_lossy(&resp)
+        );
+        assert!(
+            closed,
+            "{what}: connection must be closed after a framing error"
+        );
+        // The server still serves the next client.
+        assert_eq!(http::get(rc.addr, "/v2/").status, 200, "after {what}");
+    }
+}
+
+#[test]
+fn writes_are_refused_with_405_without_reading_the_body() {
+    let up = TestUpstream::start();
+    let rc = Ringcache::start(&up.url(), "");
+    for (method, path) in [
+        ("PUT", "/v2/a/manifests/v1"),
+        ("POST", "/v2/a/blobs/uploads/"),
+        ("PATCH", "/v2/a/blobs/uploads/x"),
+        ("DELETE", "/v2/a/manifests/v1"),
+    ] {
+        // Declares a large body and sends none of it: the answer must not wait for it.
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n");
+        let (resp, closed) = http::raw(rc.addr, req.as_bytes());
+        let text = String::from_utf8_lossy(&resp);
+        assert_eq!(status_of(&resp), 405, "{method}: {text}");
+        assert!(text.contains("UNSUPPORTED"), "{text}");
+        assert!(closed, "{method}: an unread body means the connection ends");
+    }
+}
+
+#[test]
+fn keep_alive_pipelining_and_close() {
+    let up = TestUpstream::start();
+    let rc = Ringcache::start(&up.url(), "");
+    // Pipelined: three requests in one write, answered in order on one connection.
+    let mut s = http::connect(rc.addr);
+    s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: a\r\n\r\nGET /nope HTTP/1.1\r\nHost: a\r\n\r\nHEAD /v2/ HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    assert_eq!(http::read_response(&mut r, false).unwrap().status, 200);
+    assert_eq!(http::read_response(&mut r, false).unwrap().status, 404);
+    let head = http::read_response(&mut r, true).unwrap();
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, Some("2"))
+    );
+    // Still open: one more.
+    http::send(&mut s, rc.addr, "GET", "/v2/", &[], b"");
+    assert_eq!(http::read_response(&mut r, false).unwrap().status, 200);
+
+    // HTTP/1.0 keep-alive (as ab uses it): the answer says keep-alive and the connection stays.
+    let mut s = http::connect(rc.addr);
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    for _ in 0..3 {
+        s.write_all(b"GET /v2/ HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+            .unwrap();
+        let resp = http::read_response(&mut r, false).unwrap();
+        assert_eq!(
+            (resp.status, resp.header("connection")),
+            (200, Some("keep-alive"))
+        );
+    }
+    // HTTP/1.0 without keep-alive, and 1.1 with Connection: close: answered, then closed.
+    for req in [
+        "GET /v2/ HTTP/1.0\r\n\r\n",
+        "GET /v2/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    ] {
+        let (resp, closed) = http::raw(rc.addr, req.as_bytes());
+        assert_eq!(status_of(&resp), 200, "{req:?}");
+        assert!(closed, "{req:?}");
+    }
+}
+
+#[test]
+fn invalid_names_tags_and_digests_get_oci_errors() {
+    let up = TestUpstream::start();
+    let rc = Ringcache::start(&up.url(), "");
+    let cases = [
+        ("/v2/UPPER/manifests/latest", 400, "NAME_INVALID"),
+        ("/v2/a/../b/manifests/latest", 400, "NAME_INVALID"),
+        ("/v2/a%2fb/manifests/latest", 400, "NAME_INVALID"),
+        ("/v2/a/manifests/-x", 400, "TAG_INVALID"),
+        ("/v2/a/blobs/sha256:abc", 400, "DIGEST_INVALID"),
+        ("/v2/a/blobs/md5:abc", 400, "DIGEST_INVALID"),
+    ];
+    for (path, status, code) in cases {
+        let r = http::get(rc.addr, path);
+        assert_eq!(
+            (r.status, r.error_code()),
+            (status, code.to_string()),
+            "{path}"
+        );
+    }
+    assert_eq!(up.count("GET /v2/a"), 0, "nothing invalid reaches upstream");
+    assert_eq!(
+        up.count("HEAD /v2/a"),
+        0,
+        "nothing invalid reaches upstream"
+    );
+}
