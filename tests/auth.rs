@@ -75,3 +75,31 @@ fn wrong_credentials_give_a_clear_401() {
     // And the server keeps serving.
     assert_eq!(http::get(rc.addr, "/v2/").status, 200);
 }
+
+#[test]
+fn redirects_are_followed_without_sending_credentials_to_another_host() {
+    let up = TestUpstream::start();
+    up.require_bearer("bob", "hunter2");
+    let cdn = TestUpstream::start_on("127.0.0.2");
+    let data = image::pseudo_random(77, 300_000);
+    let digest = up.add_blob(data.clone(), Fault::None);
+    cdn.add_blob(data.clone(), Fault::None);
+    up.redirect_blobs_to(&cdn.url());
+
+    let rc = Ringcache::start(
+        &format!("{}, username: bob, password: hunter2", up.url()),
+        "",
+    );
+    let r = http::get(rc.addr, &format!("/v2/team/app/blobs/{digest}"));
+    assert_eq!((r.status, r.body == data), (200, true));
+    let at_cdn = cdn.seen();
+    assert_eq!(at_cdn.len(), 1, "{at_cdn:?}");
+    assert!(
+        at_cdn[0].0.contains("signed=1"),
+        "the redirect's query is kept: {at_cdn:?}"
+    );
+    assert_eq!(
+        at_cdn[0].1, None,
+        "no Authorization to a redirect target on another host"
+    );
+}

@@ -6,7 +6,7 @@ mod support;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use support::upstream::{Blob, Fault, TestUpstream};
+use support::upstream::{Blob, TestUpstream};
 use support::{http, image, Ringcache};
 
 const CLIENTS: usize = 32;
@@ -19,9 +19,8 @@ fn thirty_two_clients_one_cold_64mib_blob_one_upstream_get() {
     // joined the fill, so all 32 are followers of one fill in flight.
     let digest = up.add_blob_with(Blob {
         data: Arc::new(data),
-        fault: Fault::None,
         gated: true,
-        pace: None,
+        ..Default::default()
     });
     let rc = Ringcache::start(&up.url(), "ringcache: {workers: 2}\n");
     let path = format!("/v2/big/blob/blobs/{digest}");

@@ -150,3 +150,23 @@ fn invalid_names_tags_and_digests_get_oci_errors() {
         "nothing invalid reaches upstream"
     );
 }
+
+#[test]
+fn slow_heads_and_idle_connections_are_closed() {
+    let up = TestUpstream::start();
+    let rc = Ringcache::start(
+        &up.url(),
+        "ringcache: {limits: {head_timeout: 300ms, keepalive_idle: 300ms}}\n",
+    );
+    // Slowloris: a head that never completes is closed at the head deadline.
+    let (resp, closed) = http::raw(rc.addr, b"GET /v2/ HTTP/1.1\r\nHost: a\r\n");
+    assert!(
+        closed && resp.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
+    // An idle keep-alive connection is closed after keepalive_idle.
+    let (resp, closed) = http::raw(rc.addr, b"GET /v2/ HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(status_of(&resp), 200);
+    assert!(closed, "idle keep-alive connection must be closed");
+}

@@ -107,9 +107,8 @@ fn a_client_that_vanishes_does_not_stop_the_fill() {
     let data = image::pseudo_random(11, 8 * 1024 * 1024);
     let digest = up.add_blob_with(Blob {
         data: Arc::new(data),
-        fault: Fault::None,
         gated: true,
-        pace: None,
+        ..Default::default()
     });
     let path = format!("/v2/x/blobs/{digest}");
     {
@@ -125,4 +124,29 @@ fn a_client_that_vanishes_does_not_stop_the_fill() {
         (200, true, digest.clone())
     );
     assert_eq!(up.count(&format!("GET {path}")), 1);
+}
+
+#[test]
+fn chunked_and_close_delimited_upstream_bodies() {
+    use support::upstream::Framing;
+    let up = TestUpstream::start();
+    let rc = Ringcache::start(&up.url(), "");
+    for (seed, framing) in [(1u64, Framing::Chunked), (2, Framing::Close)] {
+        let data = image::pseudo_random(seed + 500, 1_000_000 + seed as usize);
+        let digest = up.add_blob_with(Blob {
+            data: Arc::new(data.clone()),
+            framing,
+            ..Default::default()
+        });
+        let path = format!("/v2/x/blobs/{digest}");
+        for _ in 0..2 {
+            let r = http::get(rc.addr, &path);
+            assert_eq!((r.status, r.body == data), (200, true), "{framing:?}");
+        }
+        assert_eq!(
+            up.count(&format!("GET {path}")),
+            1,
+            "{framing:?}: committed once, then hits"
+        );
+    }
 }

@@ -241,3 +241,43 @@ fn starts_with_upstream_down_and_serves_cached_content_when_upstream_dies() {
     rc.proc
         .wait_log("serving the cached tag", Duration::from_secs(5));
 }
+
+#[test]
+fn https_upstream_with_a_private_ca() {
+    let (reg, ca) = Registry::start_tls();
+    let https = format!("https://{}", reg.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let img = image::image(6, &[30_000]);
+    // Seed through skopeo over TLS (the test's own pusher is plain HTTP): push from an OCI
+    // layout made by a plain registry.
+    let plain = Registry::start(None);
+    image::push(plain.addr, "sec/app", "v1", &img, None);
+    let layout = dir.path().join("layout");
+    skopeo_copy(plain.addr, "sec/app:v1", &layout, None);
+    let out = std::process::Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}", layout.display()))
+        .arg(format!("docker://{}/sec/app:v1", reg.addr))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Without the CA the upstream is not trusted: a clear 503, not a hang.
+    let rc = Ringcache::start(&https, "");
+    let r = http::get(rc.addr, "/v2/sec/app/manifests/v1");
+    assert_eq!((r.status, r.error_code()), (503, "UNAVAILABLE".into()));
+    assert!(rc.proc.log.lock().unwrap().contains("TLS handshake failed"));
+    drop(rc);
+
+    let rc = Ringcache::start(
+        &https,
+        &format!("ringcache: {{upstream: {{ca_file: {}}}}}\n", ca.display()),
+    );
+    let pulled = dir.path().join("pulled");
+    skopeo_copy(rc.addr, "sec/app:v1", &pulled, None);
+    assert_eq!(tree_hashes(&pulled), tree_hashes(&layout));
+}

@@ -243,6 +243,8 @@ pub struct Registry {
     pub proc: Proc,
     pub addr: SocketAddr,
     _dir: tempfile::TempDir,
+    /// The TLS certificates, kept for as long as the registry runs.
+    _tls: Option<tempfile::TempDir>,
 }
 
 impl Registry {
@@ -253,6 +255,92 @@ impl Registry {
 
     /// `proxy_of`: run it as a pull-through cache of that URL (the reference proxy).
     pub fn start_with(htpasswd: Option<(&str, &str)>, proxy_of: Option<&str>) -> Registry {
+        Registry::start_full(htpasswd, proxy_of, None)
+    }
+
+    /// Serve HTTPS with a certificate for 127.0.0.1 signed by a fresh CA; returns the CA's
+    /// PEM path (for ringcache's `ca_file`) beside the registry.
+    pub fn start_tls() -> (Registry, PathBuf) {
+        require("openssl");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ringcache test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let tls = format!(
+            "tls: {{certificate: {}, key: {}}}",
+            d.join("leaf.pem").display(),
+            d.join("leaf.key").display()
+        );
+        let mut reg = Registry::start_full(None, None, Some(&tls));
+        let ca = d.join("ca.pem");
+        reg._tls = Some(dir);
+        (reg, ca)
+    }
+
+    fn start_full(
+        htpasswd: Option<(&str, &str)>,
+        proxy_of: Option<&str>,
+        tls: Option<&str>,
+    ) -> Registry {
         require("docker-registry");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -275,8 +363,9 @@ impl Registry {
             .map(|u| format!("proxy: {{remoteurl: {u}}}\n"))
             .unwrap_or_default();
         let config = format!(
-            "version: 0.1\nlog: {{level: info, accesslog: {{disabled: true}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n{auth}{proxy}",
-            dir.path().join("data").display()
+            "version: 0.1\nlog: {{level: info, accesslog: {{disabled: true}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: 127.0.0.1:{port}, {}}}\n{auth}{proxy}",
+            dir.path().join("data").display(),
+            tls.unwrap_or("secret: x")
         );
         let cfg = dir.path().join("config.yml");
         std::fs::write(&cfg, config).unwrap();

@@ -19,7 +19,17 @@ pub enum Fault {
     Truncate(usize),
 }
 
-#[derive(Clone)]
+/// How the test upstream delimits a blob body.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Framing {
+    #[default]
+    Length,
+    Chunked,
+    /// No length: the body ends when the connection closes.
+    Close,
+}
+
+#[derive(Clone, Default)]
 pub struct Blob {
     pub data: Arc<Vec<u8>>,
     pub fault: Fault,
@@ -27,6 +37,7 @@ pub struct Blob {
     pub gated: bool,
     /// Pause after each 64 KiB piece (a slow upstream).
     pub pace: Option<Duration>,
+    pub framing: Framing,
 }
 
 #[derive(Default)]
@@ -41,6 +52,8 @@ pub struct State {
     bearer: Mutex<Option<(String, String)>>,
     gate: Mutex<bool>,
     gate_cv: Condvar,
+    /// Answer blob GETs with 307 to this base URL + the same path.
+    redirect: Mutex<Option<String>>,
 }
 
 pub const TOKEN: &str = "test-token-123";
@@ -53,7 +66,12 @@ pub struct TestUpstream {
 
 impl TestUpstream {
     pub fn start() -> TestUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        TestUpstream::start_on("127.0.0.1")
+    }
+
+    /// Start on another loopback address (a second "host", e.g. a CDN at 127.0.0.2).
+    pub fn start_on(ip: &str) -> TestUpstream {
+        let listener = TcpListener::bind((ip, 0)).unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -82,7 +100,7 @@ impl TestUpstream {
             data: Arc::new(data),
             fault,
             gated: false,
-            pace: None,
+            ..Default::default()
         })
     }
 
@@ -115,6 +133,11 @@ impl TestUpstream {
     /// Demand Bearer tokens, issued by `/token` for these Basic credentials.
     pub fn require_bearer(&self, user: &str, password: &str) {
         *self.state.bearer.lock().unwrap() = Some((user.into(), password.into()));
+    }
+
+    /// Redirect every blob GET to `base` (another test upstream) with the same path.
+    pub fn redirect_blobs_to(&self, base: &str) {
+        *self.state.redirect.lock().unwrap() = Some(base.to_string());
     }
 
     pub fn open_gate(&self) {
@@ -313,9 +336,24 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
                     )?;
                     continue;
                 };
+                let redirect = st.redirect.lock().unwrap().clone();
+                if let (Some(base), false) = (redirect, head) {
+                    respond(
+                        &mut w,
+                        307,
+                        &[("Location", &format!("{base}{path}?signed=1"))],
+                        b"",
+                        false,
+                    )?;
+                    continue;
+                }
+                let framing_header = match b.framing {
+                    Framing::Length => format!("Content-Length: {}\r\n", b.data.len()),
+                    Framing::Chunked => "Transfer-Encoding: chunked\r\n".to_string(),
+                    Framing::Close => "Connection: close\r\n".to_string(),
+                };
                 let head_bytes = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nDocker-Content-Digest: {reference}\r\n\r\n",
-                    b.data.len()
+                    "HTTP/1.1 200 OK\r\n{framing_header}Content-Type: application/octet-stream\r\nDocker-Content-Digest: {reference}\r\n\r\n"
                 );
                 w.write_all(head_bytes.as_bytes())?;
                 if head {
@@ -337,13 +375,22 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
                     Fault::None => data.len(),
                 };
                 for piece in data[..limit].chunks(64 * 1024) {
-                    w.write_all(piece)?;
+                    if b.framing == Framing::Chunked {
+                        w.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
+                        w.write_all(piece)?;
+                        w.write_all(b"\r\n")?;
+                    } else {
+                        w.write_all(piece)?;
+                    }
                     if let Some(p) = b.pace {
                         std::thread::sleep(p);
                     }
                 }
-                if limit < data.len() {
-                    return Ok(()); // truncated: close
+                if limit < data.len() || b.framing == Framing::Close {
+                    return Ok(()); // truncated, or close-delimited: close
+                }
+                if b.framing == Framing::Chunked {
+                    w.write_all(b"0\r\n\r\n")?;
                 }
             }
             _ => respond(&mut w, 404, &[], b"", head)?,
