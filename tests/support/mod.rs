@@ -378,6 +378,7 @@ impl Registry {
             proc,
             addr,
             _dir: dir,
+            _tls: None,
         }
     }
 
