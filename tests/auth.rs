@@ -103,3 +103,35 @@ fn redirects_are_followed_without_sending_credentials_to_another_host() {
         "no Authorization to a redirect target on another host"
     );
 }
+
+#[test]
+fn cached_content_is_served_under_a_repository_only_once_upstream_confirms_it_there() {
+    let up = TestUpstream::start();
+    let data = image::pseudo_random(88, 50_000);
+    let digest = up.add_blob_with(support::upstream::Blob {
+        data: std::sync::Arc::new(data.clone()),
+        only_in: Some("team/public".into()),
+        ..Default::default()
+    });
+    let rc = Ringcache::start(&up.url(), "");
+    assert_eq!(
+        http::get(rc.addr, &format!("/v2/team/public/blobs/{digest}")).body,
+        data
+    );
+    // Cached now, but upstream does not have it under team/secret: caching must not widen access.
+    let r = http::get(rc.addr, &format!("/v2/team/secret/blobs/{digest}"));
+    assert_eq!((r.status, r.error_code()), (404, "BLOB_UNKNOWN".into()));
+    assert_eq!(
+        up.count(&format!("HEAD /v2/team/secret/blobs/{digest}")),
+        1,
+        "asked upstream with a HEAD"
+    );
+    assert_eq!(
+        up.count(&format!("GET /v2/team/secret/blobs/{digest}")),
+        0,
+        "never a GET"
+    );
+    assert!(!http::get(rc.addr, "/v2/_catalog")
+        .text()
+        .contains("team/secret"));
+}

@@ -48,11 +48,7 @@ impl Upstream {
     /// The repository name upstream knows: Docker Hub's official images live under
     /// `library/`.
     pub fn repo_name<'a>(&self, name: &'a str) -> std::borrow::Cow<'a, str> {
-        if self.docker_hub && !name.contains('/') {
-            format!("library/{name}").into()
-        } else {
-            name.into()
-        }
+        upstream_name(self.docker_hub, name)
     }
 
     /// `method` `/v2/<name>/<tail>` upstream, authenticating and following redirects.
@@ -268,6 +264,15 @@ impl Upstream {
     }
 }
 
+/// Docker Hub keeps its official images under `library/`: `alpine` is `library/alpine` there.
+pub fn upstream_name(docker_hub: bool, name: &str) -> std::borrow::Cow<'_, str> {
+    if docker_hub && !name.contains('/') {
+        format!("library/{name}").into()
+    } else {
+        name.into()
+    }
+}
+
 /// The error a client is told for an upstream status that is not a success.
 pub fn status_error(status: u16, unknown: Kind) -> Error {
     let kind = match status {
@@ -279,4 +284,39 @@ pub fn status_error(status: u16, unknown: Kind) -> Error {
         _ => Kind::BadGateway,
     };
     Error::upstream(kind, "upstream answered with an error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_hub_names() {
+        for (hub, name, want) in [
+            (true, "alpine", "library/alpine"),
+            (true, "library/alpine", "library/alpine"),
+            (true, "bitnami/redis", "bitnami/redis"),
+            (false, "alpine", "alpine"),
+        ] {
+            assert_eq!(upstream_name(hub, name), want, "{hub} {name}");
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_oci_errors() {
+        for (status, kind) in [
+            (404, Kind::BlobUnknown),
+            (401, Kind::Unauthorized),
+            (403, Kind::Denied),
+            (429, Kind::TooManyRequests),
+            (503, Kind::Unavailable),
+            (418, Kind::BadGateway),
+        ] {
+            assert_eq!(
+                status_error(status, Kind::BlobUnknown).kind,
+                kind,
+                "{status}"
+            );
+        }
+    }
 }

@@ -38,6 +38,8 @@ pub struct Blob {
     /// Pause after each 64 KiB piece (a slow upstream).
     pub pace: Option<Duration>,
     pub framing: Framing,
+    /// Serve only under this repository (404 elsewhere), like a registry's access control.
+    pub only_in: Option<String>,
 }
 
 #[derive(Default)]
@@ -326,6 +328,7 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
             }
             "blobs" => {
                 let b = st.blobs.lock().unwrap().get(reference).cloned();
+                let b = b.filter(|b| b.only_in.as_deref().is_none_or(|only| only == name));
                 let Some(b) = b else {
                     respond(
                         &mut w,
