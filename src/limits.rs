@@ -74,6 +74,10 @@ pub const CHUNK_BYTES: usize = 256 * 1024;
 pub const FILLS_INFLIGHT_MAX: usize = 4096;
 /// Shards of the in-flight map and of the index (a power of two).
 pub const SHARDS: usize = 64;
+/// Times a fill resumes (`Range: bytes=<written>-`) after upstream breaks mid-body.
+pub const FILL_RESUMES_MAX: u32 = 4;
+/// First pause before a resume; doubled each time (50, 100, 200, 400 ms).
+pub const FILL_RESUME_BACKOFF: Duration = Duration::from_millis(50);
 /// Resolved upstream addresses are reused for this long.
 pub const DNS_TTL: Duration = Duration::from_secs(60);
 /// A cached Bearer token is dropped this long before it expires, to cover clock skew and

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::Lease;
 use crate::error::Kind;
-use crate::limits::{CHUNK_BYTES, MANIFEST_BYTES_MAX};
+use crate::limits::{CHUNK_BYTES, FILL_RESUMES_MAX, FILL_RESUME_BACKOFF, MANIFEST_BYTES_MAX};
 use crate::store::{Entry, Ingest};
 use crate::upstream::status_error;
 use crate::worker::Worker;
@@ -70,9 +70,19 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
     };
     lease.filling(ingest.shared_file(), size, media_type.clone());
     let mut buf = Vec::with_capacity(CHUNK_BYTES);
+    let mut resumes = 0;
+    // Bytes of the current response to drop before appending: upstream ignored our Range and
+    // sent the body from its start. What we drop is what we already have; the sha256 at commit
+    // covers the whole file, so a changed prefix upstream can never be committed.
+    let mut skip = 0u64;
     loop {
         match resp.chunk(buf).await {
-            Ok(Some(piece)) => {
+            Ok(Some(mut piece)) => {
+                if skip > 0 {
+                    let drop = (skip as usize).min(piece.len());
+                    piece.drain(..drop);
+                    skip -= drop as u64;
+                }
                 if ingest.written() + piece.len() as u64 > cap.min(size.unwrap_or(u64::MAX)) {
                     tracing::warn!(%digest, "upstream sent more than it declared or than the cap");
                     return lease.failed(Kind::BadGateway);
@@ -85,7 +95,31 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                 buf = back;
                 lease.progress(ingest.written());
             }
-            Ok(None) => break,
+            Ok(None) if size.is_none_or(|s| ingest.written() == s) => break,
+            Ok(None) | Err(_) if size.is_some() => {
+                // Upstream broke mid-body (error, stall or short body): resume where we are,
+                // with bounded retries and a doubling pause.
+                let written = ingest.written();
+                loop {
+                    if resumes >= FILL_RESUMES_MAX {
+                        tracing::warn!(%digest, written, "upstream body failed: resumes exhausted");
+                        return lease.failed(Kind::BadGateway);
+                    }
+                    monoio::time::sleep(FILL_RESUME_BACKOFF * 2u32.pow(resumes)).await;
+                    resumes += 1;
+                    tracing::info!(%digest, written, resume = resumes, "upstream body broke; resuming with Range");
+                    match resume(&worker, &fill.repo, &tail, accept, written).await {
+                        Ok((r, s)) => {
+                            resp = r;
+                            skip = s;
+                            break;
+                        }
+                        Err(e) => tracing::info!(%digest, error = %e, "resume attempt failed"),
+                    }
+                }
+                buf = Vec::with_capacity(CHUNK_BYTES);
+            }
+            Ok(None) => unreachable!("without a declared size the body ends when upstream says"),
             Err(e) => {
                 tracing::warn!(%digest, written = ingest.written(), error = %e, "upstream body failed");
                 return lease.failed(Kind::BadGateway);
@@ -109,5 +143,42 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
             tracing::warn!(%digest, error = %e, "fill not committed");
             lease.failed(Kind::BadGateway);
         }
+    }
+}
+
+/// Ask upstream for the rest of the body from `written`. Returns the response and how many of
+/// its leading bytes to skip: 0 for a 206 that starts where we are, `written` for a 200 (Range
+/// ignored).
+async fn resume(
+    worker: &Worker,
+    repo: &str,
+    tail: &str,
+    accept: Option<&str>,
+    written: u64,
+) -> crate::error::Result<(crate::http::client::Response, u64)> {
+    use crate::error::Error;
+    let range = format!("bytes={written}-");
+    let mut headers = vec![("Range", range.as_str())];
+    if let Some(a) = accept {
+        headers.push(("Accept", a));
+    }
+    let resp = worker.upstream.send("GET", repo, tail, &headers).await?;
+    match resp.status {
+        206 => {
+            let start = resp
+                .header("content-range")
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u64>().ok());
+            if start != Some(written) {
+                return Err(Error::upstream(
+                    Kind::BadGateway,
+                    "upstream answered another range",
+                ));
+            }
+            Ok((resp, 0))
+        }
+        200 => Ok((resp, written)),
+        s => Err(status_error(s, Kind::BlobUnknown)),
     }
 }

@@ -120,7 +120,8 @@ impl Proc {
             let now = Instant::now();
             assert!(
                 now < deadline,
-                "only {c} of {n} log lines with {needles:?} within {within:?}"
+                "only {c} of {n} log lines with {needles:?} within {within:?}; log:\n{}",
+                *log
             );
             log = self.signal.wait_timeout(log, deadline - now).unwrap().0;
         }

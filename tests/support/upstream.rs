@@ -15,8 +15,10 @@ pub enum Fault {
     None,
     /// Flip the byte at this offset (the body no longer matches its digest).
     Corrupt(usize),
-    /// Send this many bytes of the body, then close.
+    /// Send this many bytes of the body, then close (every time).
     Truncate(usize),
+    /// Truncate like `Truncate`, on the first GET of the blob only.
+    TruncateFirst(usize),
 }
 
 /// How the test upstream delimits a blob body.
@@ -40,6 +42,10 @@ pub struct Blob {
     pub framing: Framing,
     /// Serve only under this repository (404 elsewhere), like a registry's access control.
     pub only_in: Option<String>,
+    /// Answer a Range request with the whole body (200), as some servers do.
+    pub ignore_range: bool,
+    /// With `gated`: send this many bytes first, then wait for the gate.
+    pub gate_at: usize,
 }
 
 #[derive(Default)]
@@ -56,6 +62,10 @@ pub struct State {
     gate_cv: Condvar,
     /// Answer blob GETs with 307 to this base URL + the same path.
     redirect: Mutex<Option<String>>,
+    /// (request line, Range header) of every request that carried a Range.
+    ranges: Mutex<Vec<(String, String)>>,
+    /// GETs per blob digest so far (for faults on the first GET only).
+    blob_gets: Mutex<HashMap<String, usize>>,
 }
 
 pub const TOKEN: &str = "test-token-123";
@@ -182,6 +192,10 @@ impl TestUpstream {
         }
     }
 
+    pub fn ranges(&self) -> Vec<(String, String)> {
+        self.state.ranges.lock().unwrap().clone()
+    }
+
     pub fn seen(&self) -> Vec<(String, Option<String>)> {
         self.state.seen.lock().unwrap().clone()
     }
@@ -206,6 +220,7 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
         }
         let line = line.trim_end().to_string();
         let mut authz = None;
+        let mut range = None;
         loop {
             let mut h = String::new();
             r.read_line(&mut h)?;
@@ -216,6 +231,8 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
             if let Some((n, v)) = h.split_once(':') {
                 if n.eq_ignore_ascii_case("authorization") {
                     authz = Some(v.trim().to_string());
+                } else if n.eq_ignore_ascii_case("range") {
+                    range = Some(v.trim().to_string());
                 }
             }
         }
@@ -231,6 +248,12 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
             .lock()
             .unwrap()
             .push((format!("{method} {target}"), authz.clone()));
+        if let Some(r) = &range {
+            st.ranges
+                .lock()
+                .unwrap()
+                .push((format!("{method} {target}"), r.clone()));
+        }
         st.arrived.notify_all();
         let head = method == "HEAD";
         let path = target.split('?').next().unwrap_or("").to_string();
@@ -350,17 +373,58 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
                     )?;
                     continue;
                 }
+                let total = b.data.len();
+                let start = range
+                    .as_deref()
+                    .filter(|_| !b.ignore_range && !head)
+                    .and_then(|r| r.strip_prefix("bytes="))
+                    .and_then(|r| r.strip_suffix('-'))
+                    .and_then(|r| r.parse::<usize>().ok())
+                    .filter(|&s| s < total)
+                    .unwrap_or(0);
+                let (status, extra) = if start > 0 {
+                    (
+                        "206 Partial Content",
+                        format!("Content-Range: bytes {start}-{}/{total}\r\n", total - 1),
+                    )
+                } else {
+                    ("200 OK", String::new())
+                };
                 let framing_header = match b.framing {
-                    Framing::Length => format!("Content-Length: {}\r\n", b.data.len()),
+                    Framing::Length => format!("Content-Length: {}\r\n", total - start),
                     Framing::Chunked => "Transfer-Encoding: chunked\r\n".to_string(),
                     Framing::Close => "Connection: close\r\n".to_string(),
                 };
                 let head_bytes = format!(
-                    "HTTP/1.1 200 OK\r\n{framing_header}Content-Type: application/octet-stream\r\nDocker-Content-Digest: {reference}\r\n\r\n"
+                    "HTTP/1.1 {status}\r\n{framing_header}{extra}Content-Type: application/octet-stream\r\nDocker-Content-Digest: {reference}\r\n\r\n"
                 );
                 w.write_all(head_bytes.as_bytes())?;
                 if head {
                     continue;
+                }
+                let nth_get = {
+                    let mut g = st.blob_gets.lock().unwrap();
+                    let n = g.entry(reference.to_string()).or_default();
+                    *n += 1;
+                    *n
+                };
+                let mut data = b.data[start..].to_vec();
+                let limit = match b.fault {
+                    Fault::Corrupt(at) if at >= start => {
+                        data[at - start] ^= 0xff;
+                        data.len()
+                    }
+                    Fault::Truncate(at) => at.saturating_sub(start),
+                    Fault::TruncateFirst(at) if nth_get == 1 => at.saturating_sub(start),
+                    _ => data.len(),
+                };
+                let gate_at = if b.gated {
+                    b.gate_at.min(limit)
+                } else {
+                    usize::MAX
+                };
+                if gate_at < usize::MAX && gate_at > 0 {
+                    w.write_all(&data[..gate_at])?;
                 }
                 if b.gated {
                     let mut open = st.gate.lock().unwrap();
@@ -368,16 +432,8 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
                         open = st.gate_cv.wait(open).unwrap();
                     }
                 }
-                let mut data = b.data.as_ref().clone();
-                let limit = match b.fault {
-                    Fault::Corrupt(at) => {
-                        data[at] ^= 0xff;
-                        data.len()
-                    }
-                    Fault::Truncate(at) => at,
-                    Fault::None => data.len(),
-                };
-                for piece in data[..limit].chunks(64 * 1024) {
+                let sent = if gate_at < usize::MAX { gate_at } else { 0 };
+                for piece in data[sent..limit].chunks(64 * 1024) {
                     if b.framing == Framing::Chunked {
                         w.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
                         w.write_all(piece)?;
