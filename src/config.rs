@@ -41,6 +41,8 @@ pub struct Config {
     pub limits: Limits,
     /// Inside this window a tag is answered from the cache without asking upstream.
     pub tags_fresh_for: Duration,
+    /// On SIGTERM/SIGINT, in-flight requests and fills get this long to finish.
+    pub drain_timeout: Duration,
     /// Keys of the reference schema that were present but are not used by ringcache.
     pub ignored_keys: Vec<String>,
 }
@@ -182,6 +184,7 @@ impl Config {
                 .unwrap_or(1),
             limits: Limits::default(),
             tags_fresh_for: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
             ignored_keys: ignored,
         };
         if let Some(v) = get(&root, "version") {
@@ -211,6 +214,9 @@ impl Config {
         if let Some(v) = get(&root, "http.addr") {
             config.http_addr =
                 parse_addr(string("http.addr", v)?).map_err(|m| err("http.addr", m))?;
+        }
+        if let Some(v) = get(&root, "http.draintimeout") {
+            config.drain_timeout = duration("http.draintimeout", v)?;
         }
         if let Some(v) = get(&root, "storage.filesystem.rootdirectory") {
             let s = string("storage.filesystem.rootdirectory", v)?;
@@ -261,6 +267,7 @@ impl Config {
             },
             "ringcache": {
                 "workers": self.workers,
+                "drain_timeout": format_duration(self.drain_timeout),
                 "upstream": {"ca_file": self.upstream.ca_file.as_ref().map(|p| p.display().to_string())},
                 "tags": {"fresh_for": format_duration(self.tags_fresh_for)},
                 "limits": {
@@ -288,6 +295,7 @@ fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), ConfigError>
     for (k, v) in rc {
         let key = format!("ringcache.{k}");
         match k.as_str() {
+            "drain_timeout" => config.drain_timeout = duration(&key, v)?,
             "workers" => {
                 let n = uint(&key, v)?;
                 if n == 0 || n > 1024 {

@@ -110,15 +110,50 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         fills: ringcache::fill::Fills::new(ringcache::limits::FILLS_INFLIGHT_MAX),
         tags: Default::default(),
+        drain: Default::default(),
         store,
         tls,
         config,
     });
-    let handles = worker::spawn(shared, listeners)?;
+    // Signals are blocked in every thread (workers inherit the mask) and taken by one thread
+    // with sigwait, which starts the drain; a second signal stops at once.
+    let signals = block_signals();
+    let handles = worker::spawn(shared.clone(), listeners)?;
+    std::thread::Builder::new().name("ringcache-signals".into()).spawn(move || {
+        let sig = wait_signal(&signals);
+        tracing::info!(signal = sig, drain_timeout = ?shared.config.drain_timeout, "draining: listeners closed, finishing in-flight requests and fills");
+        shared.drain.start();
+        let sig = wait_signal(&signals);
+        tracing::warn!(signal = sig, "second signal while draining: stopping now");
+        std::process::exit(1);
+    })?;
     for h in handles {
         if h.join().is_err() {
             anyhow::bail!("a worker thread panicked");
         }
     }
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// Block SIGTERM and SIGINT in this thread (and the threads it starts); returns the set.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise a local set; pthread_sigmask only changes this
+    // thread's mask. All arguments are valid pointers to initialised memory.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Wait for one of the blocked signals.
+fn wait_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: `set` is an initialised signal set and `sig` a valid out-pointer.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
 }

@@ -22,6 +22,32 @@ pub struct Shared {
     pub fills: Arc<Fills>,
     pub tags: Tags,
     pub tls: Arc<rustls::ClientConfig>,
+    pub drain: Drain,
+}
+
+/// Graceful stop: once started, listeners close, idle connections end, and in-flight requests
+/// and fills get `drain_timeout` to finish.
+#[derive(Default)]
+pub struct Drain {
+    draining: std::sync::atomic::AtomicBool,
+    event: event_listener::Event,
+}
+
+impl Drain {
+    pub fn start(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.event.notify(usize::MAX);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves when draining starts (create before checking `is_draining`).
+    pub fn listen(&self) -> event_listener::EventListener {
+        self.event.listen()
+    }
 }
 
 /// One worker's state, owned by its thread.
@@ -138,7 +164,15 @@ async fn accept_loop(id: usize, shared: Arc<Shared>, listener: std::net::TcpList
     let listener = monoio::net::TcpListener::from_std(listener).expect("register listener");
     let max = worker.shared.config.limits.connections_per_worker_max;
     loop {
-        match listener.accept().await {
+        let drain = worker.shared.drain.listen();
+        if worker.shared.drain.is_draining() {
+            break;
+        }
+        let accepted = monoio::select! {
+            a = listener.accept() => a,
+            _ = drain => break,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 if worker.connections.get() >= max {
                     monoio::spawn(refuse(stream));
@@ -159,6 +193,23 @@ async fn accept_loop(id: usize, shared: Arc<Shared>, listener: std::net::TcpList
                 monoio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
+    }
+    // Draining: stop accepting, then let this worker's connections and every fill finish.
+    drop(listener);
+    let deadline = std::time::Instant::now() + worker.shared.config.drain_timeout;
+    let busy = || worker.connections.get() > 0 || worker.shared.fills.inflight() > 0;
+    while busy() && std::time::Instant::now() < deadline {
+        monoio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    if busy() {
+        tracing::warn!(
+            worker = id,
+            connections = worker.connections.get(),
+            fills = worker.shared.fills.inflight(),
+            "drain deadline passed; cutting what is left"
+        );
+    } else {
+        tracing::info!(worker = id, "worker drained");
     }
 }
 

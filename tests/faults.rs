@@ -107,3 +107,48 @@ fn range_on_a_blob_still_being_filled_is_answered_from_the_fill() {
     );
     assert_eq!(up.count(&format!("GET {path}")), 1);
 }
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_fills_then_exits_0() {
+    let up = TestUpstream::start();
+    let mut rc = Ringcache::start(&up.url(), "ringcache: {drain_timeout: 20s}\n");
+    let data = image::pseudo_random(51, 8 * MIB);
+    // A slow upstream: the fill is still running when the signal comes.
+    let digest = up.add_blob_with(Blob {
+        data: Arc::new(data),
+        pace: Some(Duration::from_millis(4)),
+        ..Default::default()
+    });
+    let path = format!("/v2/x/blobs/{digest}");
+    // An idle keep-alive connection, and a request in flight.
+    let mut idle = http::connect(rc.addr);
+    http::send(&mut idle, rc.addr, "GET", "/v2/", &[], b"");
+    let mut idle_r = std::io::BufReader::new(idle.try_clone().unwrap());
+    assert_eq!(http::read_response(&mut idle_r, false).unwrap().status, 200);
+    let inflight = {
+        let (addr, p) = (rc.addr, path.clone());
+        std::thread::spawn(move || http::get_hashed(addr, &p))
+    };
+    rc.proc.wait_log("fill started", Duration::from_secs(10));
+
+    rc.proc.signal(libc::SIGTERM);
+    rc.proc.wait_log("draining", Duration::from_secs(10));
+    // The idle connection is closed by the drain.
+    assert!(
+        http::read_response(&mut idle_r, false).is_err(),
+        "idle keep-alive closed"
+    );
+    // The request in flight completes, whole and verified.
+    let (status, _, hex, complete) = inflight.join().unwrap();
+    assert_eq!(
+        (status, complete, format!("sha256:{hex}")),
+        (200, true, digest.clone())
+    );
+    let exit = rc.proc.wait_exit(Duration::from_secs(20));
+    assert_eq!(exit.code(), Some(0), "exits 0 after draining");
+    rc.proc.wait_log("fill committed", Duration::from_secs(1));
+    assert!(
+        std::net::TcpStream::connect(rc.addr).is_err(),
+        "listeners closed"
+    );
+}

@@ -169,7 +169,7 @@ pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::Sock
     let mut buf: Vec<u8> = Vec::with_capacity(limits.head_bytes_max);
     let mut body_buf: Vec<u8> = Vec::new();
     loop {
-        let (head, back) = read_head(&mut sock, buf, &limits).await;
+        let (head, back) = read_head(&mut sock, buf, &limits, &worker.shared.drain).await;
         buf = back;
         let head = match head {
             Ok(Some(h)) => h,
@@ -249,7 +249,8 @@ pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::Sock
             us = started.elapsed().as_micros() as u64,
             "request"
         );
-        let keep = x.keep_alive;
+        // Draining: answer what was asked, then close.
+        let keep = x.keep_alive && !worker.shared.drain.is_draining();
         body_buf = std::mem::take(&mut x.buf);
         if !keep {
             return;
@@ -275,6 +276,7 @@ async fn read_head(
     sock: &mut TcpStream,
     mut buf: Vec<u8>,
     limits: &crate::limits::Limits,
+    drain: &crate::worker::Drain,
 ) -> (Result<Option<Head>, Error>, Vec<u8>) {
     let mut deadline: Option<Instant> = None;
     loop {
@@ -296,8 +298,21 @@ async fn read_head(
         let len = buf.len();
         let want = limits.head_bytes_max - len;
         buf.reserve(want);
-        let read = sock.read(buf.slice_mut(len..len + want));
-        match monoio::time::timeout(timeout, read).await {
+        let read = monoio::time::timeout(timeout, sock.read(buf.slice_mut(len..len + want)));
+        let read = if len == 0 {
+            // Idle between requests: a drain ends the connection now.
+            let drained = drain.listen();
+            if drain.is_draining() {
+                return (Ok(None), Vec::new());
+            }
+            monoio::select! {
+                r = read => r,
+                _ = drained => return (Ok(None), Vec::new()),
+            }
+        } else {
+            read.await
+        };
+        match read {
             Ok((Ok(0), slice)) => return (Ok(None), slice.into_inner()),
             Ok((Ok(_), slice)) => {
                 buf = slice.into_inner();
