@@ -18,4 +18,5 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-cargo test --locked --all-targets "$@"
+# `failpoints` adds named pauses the crash and race tests need (never in release builds).
+cargo test --locked --all-targets --features failpoints "$@"

@@ -13,6 +13,7 @@
 //! | [`config`] | YAML (the reference registry's shape) → [`config::Config`] |
 //! | [`limits`] | every hard bound, each with its reason |
 //! | [`error`] | one [`error::Error`]; one table kind → OCI code + status |
+//! | [`failpoint`] | named pauses for tests (feature `failpoints`, never in release) |
 //! | [`worker`] | one monoio runtime per core: listener, accept loop, connection cap |
 //! | [`http`] | `parse` (pure request heads), `body` (framing), `conn` (server), `client` (upstream) |
 //! | [`route`] | method + path → [`route::Route`]; OCI name/tag/digest grammar |
@@ -49,6 +50,7 @@
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod failpoint;
 pub mod fill;
 pub mod http;
 pub mod limits;

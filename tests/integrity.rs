@@ -24,8 +24,15 @@ fn ingest_is_empty(rc: &Ringcache) -> bool {
 
 #[test]
 fn corrupt_or_short_upstream_body_is_never_delivered_complete_nor_committed() {
+    support::require_failpoints();
     let up = TestUpstream::start();
-    let rc = Ringcache::start(&up.url(), "");
+    // Every byte is in the temp file and published for a while before the verification: a
+    // follower that did not hold the last byte back would deliver the whole corrupt body.
+    let rc = Ringcache::start_with_env(
+        &up.url(),
+        "",
+        &[("RINGCACHE_FAILPOINTS", "fill-before-verify=300ms")],
+    );
     let size = 3 * 1024 * 1024 + 17;
     let cases = [
         ("corrupt last byte", Fault::Corrupt(size - 1)),

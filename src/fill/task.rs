@@ -126,6 +126,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
             }
         }
     }
+    crate::failpoint::hit("fill-before-verify").await;
     match ingest.commit(store, digest, size).await {
         Ok(n) => {
             let entry = store

@@ -16,6 +16,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Tests that pause ringcache at named points need the `failpoints` feature (scripts/test.sh
+/// enables it); without it they fail with this message rather than pass vacuously.
+pub fn require_failpoints() {
+    assert!(
+        cfg!(feature = "failpoints"),
+        "this test needs `cargo test --features failpoints` (scripts/test.sh passes it)"
+    );
+}
+
 /// Install a peer if it is missing (the test command installs them; this is a clear failure
 /// when someone runs `cargo test` alone).
 pub fn require(bin: &str) {
@@ -186,8 +195,21 @@ impl Ringcache {
         rc
     }
 
+    /// Start in a temp root with extra environment.
+    pub fn start_with_env(upstream: &str, extra: &str, env: &[(&str, &str)]) -> Ringcache {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rc = Ringcache::start_env(upstream, extra, &dir.path().join("data"), env);
+        rc._dir = Some(dir);
+        rc
+    }
+
     /// Start on an existing root (for restart tests).
     pub fn start_at(upstream: &str, extra: &str, root: &Path) -> Ringcache {
+        Ringcache::start_env(upstream, extra, root, &[])
+    }
+
+    /// Start with extra environment (e.g. `RINGCACHE_FAILPOINTS`).
+    pub fn start_env(upstream: &str, extra: &str, root: &Path, env: &[(&str, &str)]) -> Ringcache {
         let config = format!(
             "version: 0.1\nlog: {{level: debug}}\nhttp: {{addr: 127.0.0.1:0}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nproxy: {{remoteurl: {upstream}}}\n{extra}",
             root.display()
@@ -199,7 +221,8 @@ impl Ringcache {
         cmd.arg("serve")
             .arg("--config")
             .arg(&cfg_path)
-            .env("RUST_LOG", "ringcache=debug");
+            .env("RUST_LOG", "ringcache=debug")
+            .envs(env.iter().copied());
         let proc = Proc::spawn(cmd);
         let line = proc.wait_log("listening on ", Duration::from_secs(20));
         let addr = line

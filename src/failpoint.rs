@@ -1,0 +1,28 @@
+//! Failpoints: named pauses on the fill and commit path, for tests that must act at an exact
+//! moment (SIGKILL between fsync and rename; a follower racing the verification). Compiled
+//! only with the `failpoints` cargo feature, which release builds do not enable; without it
+//! [`hit`] is an empty inline function.
+//!
+//! `RINGCACHE_FAILPOINTS=name=duration[,name=duration]` pauses at each named point (the
+//! duration in the config's syntax, e.g. `500ms`) after logging `failpoint <name>`.
+
+/// Pause here if the failpoint `name` is set.
+#[cfg(feature = "failpoints")]
+pub async fn hit(name: &str) {
+    let Ok(spec) = std::env::var("RINGCACHE_FAILPOINTS") else {
+        return;
+    };
+    for item in spec.split(',') {
+        if let Some((n, d)) = item.split_once('=') {
+            if n.trim() == name {
+                let d = crate::config::parse_duration(d).unwrap_or_default();
+                tracing::warn!(failpoint = name, pause = ?d, "failpoint {name}");
+                monoio::time::sleep(d).await;
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub async fn hit(_name: &str) {}
