@@ -117,12 +117,15 @@ impl Ingest {
         if got != expected {
             return Err(CommitError::Digest { got });
         }
+        crate::failpoint::hit("commit-before-fsync").await;
         self.file.sync_all().await.map_err(CommitError::Io)?;
+        crate::failpoint::hit("commit-before-rename").await;
         let dest = store.blob_path(&expected);
         monoio::fs::rename(&self.path, &dest)
             .await
             .map_err(CommitError::Io)?;
         self.committed = true;
+        crate::failpoint::hit("commit-after-rename").await;
         // The rename is durable only once the directory entry is: fsync the directory.
         let dir = std::fs::File::open(dest.parent().expect("blob paths have a parent"))
             .map_err(CommitError::Io)?;
