@@ -78,6 +78,8 @@ pub const SHARDS: usize = 64;
 pub const FILL_RESUMES_MAX: u32 = 4;
 /// First pause before a resume; doubled each time (50, 100, 200, 400 ms).
 pub const FILL_RESUME_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest `Retry-After` a resuming fill honours; past it the fill waits only this long.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(10);
 /// Resolved upstream addresses are reused for this long.
 pub const DNS_TTL: Duration = Duration::from_secs(60);
 /// A cached Bearer token is dropped this long before it expires, to cover clock skew and

@@ -152,3 +152,178 @@ fn sigterm_drains_in_flight_requests_and_fills_then_exits_0() {
         "listeners closed"
     );
 }
+
+#[test]
+fn upstream_errors_before_the_body_reach_clients_as_oci_errors_and_are_not_cached() {
+    let up = TestUpstream::start();
+    let rc = Ringcache::start(&up.url(), "");
+    for (seed, status, want_status, want_code) in [
+        (1u64, 429, 429, "TOOMANYREQUESTS"),
+        (2, 503, 503, "UNAVAILABLE"),
+        (3, 500, 503, "UNAVAILABLE"),
+        (4, 403, 403, "DENIED"),
+    ] {
+        let digest = up.add_blob(
+            image::pseudo_random(seed + 3000, 1000),
+            Fault::Status(status),
+        );
+        let path = format!("/v2/x/blobs/{digest}");
+        for attempt in 1..=2 {
+            let r = http::get(rc.addr, &path);
+            assert_eq!(
+                (r.status, r.error_code()),
+                (want_status, want_code.to_string()),
+                "upstream {status}"
+            );
+            assert_eq!(
+                up.count(&format!("GET {path}")),
+                attempt,
+                "upstream {status}: no negative caching"
+            );
+        }
+    }
+    assert_eq!(http::get(rc.addr, "/v2/").status, 200);
+}
+
+#[test]
+fn invalid_upstream_framing_fails_the_fill_and_the_connection_is_not_reused() {
+    let up = TestUpstream::start();
+    let huge = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(70_000)
+        )
+        .into_boxed_str(),
+    );
+    let cases: [(&str, &'static str); 4] = [
+        (
+            "CL and TE",
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ),
+        (
+            "conflicting CL",
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Length: 11\r\n\r\n",
+        ),
+        (
+            "bad chunk size",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        ),
+        ("oversized head", huge),
+    ];
+    for (seed, (what, raw)) in cases.into_iter().enumerate() {
+        let rc = Ringcache::start(&up.url(), "ringcache: {workers: 1}\n");
+        let digest = up.add_blob(
+            image::pseudo_random(seed as u64 + 4000, 10),
+            Fault::RawHead(raw),
+        );
+        let r = http::get(rc.addr, &format!("/v2/x/blobs/{digest}"));
+        assert_eq!(
+            (r.status, r.error_code()),
+            (502, "UNAVAILABLE".into()),
+            "{what}"
+        );
+        // The next upstream request opens a new connection: the broken one was not pooled.
+        let before = up.connections();
+        let good = up.add_blob(image::pseudo_random(seed as u64 + 4100, 1000), Fault::None);
+        assert_eq!(
+            http::get(rc.addr, &format!("/v2/x/blobs/{good}")).status,
+            200,
+            "{what}"
+        );
+        assert_eq!(
+            up.connections(),
+            before + 1,
+            "{what}: the connection after bad framing must not be reused"
+        );
+    }
+}
+
+#[test]
+fn upstream_stalls_are_timed_out_and_a_stalled_body_is_resumed() {
+    let up = TestUpstream::start();
+    let rc = Ringcache::start(
+        &up.url(),
+        "ringcache: {limits: {upstream_header_timeout: 400ms, upstream_body_stall: 400ms}}\n",
+    );
+    // A head that never comes: a clear 503 after the header timeout, not a hang.
+    let digest = up.add_blob(image::pseudo_random(5001, 1000), Fault::HeadStallFirst);
+    let started = std::time::Instant::now();
+    let r = http::get(rc.addr, &format!("/v2/x/blobs/{digest}"));
+    assert_eq!((r.status, r.error_code()), (503, "UNAVAILABLE".into()));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        http::get(rc.addr, &format!("/v2/x/blobs/{digest}")).status,
+        200,
+        "the next request fills"
+    );
+    // A body that stops mid-way: the stall is detected and the fill resumes with Range.
+    let data = image::pseudo_random(5002, 2 * MIB);
+    let digest = up.add_blob(data, Fault::StallFirst(MIB));
+    let (status, _, hex, complete) = http::get_hashed(rc.addr, &format!("/v2/x/blobs/{digest}"));
+    assert_eq!(
+        (status, complete, format!("sha256:{hex}")),
+        (200, true, digest.clone())
+    );
+    assert_eq!(
+        up.ranges()
+            .iter()
+            .filter(|(l, r)| l.contains(&digest) && r == &format!("bytes={MIB}-"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_failing_token_endpoint_gives_a_clear_error_not_a_hang() {
+    let up = TestUpstream::start();
+    up.require_bearer("bob", "pw");
+    up.add_manifest(
+        "a/b",
+        "v1",
+        "application/vnd.oci.image.manifest.v1+json",
+        b"{}".to_vec(),
+    );
+    let rc = Ringcache::start(&format!("{}, username: bob, password: pw", up.url()), "");
+    up.fail_tokens(500);
+    let r = http::get(rc.addr, "/v2/a/b/manifests/v1");
+    assert_eq!((r.status, r.error_code()), (503, "UNAVAILABLE".into()));
+    up.fail_tokens(403);
+    let r = http::get(rc.addr, "/v2/a/b/manifests/v1");
+    assert_eq!((r.status, r.error_code()), (401, "UNAUTHORIZED".into()));
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_and_the_fill_runs_at_upstream_speed() {
+    use std::io::Read;
+    let up = TestUpstream::start();
+    let rc = Ringcache::start(&up.url(), "ringcache: {limits: {send_stall: 500ms}}\n");
+    let size = 64 * MIB;
+    let digest = up.add_blob(image::pseudo_random(6001, size), Fault::None);
+    let path = format!("/v2/x/blobs/{digest}");
+    let mut s = http::connect(rc.addr);
+    http::send(&mut s, rc.addr, "GET", &path, &[], b"");
+    // The client reads nothing; the fill still completes for the cache.
+    rc.proc.wait_log("fill committed", Duration::from_secs(30));
+    // ...and the stalled client is cut: reading now ends well short of the body.
+    rc.proc
+        .wait_log("response cut short", Duration::from_secs(10));
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(
+        got < size,
+        "a client that stopped reading was cut ({got} bytes)"
+    );
+    // Everyone else is served, from disk.
+    let (status, _, hex, complete) = http::get_hashed(rc.addr, &path);
+    assert_eq!(
+        (status, complete, format!("sha256:{hex}")),
+        (200, true, digest.clone())
+    );
+    assert_eq!(up.count(&format!("GET {path}")), 1);
+}

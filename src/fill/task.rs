@@ -4,6 +4,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::Lease;
 use crate::error::Kind;
@@ -180,6 +181,17 @@ async fn resume(
             Ok((resp, 0))
         }
         200 => Ok((resp, written)),
-        s => Err(status_error(s, Kind::BlobUnknown)),
+        s => {
+            // Rate-limited or briefly down: honour Retry-After (seconds), within a cap.
+            if let Some(secs) = resp
+                .header("retry-after")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                let pause = Duration::from_secs(secs).min(crate::limits::RETRY_AFTER_MAX);
+                tracing::info!(status = s, ?pause, "upstream asked to retry after a pause");
+                monoio::time::sleep(pause).await;
+            }
+            Err(status_error(s, Kind::BlobUnknown))
+        }
     }
 }

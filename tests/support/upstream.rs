@@ -19,6 +19,15 @@ pub enum Fault {
     Truncate(usize),
     /// Truncate like `Truncate`, on the first GET of the blob only.
     TruncateFirst(usize),
+    /// Answer every GET with this status (and `Retry-After: 1` for 429/503), no body.
+    Status(u16),
+    /// Send this raw response head (bad framing) and then the body bytes as they are.
+    RawHead(&'static str),
+    /// Send this many bytes, then stall (no bytes, connection open) for 30 s, on the first
+    /// GET only.
+    StallFirst(usize),
+    /// Hold the response head for 30 s on the first GET only.
+    HeadStallFirst,
 }
 
 /// How the test upstream delimits a blob body.
@@ -66,6 +75,10 @@ pub struct State {
     ranges: Mutex<Vec<(String, String)>>,
     /// GETs per blob digest so far (for faults on the first GET only).
     blob_gets: Mutex<HashMap<String, usize>>,
+    /// Connections accepted so far.
+    connections: std::sync::atomic::AtomicUsize,
+    /// Status the token endpoint answers with instead of a token.
+    token_status: Mutex<Option<u16>>,
 }
 
 pub const TOKEN: &str = "test-token-123";
@@ -94,6 +107,7 @@ impl TestUpstream {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
+                st.connections.fetch_add(1, Ordering::SeqCst);
                 let st = st.clone();
                 std::thread::spawn(move || {
                     let _ = serve(conn, addr, &st);
@@ -192,6 +206,15 @@ impl TestUpstream {
         }
     }
 
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Make the token endpoint fail with `status`.
+    pub fn fail_tokens(&self, status: u16) {
+        *self.state.token_status.lock().unwrap() = Some(status);
+    }
+
     pub fn ranges(&self) -> Vec<(String, String)> {
         self.state.ranges.lock().unwrap().clone()
     }
@@ -265,7 +288,10 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
                 (Some(_), None) => false,
                 (None, _) => true,
             };
-            if ok {
+            let fail = *st.token_status.lock().unwrap();
+            if let Some(status) = fail {
+                respond(&mut w, status, &[], b"{}", head)?;
+            } else if ok {
                 respond(
                     &mut w,
                     200,
@@ -373,6 +399,46 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
                     )?;
                     continue;
                 }
+                let nth = st
+                    .blob_gets
+                    .lock()
+                    .unwrap()
+                    .get(reference)
+                    .copied()
+                    .unwrap_or(0)
+                    + 1;
+                match b.fault {
+                    Fault::Status(code) => {
+                        let retry: &[(&str, &str)] = if code == 429 || code == 503 {
+                            &[("Retry-After", "1")]
+                        } else {
+                            &[]
+                        };
+                        respond(
+                            &mut w,
+                            code,
+                            retry,
+                            br#"{"errors":[{"code":"UNAVAILABLE"}]}"#,
+                            head,
+                        )?;
+                        continue;
+                    }
+                    Fault::RawHead(raw) if !head => {
+                        // The connection stays open: a client that reused it would be served.
+                        w.write_all(raw.as_bytes())?;
+                        w.write_all(&b.data)?;
+                        continue;
+                    }
+                    Fault::HeadStallFirst if !head && nth == 1 => {
+                        st.blob_gets
+                            .lock()
+                            .unwrap()
+                            .insert(reference.to_string(), 1);
+                        std::thread::sleep(Duration::from_secs(30));
+                        return Ok(());
+                    }
+                    _ => {}
+                }
                 let total = b.data.len();
                 let start = range
                     .as_deref()
@@ -416,6 +482,11 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
                     }
                     Fault::Truncate(at) => at.saturating_sub(start),
                     Fault::TruncateFirst(at) if nth_get == 1 => at.saturating_sub(start),
+                    Fault::StallFirst(at) if nth_get == 1 => {
+                        w.write_all(&data[..at])?;
+                        std::thread::sleep(Duration::from_secs(30));
+                        return Ok(());
+                    }
                     _ => data.len(),
                 };
                 let gate_at = if b.gated {
