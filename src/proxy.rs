@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::digest::Digest;
 use crate::error::{Error, Kind, OrErr, Result, Side};
+use crate::fill::bypass::{self, Source};
 use crate::fill::follow::{self, Start};
 use crate::fill::task::{self, Content};
 use crate::fill::{Fill, Joined};
@@ -101,7 +102,15 @@ async fn blob(
             confirm(w, name, &format!("blobs/{digest}"), None, Kind::BlobUnknown).await?;
             fill.add_link(name);
         }
-        return follow_fill(w, req, x, &fill, OCTETS).await;
+        let tail = format!("blobs/{digest}");
+        let src = Source {
+            repo: &fill.repo,
+            tail: &tail,
+            accept: None,
+            digest,
+            unknown: Kind::BlobUnknown,
+        };
+        return follow_fill(w, req, x, &fill, OCTETS, &src).await;
     }
 }
 
@@ -258,10 +267,12 @@ async fn follow_fill(
     x: &mut Exchange<'_>,
     fill: &Arc<Fill>,
     ctype: &str,
+    src: &Source<'_>,
 ) -> Result<()> {
     let limits = &w.shared.config.limits;
     let (file, size, media_type) = match follow::start(fill).await {
         Start::Failed(kind) => return Err(Error::upstream(kind, "fill failed")),
+        Start::Bypass => return bypass::serve_fresh(w, x, src, req.range, ctype).await,
         Start::Filling {
             file,
             size: Some(size),
@@ -270,7 +281,8 @@ async fn follow_fill(
         // Unknown size (no Content-Length upstream) or empty: wait for the verified whole.
         Start::Filling { .. } => match follow::finish(fill).await {
             Ok((file, size, media_type)) => (file, size, media_type),
-            Err(kind) => return Err(Error::upstream(kind, "fill failed")),
+            Err(Some(kind)) => return Err(Error::upstream(kind, "fill failed")),
+            Err(None) => return bypass::serve_fresh(w, x, src, req.range, ctype).await,
         },
         Start::Committed {
             file,
@@ -294,6 +306,10 @@ async fn follow_fill(
         Ok(()) => {
             x.body_bytes += end + 1 - start;
             Ok(())
+        }
+        Err(follow::Cut::Bypass { sent }) => {
+            x.body_bytes += sent;
+            bypass::serve_rest(w, x, src, &file, start, end, size, sent).await
         }
         Err(cut) => Err(
             Error::new(Kind::BadGateway, Side::Upstream, "follower cut short")
@@ -395,12 +411,21 @@ async fn manifest_by_digest(
             .await?;
             fill.add_link(name);
         }
+        let accept = accept_or_default(req);
+        let src = Source {
+            repo: &fill.repo,
+            tail: &tail,
+            accept: Some(accept),
+            digest,
+            unknown: Kind::ManifestUnknown,
+        };
         return follow_fill(
             w,
             req,
             x,
             &fill,
             "application/vnd.oci.image.manifest.v1+json",
+            &src,
         )
         .await;
     }

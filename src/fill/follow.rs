@@ -31,6 +31,8 @@ pub enum Start {
         media_type: Option<Arc<str>>,
     },
     Failed(Kind),
+    /// The store failed before any byte: fetch from upstream directly.
+    Bypass,
 }
 
 /// Wait until the fill has a response from upstream (or has failed).
@@ -62,12 +64,14 @@ pub async fn start(fill: &Fill) -> Start {
                 }
             }
             State::Failed(kind) => return Start::Failed(kind),
+            State::Bypass => return Start::Bypass,
         }
     }
 }
 
 /// Wait until the fill is over: its committed size, or why it failed.
-pub async fn finish(fill: &Fill) -> Result<(Arc<std::fs::File>, u64, Option<Arc<str>>), Kind> {
+/// `Err(None)`: the store failed (bypass).
+pub async fn finish(fill: &Fill) -> Result<Finished, Option<Kind>> {
     loop {
         let listener = fill.listen();
         match fill.state() {
@@ -76,11 +80,15 @@ pub async fn finish(fill: &Fill) -> Result<(Arc<std::fs::File>, u64, Option<Arc<
                 size,
                 media_type,
             } => return Ok((file, size, media_type)),
-            State::Failed(kind) => return Err(kind),
+            State::Failed(kind) => return Err(Some(kind)),
+            State::Bypass => return Err(None),
             _ => listener.await,
         }
     }
 }
+
+/// A committed fill: its file, size and media type.
+pub type Finished = (Arc<std::fs::File>, u64, Option<Arc<str>>);
 
 /// Why a follower stopped before the end of its range.
 #[derive(Debug)]
@@ -93,6 +101,8 @@ pub enum Cut {
     Read(std::io::Error),
     /// The fill made no progress for too long.
     Stalled,
+    /// The store failed: `sent` bytes of the range went out; the rest must come from upstream.
+    Bypass { sent: u64 },
 }
 
 /// Stream bytes `[start, end]` (inclusive) of the fill's body to `sock`. `size` is the body
@@ -122,6 +132,7 @@ pub async fn stream(
         let (committed, failed) = match fill.state() {
             State::Committed { .. } => (true, None),
             State::Failed(kind) => (false, Some(kind)),
+            State::Bypass => return (Err(Cut::Bypass { sent: pos - start }), buf),
             _ => (false, None),
         };
         if let Some(kind) = failed {

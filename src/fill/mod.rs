@@ -10,6 +10,7 @@
 //! Only three things cross cores in ringcache; this map is one. Bytes never cross through it:
 //! followers on other workers read the same file through the page cache.
 
+pub mod bypass;
 pub mod follow;
 pub mod task;
 
@@ -45,6 +46,9 @@ pub enum State {
     /// Nothing will be committed. The kind is what a client that has no bytes yet is told;
     /// a client mid-body is cut short.
     Failed(Kind),
+    /// The store cannot take this content (disk full, read-only, I/O error): nothing will be
+    /// committed, and every follower fetches the rest straight from upstream (`bypass.rs`).
+    Bypass,
 }
 
 /// One fill in flight, shared by its task and every follower, on any worker.
@@ -111,8 +115,10 @@ impl Fill {
             (&*state, &next),
             (State::Pending, State::Filling { .. })
                 | (State::Pending, State::Failed(_))
+                | (State::Pending, State::Bypass)
                 | (State::Filling { .. }, State::Committed { .. })
                 | (State::Filling { .. }, State::Failed(_))
+                | (State::Filling { .. }, State::Bypass)
         );
         assert!(
             ok,
@@ -127,7 +133,7 @@ impl Fill {
     fn is_terminal(&self) -> bool {
         matches!(
             *self.state.lock().unwrap(),
-            State::Committed { .. } | State::Failed(_)
+            State::Committed { .. } | State::Failed(_) | State::Bypass
         )
     }
 }
@@ -275,6 +281,15 @@ impl Lease {
 
     pub fn failed(mut self, kind: Kind) {
         self.fail(kind);
+    }
+
+    /// The store failed: followers go to upstream themselves.
+    pub fn bypass(mut self) {
+        if !self.fill.is_terminal() {
+            self.fill.transition(State::Bypass);
+        }
+        self.done = true;
+        self.fills.remove(&self.fill);
     }
 
     fn fail(&mut self, kind: Kind) {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::Lease;
 use crate::error::Kind;
 use crate::limits::{CHUNK_BYTES, FILL_RESUMES_MAX, FILL_RESUME_BACKOFF, MANIFEST_BYTES_MAX};
+use crate::store::ingest::CommitError;
 use crate::store::{Entry, Ingest};
 use crate::upstream::status_error;
 use crate::worker::Worker;
@@ -65,8 +66,9 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
     let mut ingest = match Ingest::create(store) {
         Ok(i) => i,
         Err(e) => {
-            tracing::error!(%digest, error = %e, "cannot create an ingest file");
-            return lease.failed(Kind::Unavailable);
+            store.incidents.report("create", &e);
+            tracing::debug!(%digest, error = %e, "cannot create an ingest file; bypassing the store");
+            return lease.bypass();
         }
     };
     lease.filling(ingest.shared_file(), size, media_type.clone());
@@ -90,8 +92,9 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                 }
                 let (res, back) = ingest.append(piece).await;
                 if let Err(e) = res {
-                    tracing::error!(%digest, error = %e, "writing the ingest file failed");
-                    return lease.failed(Kind::Unavailable);
+                    store.incidents.report("write", &e);
+                    tracing::debug!(%digest, error = %e, "writing the ingest file failed; bypassing the store");
+                    return lease.bypass();
                 }
                 buf = back;
                 lease.progress(ingest.written());
@@ -140,6 +143,13 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
             tracing::info!(%digest, repo = %fill.repo, bytes = n, followers = fill.followers(),
                 ms = started.elapsed().as_millis() as u64, "fill committed");
             lease.committed(n);
+        }
+        Err(CommitError::Io(e)) => {
+            // fsync, rename or the directory fsync failed: never trust that file. Followers
+            // fetch and verify the rest themselves.
+            store.incidents.report("commit", &e);
+            tracing::debug!(%digest, error = %e, "commit failed; bypassing the store");
+            lease.bypass();
         }
         Err(e) => {
             tracing::warn!(%digest, error = %e, "fill not committed");

@@ -13,6 +13,7 @@
 //! directory. A crash at any point leaves either no file or a complete one under its name;
 //! partial files only ever live in `ingest/`, which startup empties.
 
+pub mod incident;
 pub mod index;
 pub mod ingest;
 pub mod tags;
@@ -27,6 +28,8 @@ pub use ingest::Ingest;
 pub struct Store {
     root: PathBuf,
     pub index: Index,
+    /// Disk-full, read-only and I/O incidents, logged once per class per minute.
+    pub incidents: incident::Incidents,
 }
 
 impl Store {
@@ -76,6 +79,7 @@ impl Store {
         Ok(Store {
             root: root.to_path_buf(),
             index,
+            incidents: Default::default(),
         })
     }
 
