@@ -298,7 +298,7 @@ fn a_client_that_stops_reading_is_cut_and_the_fill_runs_at_upstream_speed() {
     let up = TestUpstream::start();
     let rc = Ringcache::start(&up.url(), "ringcache: {limits: {send_stall: 500ms}}\n");
     let size = 64 * MIB;
-    let digest = up.add_blob(image::pseudo_random(6001, size), Fault::None);
+    let digest = up.add_generated(6001, size, Fault::None);
     let path = format!("/v2/x/blobs/{digest}");
     let mut s = http::connect(rc.addr);
     http::send(&mut s, rc.addr, "GET", &path, &[], b"");

@@ -6,16 +6,29 @@ use std::net::SocketAddr;
 
 use super::http;
 
-/// A deterministic pseudo-random byte stream (xorshift), so big blobs need no storage.
+/// A deterministic pseudo-random byte stream, so big blobs need no storage.
 pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
+    pseudo_random_at(seed, 0, len)
+}
+
+/// Bytes `[offset, offset + len)` of `pseudo_random(seed, ..)`, computed directly (each 8-byte
+/// word is splitmix64 of its index), so any range of a huge blob can be produced on the fly.
+pub fn pseudo_random_at(seed: u64, offset: usize, len: usize) -> Vec<u8> {
+    let word = |i: u64| -> [u8; 8] {
+        let mut z =
+            seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_add(0x632B_E59B_D9B4_E019);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)).to_le_bytes()
+    };
+    let mut out = Vec::with_capacity(len + 16);
+    let first = offset / 8;
+    let last = (offset + len).div_ceil(8);
+    for i in first..last {
+        out.extend_from_slice(&word(i as u64));
     }
+    let skip = offset - first * 8;
+    out.drain(..skip);
     out.truncate(len);
     out
 }
@@ -131,4 +144,15 @@ pub fn push(addr: SocketAddr, name: &str, tag: &str, img: &Image, auth: Option<&
         &img.manifest,
     );
     assert_eq!(r.status, 201, "put manifest: {}", r.text());
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_access_matches_the_stream() {
+        let all = super::pseudo_random(7, 1000);
+        for (off, len) in [(0, 1000), (3, 10), (8, 8), (999, 1), (13, 500)] {
+            assert_eq!(super::pseudo_random_at(7, off, len), all[off..off + len]);
+        }
+    }
 }

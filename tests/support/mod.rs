@@ -144,6 +144,21 @@ impl Proc {
             .count()
     }
 
+    /// Peak resident memory (VmHWM) of the process, in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("VmHWM in /proc/PID/status");
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
         unsafe {

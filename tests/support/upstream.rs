@@ -55,6 +55,9 @@ pub struct Blob {
     pub ignore_range: bool,
     /// With `gated`: send this many bytes first, then wait for the gate.
     pub gate_at: usize,
+    /// `(seed, len)`: the body is `image::pseudo_random(seed, len)`, produced as it is sent
+    /// and never stored (`data` is then unused).
+    pub generated: Option<(u64, usize)>,
 }
 
 #[derive(Default)]
@@ -130,8 +133,32 @@ impl TestUpstream {
         })
     }
 
+    /// A large generated blob (never stored): returns its digest, computed by streaming it.
+    pub fn add_generated(&self, seed: u64, len: usize, fault: Fault) -> String {
+        self.add_blob_with(Blob {
+            generated: Some((seed, len)),
+            fault,
+            ..Default::default()
+        })
+    }
+
     pub fn add_blob_with(&self, blob: Blob) -> String {
-        let digest = format!("sha256:{}", super::sha256_hex(&blob.data));
+        let digest = match blob.generated {
+            Some((seed, len)) => {
+                let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+                let mut off = 0;
+                while off < len {
+                    let n = (len - off).min(1 << 20);
+                    ctx.update(&super::image::pseudo_random_at(seed, off, n));
+                    off += n;
+                }
+                format!(
+                    "sha256:{}",
+                    ringcache::digest::Digest::from_ring(&ctx.finish()).hex()
+                )
+            }
+            None => format!("sha256:{}", super::sha256_hex(&blob.data)),
+        };
         self.state
             .blobs
             .lock()
@@ -439,7 +466,7 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
                     }
                     _ => {}
                 }
-                let total = b.data.len();
+                let total = b.generated.map_or(b.data.len(), |(_, len)| len);
                 let start = range
                     .as_deref()
                     .filter(|_| !b.ignore_range && !head)
@@ -474,49 +501,61 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
                     *n += 1;
                     *n
                 };
-                let mut data = b.data[start..].to_vec();
-                let limit = match b.fault {
-                    Fault::Corrupt(at) if at >= start => {
-                        data[at - start] ^= 0xff;
-                        data.len()
+                // The body from `start`, produced piece by piece: a generated blob is never
+                // held in memory, a stored one is sliced.
+                let len = total - start;
+                let piece_at = |off: usize, n: usize| -> Vec<u8> {
+                    let abs = start + off;
+                    let mut p = match b.generated {
+                        Some((seed, _)) => super::image::pseudo_random_at(seed, abs, n),
+                        None => b.data[abs..abs + n].to_vec(),
+                    };
+                    if let Fault::Corrupt(at) = b.fault {
+                        if (abs..abs + n).contains(&at) {
+                            p[at - abs] ^= 0xff;
+                        }
                     }
+                    p
+                };
+                let limit = match b.fault {
                     Fault::Truncate(at) => at.saturating_sub(start),
                     Fault::TruncateFirst(at) if nth_get == 1 => at.saturating_sub(start),
                     Fault::StallFirst(at) if nth_get == 1 => {
-                        w.write_all(&data[..at])?;
+                        w.write_all(&piece_at(0, at.saturating_sub(start)))?;
                         std::thread::sleep(Duration::from_secs(30));
                         return Ok(());
                     }
-                    _ => data.len(),
-                };
-                let gate_at = if b.gated {
-                    b.gate_at.min(limit)
-                } else {
-                    usize::MAX
-                };
-                if gate_at < usize::MAX && gate_at > 0 {
-                    w.write_all(&data[..gate_at])?;
+                    _ => len,
                 }
+                .min(len);
+                let mut sent = 0;
                 if b.gated {
+                    let first = b.gate_at.min(limit);
+                    if first > 0 {
+                        w.write_all(&piece_at(0, first))?;
+                    }
+                    sent = first;
                     let mut open = st.gate.lock().unwrap();
                     while !*open {
                         open = st.gate_cv.wait(open).unwrap();
                     }
                 }
-                let sent = if gate_at < usize::MAX { gate_at } else { 0 };
-                for piece in data[sent..limit].chunks(64 * 1024) {
+                while sent < limit {
+                    let n = (limit - sent).min(64 * 1024);
+                    let piece = piece_at(sent, n);
                     if b.framing == Framing::Chunked {
-                        w.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
-                        w.write_all(piece)?;
+                        w.write_all(format!("{n:x}\r\n").as_bytes())?;
+                        w.write_all(&piece)?;
                         w.write_all(b"\r\n")?;
                     } else {
-                        w.write_all(piece)?;
+                        w.write_all(&piece)?;
                     }
+                    sent += n;
                     if let Some(p) = b.pace {
                         std::thread::sleep(p);
                     }
                 }
-                if limit < data.len() || b.framing == Framing::Close {
+                if limit < len || b.framing == Framing::Close {
                     return Ok(()); // truncated, or close-delimited: close
                 }
                 if b.framing == Framing::Chunked {
