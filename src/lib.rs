@@ -39,6 +39,9 @@
 //! 7. **commit** — size and sha256 checked, fsync, rename, fsync the directory, index
 //!    ([`store::ingest`]). Followers send the final byte only after `Committed`: a body that
 //!    fails verification is never delivered complete.
+//! 8. **resume** — upstream breaks mid-body: the fill continues with `Range` ([`fill::task`]).
+//!    If the store fails instead (disk full, read-only, I/O), followers finish straight from
+//!    upstream, verifying themselves ([`fill::bypass`], [`store::incident`]).
 //!
 //! # Glossary
 //!
