@@ -22,6 +22,7 @@
 //! | [`store`] | content-addressed files, the index, ingest and commit, tag resolutions |
 //! | [`fill`] | the sharded in-flight map, the fill task, followers |
 //! | [`upstream`] | registry client: auth (Basic, Bearer), redirects |
+//! | [`wheel`] | hierarchical timing wheel, pure: `advance(now)` → expired keys |
 //!
 //! # The data path
 //!
@@ -61,4 +62,5 @@ pub mod proxy;
 pub mod route;
 pub mod store;
 pub mod upstream;
+pub mod wheel;
 pub mod worker;
