@@ -15,7 +15,10 @@ fn ns_per(n: usize, f: impl FnOnce()) -> f64 {
 
 fn main() {
     const TTL: u64 = 7 * 86_400;
-    println!("{:>9} {:>12} {:>16} {:>14} {:>12}", "entries", "insert ns", "advance 1s ns", "expire ns/key", "cancel ns");
+    println!(
+        "{:>9} {:>12} {:>16} {:>14} {:>12}",
+        "entries", "insert ns", "advance 1s ns", "expire ns/key", "cancel ns"
+    );
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this as a smoke test.
     let sizes: &[usize] = if std::env::args().any(|a| a == "--bench") {
         &[1_000, 10_000, 100_000, 1_000_000]
@@ -48,7 +51,11 @@ fn main() {
             black_box(w.advance(TTL + 1));
         });
         let mut w2 = Wheel::new(0);
-        let ids2: Vec<_> = deadlines.iter().enumerate().map(|(i, &d)| w2.insert(i, d)).collect();
+        let ids2: Vec<_> = deadlines
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| w2.insert(i, d))
+            .collect();
         let cancel = ns_per(n, || {
             for id in ids2 {
                 black_box(w2.cancel(id));

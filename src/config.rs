@@ -43,6 +43,14 @@ pub struct Config {
     pub tags_fresh_for: Duration,
     /// On SIGTERM/SIGINT, in-flight requests and fills get this long to finish.
     pub drain_timeout: Duration,
+    /// The store's size cap in bytes (`None`: no cap).
+    pub size_max_bytes: Option<u64>,
+    /// Past this share of the cap (percent), least-recently-used entries are evicted...
+    pub high_water_percent: u64,
+    /// ...down to this share.
+    pub low_water_percent: u64,
+    /// How often changed access times, links and tags are appended to the state journal.
+    pub state_interval: Duration,
     /// Keys of the reference schema that were present but are not used by ringcache.
     pub ignored_keys: Vec<String>,
 }
@@ -185,6 +193,10 @@ impl Config {
             limits: Limits::default(),
             tags_fresh_for: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
+            size_max_bytes: None,
+            high_water_percent: 95,
+            low_water_percent: 90,
+            state_interval: Duration::from_secs(10),
             ignored_keys: ignored,
         };
         if let Some(v) = get(&root, "version") {
@@ -268,6 +280,12 @@ impl Config {
             "ringcache": {
                 "workers": self.workers,
                 "drain_timeout": format_duration(self.drain_timeout),
+                "storage": {
+                    "size_max": self.size_max_bytes.map_or("0".to_string(), format_size),
+                    "high_water_percent": self.high_water_percent,
+                    "low_water_percent": self.low_water_percent,
+                },
+                "state": {"interval": format_duration(self.state_interval)},
                 "upstream": {"ca_file": self.upstream.ca_file.as_ref().map(|p| p.display().to_string())},
                 "tags": {"fresh_for": format_duration(self.tags_fresh_for)},
                 "limits": {
@@ -296,6 +314,56 @@ fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), ConfigError>
         let key = format!("ringcache.{k}");
         match k.as_str() {
             "drain_timeout" => config.drain_timeout = duration(&key, v)?,
+            "storage" => {
+                for (k2, v2) in mapping(&key, v)? {
+                    let key = format!("{key}.{k2}");
+                    match k2.as_str() {
+                        "size_max" => {
+                            let n = match v2 {
+                                Value::String(s) => parse_size(s),
+                                Value::Number(n) => n.as_u64(),
+                                _ => None,
+                            }
+                            .ok_or_else(|| {
+                                err(&key, "must be a size (e.g. 500GiB, 10MiB, 1000000)")
+                            })?;
+                            config.size_max_bytes = (n > 0).then_some(n);
+                        }
+                        "high_water_percent" | "low_water_percent" => {
+                            let n = uint(&key, v2)?;
+                            if !(1..=100).contains(&n) {
+                                return Err(err(&key, "must be between 1 and 100"));
+                            }
+                            if k2 == "high_water_percent" {
+                                config.high_water_percent = n;
+                            } else {
+                                config.low_water_percent = n;
+                            }
+                        }
+                        _ => return Err(err(&key, "unknown key")),
+                    }
+                }
+                if config.low_water_percent > config.high_water_percent {
+                    return Err(err(
+                        "ringcache.storage.low_water_percent",
+                        "must not be above high_water_percent",
+                    ));
+                }
+            }
+            "state" => {
+                for (k2, v2) in mapping(&key, v)? {
+                    let key = format!("{key}.{k2}");
+                    match k2.as_str() {
+                        "interval" => {
+                            config.state_interval = duration(&key, v2)?;
+                            if config.state_interval.is_zero() {
+                                return Err(err(&key, "must be more than 0"));
+                            }
+                        }
+                        _ => return Err(err(&key, "unknown key")),
+                    }
+                }
+            }
             "workers" => {
                 let n = uint(&key, v)?;
                 if n == 0 || n > 1024 {
@@ -504,6 +572,42 @@ pub fn format_duration(d: Duration) -> String {
     out
 }
 
+/// A size with an optional binary or decimal unit: `500GiB`, `10MiB`, `1GB`, `4096`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Format a byte count the way it is written in the config.
+pub fn format_size(n: u64) -> String {
+    for (unit, size) in [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ] {
+        if n >= size && n % size == 0 {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    n.to_string()
+}
+
 /// `host:port` as Go's net.Listen takes it: `:5000` means every interface.
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     if let Some(port) = s.strip_prefix(':') {
@@ -632,5 +736,16 @@ mod tests {
         }
         assert_eq!(format_duration(Duration::from_secs(168 * 3600)), "168h");
         assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
+        for (s, want) in [
+            ("500GiB", Some(500u64 << 30)),
+            ("10MiB", Some(10 << 20)),
+            ("1GB", Some(1_000_000_000)),
+            ("42", Some(42)),
+            ("1 PB", None),
+            ("x", None),
+        ] {
+            assert_eq!(parse_size(s), want, "{s}");
+        }
+        assert_eq!(format_size(500 << 30), "500GiB");
     }
 }

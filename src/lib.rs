@@ -13,6 +13,7 @@
 //! | [`config`] | YAML (the reference registry's shape) → [`config::Config`] |
 //! | [`limits`] | every hard bound, each with its reason |
 //! | [`error`] | one [`error::Error`]; one table kind → OCI code + status |
+//! | [`expiry`] | the expiry thread: TTL from last use, size cap (LRU), persisted state |
 //! | [`failpoint`] | named pauses for tests (feature `failpoints`, never in release) |
 //! | [`worker`] | one monoio runtime per core: listener, accept loop, connection cap |
 //! | [`http`] | `parse` (pure request heads), `body` (framing), `conn` (server), `client` (upstream) |
@@ -43,6 +44,9 @@
 //! 8. **resume** — upstream breaks mid-body: the fill continues with `Range` ([`fill::task`]).
 //!    If the store fails instead (disk full, read-only, I/O), followers finish straight from
 //!    upstream, verifying themselves ([`fill::bypass`], [`store::incident`]).
+//! 9. **expiry** — a timing wheel holds one deadline per entry; last access decides between
+//!    re-arming and removal; a size cap evicts least-recently-used entries; state is journalled
+//!    ([`wheel`], [`expiry`], [`store::state`]).
 //!
 //! # Glossary
 //!
@@ -54,6 +58,7 @@
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod expiry;
 pub mod failpoint;
 pub mod fill;
 pub mod http;

@@ -96,6 +96,9 @@ fn init_logging(level: &str) {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
+    // Signals are blocked before any thread starts (every thread inherits the mask) and taken
+    // by one thread with sigwait, which starts the drain; a second signal stops at once.
+    let signals = block_signals();
     for key in &config.ignored_keys {
         tracing::info!("config key {key} is not used by ringcache and is ignored");
     }
@@ -107,19 +110,35 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", config.http_addr))?;
     let addr = listeners[0].local_addr()?;
     tracing::info!(upstream = %config.upstream.url, workers = config.workers, "listening on {addr}");
+    let (journal, loaded) = ringcache::store::state::Journal::open(&config.root_dir.join("state"))
+        .with_context(|| {
+            format!(
+                "opening the state journal under {}",
+                config.root_dir.display()
+            )
+        })?;
+    let (events, events_rx) = std::sync::mpsc::sync_channel(ringcache::expiry::EVENTS_MAX);
     let shared = Arc::new(Shared {
         fills: ringcache::fill::Fills::new(ringcache::limits::FILLS_INFLIGHT_MAX),
         tags: Default::default(),
         drain: Default::default(),
+        events,
+        stopping: Default::default(),
         store,
         tls,
         config,
     });
-    // Signals are blocked in every thread (workers inherit the mask) and taken by one thread
-    // with sigwait, which starts the drain; a second signal stops at once.
-    let signals = block_signals();
+    ringcache::expiry::restore(&shared, &loaded);
+    let expiry = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("ringcache-expiry".into())
+            .spawn(move || ringcache::expiry::run(shared, events_rx, journal, loaded))?
+    };
     let handles = worker::spawn(shared.clone(), listeners)?;
+    let signal_shared = shared.clone();
     std::thread::Builder::new().name("ringcache-signals".into()).spawn(move || {
+        let shared = signal_shared;
         let sig = wait_signal(&signals);
         tracing::info!(signal = sig, drain_timeout = ?shared.config.drain_timeout, "draining: listeners closed, finishing in-flight requests and fills");
         shared.drain.start();
@@ -131,6 +150,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
         if h.join().is_err() {
             anyhow::bail!("a worker thread panicked");
         }
+    }
+    // Workers are done: the expiry thread saves the state and ends.
+    shared
+        .stopping
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    if expiry.join().is_err() {
+        anyhow::bail!("the expiry thread panicked");
     }
     tracing::info!("stopped");
     Ok(())

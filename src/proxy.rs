@@ -69,10 +69,13 @@ async fn blob(
         if let Some(entry) = store.index.get(&digest) {
             if !entry.linked(name) {
                 confirm(w, name, &format!("blobs/{digest}"), None, Kind::BlobUnknown).await?;
-                entry.link(name);
+                w.shared.link(&entry, digest, name);
             }
             entry.touch();
-            return send_stored(w, req, x, digest, &entry, OCTETS).await;
+            if send_stored(w, req, x, digest, &entry, OCTETS).await? {
+                return Ok(());
+            }
+            continue; // gone since the lookup: a miss
         }
         if req.method == Method::Head {
             return head_upstream(
@@ -196,13 +199,10 @@ async fn send_stored(
     digest: Digest,
     entry: &Entry,
     ctype: &str,
-) -> Result<()> {
-    let path = w.shared.store.blob_path(&digest);
-    let file = monoio::fs::File::open(&path).await.or_err(
-        Kind::Internal,
-        Side::Store,
-        "open committed content",
-    )?;
+) -> Result<bool> {
+    let Some(file) = open_committed(w, digest).await? else {
+        return Ok(false);
+    };
     let len = file
         .metadata()
         .await
@@ -219,8 +219,36 @@ async fn send_stored(
         ));
     }
     match send_range_head(req, x, digest, len, ctype).await? {
-        Some((start, end)) => x.send_file(&file, start, end).await.map_err(io),
-        None => Ok(()),
+        Some((start, end)) => x
+            .send_file(&file, start, end)
+            .await
+            .map_err(io)
+            .map(|_| true),
+        None => Ok(true),
+    }
+}
+
+/// Open committed content. `None`: the file is gone (expired or evicted between the index
+/// lookup and now): the caller serves the request as a miss.
+async fn open_committed(w: &Rc<Worker>, digest: Digest) -> Result<Option<monoio::fs::File>> {
+    match monoio::fs::File::open(w.shared.store.blob_path(&digest)).await {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Removed since the lookup (or by hand): make sure the index agrees, then miss.
+            if let Some(entry) = w.shared.store.index.get(&digest) {
+                let path = w.shared.store.blob_path(&digest);
+                if !path.exists() {
+                    tracing::warn!(%digest, size = entry.size, "indexed content is missing on disk; refetching");
+                    w.shared
+                        .fills
+                        .when_idle(&digest, || w.shared.store.index.remove(&digest));
+                }
+            }
+            Ok(None)
+        }
+        Err(e) => {
+            Err(Error::new(Kind::Internal, Side::Store, "open committed content").with_cause(e))
+        }
     }
 }
 
@@ -368,10 +396,13 @@ async fn manifest_by_digest(
                     )
                     .await?;
                 }
-                entry.link(name);
+                w.shared.link(&entry, digest, name);
             }
             entry.touch();
-            return send_manifest(w, x, digest, &entry).await;
+            if send_manifest(w, x, digest, &entry).await? {
+                return Ok(());
+            }
+            continue; // gone since the lookup: a miss
         }
         if req.method == Method::Head {
             return head_upstream(
@@ -438,8 +469,10 @@ async fn send_manifest(
     x: &mut Exchange<'_>,
     digest: Digest,
     entry: &Entry,
-) -> Result<()> {
-    let body = read_small(&w.shared.store.blob_path(&digest), entry.size).await?;
+) -> Result<bool> {
+    let Some(body) = read_small(w, digest, entry.size).await? else {
+        return Ok(false);
+    };
     let media_type = match entry.media_type() {
         Some(mt) => mt,
         None => {
@@ -456,9 +489,10 @@ async fn send_manifest(
     )
     .await
     .map_err(io)
+    .map(|_| true)
 }
 
-async fn read_small(path: &std::path::Path, size: u64) -> Result<Vec<u8>> {
+async fn read_small(w: &Rc<Worker>, digest: Digest, size: u64) -> Result<Option<Vec<u8>>> {
     if size > limits::MANIFEST_BYTES_MAX {
         return Err(Error::new(
             Kind::Internal,
@@ -466,14 +500,13 @@ async fn read_small(path: &std::path::Path, size: u64) -> Result<Vec<u8>> {
             "manifest over the size cap",
         ));
     }
-    let file =
-        monoio::fs::File::open(path)
-            .await
-            .or_err(Kind::Internal, Side::Store, "open manifest")?;
+    let Some(file) = open_committed(w, digest).await? else {
+        return Ok(None);
+    };
     let buf = Vec::with_capacity(size as usize);
     let (res, buf) = file.read_exact_at(buf, 0).await;
     res.or_err(Kind::Internal, Side::Store, "read manifest")?;
-    Ok(buf)
+    Ok(Some(buf))
 }
 
 /// The media type of a manifest from its JSON (`mediaType`, else its shape).
@@ -541,14 +574,14 @@ async fn manifest_by_tag(
             let media_type: Arc<str> = resp.header("content-type").unwrap_or("").into();
             match digest {
                 Some(d) => {
-                    shared.tags.put(name, tag, d, media_type, asked);
+                    shared.tag(name, tag, d, media_type, asked);
                     d
                 }
                 None => return manifest_by_tag_get(w, req, x, name, tag, asked).await,
             }
         }
         Ok(resp) if resp.status == 404 => {
-            shared.tags.remove(name, tag);
+            shared.untag(name, tag);
             return Err(Error::upstream(
                 Kind::ManifestUnknown,
                 "upstream has no such tag",
@@ -596,8 +629,9 @@ async fn manifest_by_tag_get(
         store
             .index
             .insert(digest, Arc::new(Entry::new(n, Some(media_type.clone()))));
+        w.shared.note(crate::expiry::Event::Committed(digest));
     }
-    w.shared.tags.put(name, tag, digest, media_type, asked);
+    w.shared.tag(name, tag, digest, media_type, asked);
     manifest_by_digest(w, req, x, name, digest, Some(name)).await
 }
 

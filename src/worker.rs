@@ -23,6 +23,54 @@ pub struct Shared {
     pub tags: Tags,
     pub tls: Arc<rustls::ClientConfig>,
     pub drain: Drain,
+    /// To the expiry thread: commits, links, tags (never on the hit path).
+    pub events: std::sync::mpsc::SyncSender<crate::expiry::Event>,
+    /// Set once the workers are done: the expiry thread saves the state and ends.
+    pub stopping: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// Tell the expiry thread something (dropped, with a debug line, if its queue is full).
+    pub fn note(&self, ev: crate::expiry::Event) {
+        if let Err(e) = self.events.try_send(ev) {
+            tracing::debug!(error = %e, "expiry queue full; event dropped");
+        }
+    }
+
+    /// Record a tag resolution (and journal it).
+    pub fn tag(
+        &self,
+        name: &str,
+        tag: &str,
+        digest: crate::digest::Digest,
+        media_type: Arc<str>,
+        at: std::time::Instant,
+    ) {
+        self.tags.put(name, tag, digest, media_type.clone(), at);
+        self.note(crate::expiry::Event::Tagged {
+            name: name.into(),
+            tag: tag.into(),
+            digest,
+            media_type: media_type.to_string(),
+        });
+    }
+
+    /// Drop a tag upstream no longer has (and journal that).
+    pub fn untag(&self, name: &str, tag: &str) {
+        self.tags.remove(name, tag);
+        self.note(crate::expiry::Event::Untagged {
+            name: name.into(),
+            tag: tag.into(),
+        });
+    }
+
+    /// Link a digest to a repository upstream confirmed it in, and remember that.
+    pub fn link(&self, entry: &crate::store::Entry, digest: crate::digest::Digest, repo: &str) {
+        if !entry.linked(repo) {
+            entry.link(repo);
+            self.note(crate::expiry::Event::Linked(digest, repo.to_string()));
+        }
+    }
 }
 
 /// Graceful stop: once started, listeners close, idle connections end, and in-flight requests

@@ -207,6 +207,18 @@ impl Fills {
         self.inflight.load(Ordering::Relaxed)
     }
 
+    /// Run `f` under the digest's shard lock if no fill of it is in flight (`None` if one is):
+    /// removals use this, so no fill can start or commit that digest meanwhile.
+    pub fn when_idle<R>(&self, digest: &Digest, f: impl FnOnce() -> R) -> Option<R> {
+        let shard = self.shards[digest.shard(SHARDS)].lock().unwrap();
+        if shard.contains_key(digest) {
+            return None;
+        }
+        let r = f();
+        drop(shard);
+        Some(r)
+    }
+
     pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
         self.shards[digest.shard(SHARDS)]
             .lock()

@@ -140,6 +140,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
             for repo in fill.take_links() {
                 entry.link(&repo);
             }
+            worker.shared.note(crate::expiry::Event::Committed(digest));
             tracing::info!(%digest, repo = %fill.repo, bytes = n, followers = fill.followers(),
                 ms = started.elapsed().as_millis() as u64, "fill committed");
             lease.committed(n);

@@ -20,8 +20,11 @@ pub struct Entry {
     /// Repositories upstream confirmed this digest in: content is only served under these,
     /// so caching never widens access beyond what upstream allows.
     repos: Mutex<Vec<Arc<str>>>,
-    /// Last use, seconds since the Unix epoch: the expiry clock (a hit is one atomic store).
+    /// Last use, in ticks of the monotonic clock ([`now_tick`]): the expiry clock. A hit is one
+    /// atomic store; wall-clock time appears only in the persisted state.
     pub last_access: AtomicU64,
+    /// The access tick last written to the state journal (so only changes are written).
+    pub persisted_access: AtomicU64,
 }
 
 impl Entry {
@@ -30,7 +33,8 @@ impl Entry {
             size,
             media_type: RwLock::new(media_type),
             repos: Mutex::new(Vec::new()),
-            last_access: AtomicU64::new(now_secs()),
+            last_access: AtomicU64::new(now_tick()),
+            persisted_access: AtomicU64::new(0),
         }
     }
 
@@ -58,11 +62,40 @@ impl Entry {
     }
 
     pub fn touch(&self) {
-        self.last_access.store(now_secs(), Ordering::Relaxed);
+        self.last_access.store(now_tick(), Ordering::Relaxed);
+    }
+
+    pub fn last_access(&self) -> u64 {
+        self.last_access.load(Ordering::Relaxed)
     }
 }
 
+/// Ticks start here, so that "an hour before start" is still a valid tick.
+const TICK_BASE: u64 = 1 << 32;
+
+/// The monotonic clock in whole seconds (ticks), shared by every thread.
+pub fn now_tick() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    TICK_BASE
+        + START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs()
+}
+
+/// Wall-clock seconds since the Unix epoch (for the persisted state and log throttling). With
+/// the `failpoints` feature, `RINGCACHE_WALL_OFFSET_SECS` shifts it, to simulate a clock jump.
 pub fn now_secs() -> u64 {
+    #[cfg(feature = "failpoints")]
+    if let Some(off) = std::env::var("RINGCACHE_WALL_OFFSET_SECS")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+    {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        return now.saturating_add_signed(off);
+    }
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -73,6 +106,8 @@ type Shard = RwLock<HashMap<Digest, Arc<Entry>>>;
 
 pub struct Index {
     shards: Box<[Shard]>,
+    /// Sum of the sizes of all entries (kept with every insert and remove).
+    bytes: AtomicU64,
 }
 
 impl Default for Index {
@@ -85,6 +120,7 @@ impl Index {
     pub fn new() -> Index {
         Index {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            bytes: AtomicU64::new(0),
         }
     }
 
@@ -102,12 +138,28 @@ impl Index {
 
     /// Insert or replace; returns the entry now in the index.
     pub fn insert(&self, d: Digest, entry: Arc<Entry>) -> Arc<Entry> {
-        self.shard(&d).write().unwrap().insert(d, entry.clone());
+        self.bytes.fetch_add(entry.size, Ordering::Relaxed);
+        if let Some(old) = self.shard(&d).write().unwrap().insert(d, entry.clone()) {
+            self.bytes.fetch_sub(old.size, Ordering::Relaxed);
+        }
         entry
     }
 
     pub fn remove(&self, d: &Digest) -> Option<Arc<Entry>> {
-        self.shard(d).write().unwrap().remove(d)
+        let old = self.shard(d).write().unwrap().remove(d);
+        if let Some(o) = &old {
+            self.bytes.fetch_sub(o.size, Ordering::Relaxed);
+        }
+        old
+    }
+
+    /// Every digest and entry (for the expiry thread's scans and the state snapshot).
+    pub fn entries(&self) -> Vec<(Digest, Arc<Entry>)> {
+        let mut out = Vec::with_capacity(self.len());
+        for s in self.shards.iter() {
+            out.extend(s.read().unwrap().iter().map(|(d, e)| (*d, e.clone())));
+        }
+        out
     }
 
     pub fn len(&self) -> usize {
@@ -119,10 +171,7 @@ impl Index {
     }
 
     pub fn bytes(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| s.read().unwrap().values().map(|e| e.size).sum::<u64>())
-            .sum()
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Every repository some committed digest is linked to, sorted (for `_catalog`).

@@ -16,6 +16,7 @@
 pub mod incident;
 pub mod index;
 pub mod ingest;
+pub mod state;
 pub mod tags;
 
 use std::path::{Path, PathBuf};

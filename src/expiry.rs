@@ -1,0 +1,365 @@
+//! Expiry, capacity and persisted state (data path step 9), on one thread of its own.
+//!
+//! - **TTL from last use**: one wheel deadline per committed entry at `last access + ttl`.
+//!   When it fires, the entry's last access (one atomic store per hit, no lock on the hit
+//!   path) decides: re-arm, or remove. Driven once a second on the monotonic clock, so an entry
+//!   goes at most one tick plus one second after its deadline.
+//! - **Size cap**: past `high_water_percent` of `size_max`, least-recently-used entries are
+//!   evicted down to `low_water_percent`. The LRU order is a B-tree keyed by the access tick
+//!   recorded when the entry entered it; a popped entry that has been used since is put back
+//!   under its new tick, so each eviction costs O(log n) and never scans the store.
+//! - **Never break a reader**: removal runs under the in-flight map's shard lock and skips a
+//!   digest with a fill in flight; a client already streaming a removed file keeps its open
+//!   descriptor; a hit that finds the file gone is served as a miss.
+//! - **State**: commits, links, tags and changed access times are appended to the journal
+//!   (`store::state`) every `state_interval` and at shutdown; compacted now and then.
+//!
+//! Workers reach this thread only through a bounded channel of [`Event`]s (commits, links,
+//! tags): nothing on the hit path.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::digest::Digest;
+use crate::store::index::{now_secs, now_tick};
+use crate::store::state::{Journal, Loaded, Record, Saved};
+use crate::wheel::{TimerId, Wheel};
+use crate::worker::Shared;
+
+/// What workers tell the expiry thread.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Content was committed (its entry is in the index).
+    Committed(Digest),
+    /// Upstream confirmed an existing digest in another repository.
+    Linked(Digest, String),
+    Tagged {
+        name: String,
+        tag: String,
+        digest: Digest,
+        media_type: String,
+    },
+    Untagged {
+        name: String,
+        tag: String,
+    },
+}
+
+/// Events waiting for the expiry thread at most; past it an event is dropped and counted (a
+/// dropped link or tag is re-learnt from upstream on the next request).
+pub const EVENTS_MAX: usize = 65_536;
+
+/// Wall-clock second of a monotonic tick.
+fn wall_of(tick: u64) -> u64 {
+    now_secs().saturating_sub(now_tick().saturating_sub(tick))
+}
+
+/// Apply the loaded state to a freshly scanned store: media types, links and ages for the
+/// files that exist; tags as stale resolutions (usable for stale-if-error, revalidated first).
+pub fn restore(shared: &Shared, loaded: &Loaded) {
+    let ttl = shared.config.upstream.ttl.map_or(u64::MAX, |d| d.as_secs());
+    let saved_at = loaded.saved_at.unwrap_or_else(now_secs);
+    let now = now_tick();
+    let mut restored = 0;
+    for (digest, saved) in &loaded.entries {
+        let Some(entry) = shared.store.index.get(digest) else {
+            continue;
+        };
+        if let Some(mt) = &saved.media_type {
+            entry.set_media_type(mt.as_str().into());
+        }
+        for r in &saved.repos {
+            entry.link(r);
+        }
+        // Age at save time, clamped to [0, ttl]: downtime and clock jumps do not count.
+        let age = saved_at.saturating_sub(saved.last_access).min(ttl);
+        entry.last_access.store(now - age, Ordering::Relaxed);
+        entry.persisted_access.store(now - age, Ordering::Relaxed);
+        restored += 1;
+    }
+    let stale = Instant::now()
+        .checked_sub(shared.config.tags_fresh_for)
+        .unwrap_or_else(Instant::now);
+    for ((name, tag), (digest, mt)) in &loaded.tags {
+        if shared.store.index.contains(digest) {
+            shared
+                .tags
+                .put(name, tag, *digest, mt.as_str().into(), stale);
+        }
+    }
+    tracing::info!(restored, tags = loaded.tags.len(), "state restored");
+}
+
+struct Expiry {
+    shared: Arc<Shared>,
+    ttl: Option<u64>,
+    wheel: Wheel<Digest>,
+    timers: HashMap<Digest, TimerId>,
+    /// (access tick when inserted, digest): the LRU order, corrected lazily.
+    lru: BTreeSet<(u64, Digest)>,
+    journal: Journal,
+    /// The state as journalled, for compaction.
+    state: Loaded,
+    pending: Vec<Record>,
+}
+
+/// Run the expiry thread until `shared.stopping` is set; flushes the state before returning.
+pub fn run(shared: Arc<Shared>, events: Receiver<Event>, journal: Journal, state: Loaded) {
+    let ttl = shared.config.upstream.ttl.map(|d| d.as_secs().max(1));
+    let mut x = Expiry {
+        ttl,
+        wheel: Wheel::new(now_tick()),
+        timers: HashMap::new(),
+        lru: BTreeSet::new(),
+        journal,
+        state,
+        pending: Vec::new(),
+        shared,
+    };
+    for (digest, entry) in x.shared.store.index.entries() {
+        x.arm(digest, entry.last_access());
+    }
+    let interval = x.shared.config.state_interval;
+    let mut last_flush = Instant::now();
+    loop {
+        match events.recv_timeout(Duration::from_millis(250)) {
+            Ok(ev) => {
+                x.event(ev);
+                while let Ok(ev) = events.try_recv() {
+                    x.event(ev);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        let now = now_tick();
+        for (digest, _) in x.wheel.advance(now) {
+            x.timers.remove(&digest);
+            x.fired(digest, now);
+        }
+        x.enforce_cap();
+        if last_flush.elapsed() >= interval {
+            x.flush();
+            last_flush = Instant::now();
+        }
+        if x.shared.stopping.load(Ordering::SeqCst) {
+            while let Ok(ev) = events.try_recv() {
+                x.event(ev);
+            }
+            break;
+        }
+    }
+    x.flush();
+    tracing::info!("state saved");
+}
+
+impl Expiry {
+    fn arm(&mut self, digest: Digest, last_access: u64) {
+        if let Some(old) = self.timers.remove(&digest) {
+            self.wheel.cancel(old);
+        }
+        if let Some(ttl) = self.ttl {
+            self.timers
+                .insert(digest, self.wheel.insert(digest, last_access + ttl));
+        }
+        self.lru.insert((last_access, digest));
+    }
+
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Committed(digest) => {
+                let Some(entry) = self.shared.store.index.get(&digest) else {
+                    return;
+                };
+                self.arm(digest, entry.last_access());
+                let la = entry.last_access();
+                entry.persisted_access.store(la, Ordering::Relaxed);
+                let saved = Saved {
+                    size: entry.size,
+                    media_type: entry.media_type().map(|m| m.to_string()),
+                    repos: entry.repos().iter().map(|r| r.to_string()).collect(),
+                    last_access: wall_of(la),
+                };
+                self.pending.push(Record::Commit {
+                    d: digest.hex(),
+                    s: saved.size,
+                    m: saved.media_type.clone(),
+                    a: saved.last_access,
+                });
+                for r in &saved.repos {
+                    self.pending.push(Record::Link {
+                        d: digest.hex(),
+                        r: r.clone(),
+                    });
+                }
+                self.state.entries.insert(digest, saved);
+            }
+            Event::Linked(digest, repo) => {
+                if let Some(e) = self.state.entries.get_mut(&digest) {
+                    if !e.repos.contains(&repo) {
+                        e.repos.push(repo.clone());
+                        self.pending.push(Record::Link {
+                            d: digest.hex(),
+                            r: repo,
+                        });
+                    }
+                }
+            }
+            Event::Tagged {
+                name,
+                tag,
+                digest,
+                media_type,
+            } => {
+                let key = (name.clone(), tag.clone());
+                if self.state.tags.get(&key) != Some(&(digest, media_type.clone())) {
+                    self.pending.push(Record::Tag {
+                        n: name,
+                        t: tag,
+                        d: digest.hex(),
+                        m: media_type.clone(),
+                    });
+                    self.state.tags.insert(key, (digest, media_type));
+                }
+            }
+            Event::Untagged { name, tag } => {
+                if self
+                    .state
+                    .tags
+                    .remove(&(name.clone(), tag.clone()))
+                    .is_some()
+                {
+                    self.pending.push(Record::Untag { n: name, t: tag });
+                }
+            }
+        }
+    }
+
+    /// A deadline fired: re-arm if the entry was used since, else remove it.
+    fn fired(&mut self, digest: Digest, now: u64) {
+        let Some(entry) = self.shared.store.index.get(&digest) else {
+            return;
+        };
+        let Some(ttl) = self.ttl else { return };
+        let due = entry.last_access() + ttl;
+        if due > now {
+            self.timers.insert(digest, self.wheel.insert(digest, due));
+        } else {
+            self.remove(digest, "expired");
+        }
+    }
+
+    fn enforce_cap(&mut self) {
+        let Some(max) = self.shared.config.size_max_bytes else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let index = &shared.store.index;
+        let high = max / 100 * self.shared.config.high_water_percent;
+        let low = max / 100 * self.shared.config.low_water_percent;
+        if index.bytes() <= high {
+            return;
+        }
+        let mut skipped = Vec::new();
+        while index.bytes() > low {
+            let Some((tick, digest)) = self.lru.pop_first() else {
+                break;
+            };
+            let Some(entry) = index.get(&digest) else {
+                continue;
+            };
+            let la = entry.last_access();
+            if la != tick {
+                self.lru.insert((la, digest)); // used since it was queued: back in line
+                continue;
+            }
+            if !self.remove(digest, "evicted") {
+                skipped.push((tick, digest));
+            }
+        }
+        self.lru.extend(skipped);
+    }
+
+    /// Remove a committed entry unless a fill for it is in flight. Returns whether it went.
+    fn remove(&mut self, digest: Digest, why: &'static str) -> bool {
+        let store = &self.shared.store;
+        let path = store.blob_path(&digest);
+        let removed = self.shared.fills.when_idle(&digest, || {
+            let entry = store.index.remove(&digest);
+            // The index no longer has it: new requests miss. Unlink under the same lock so a
+            // new fill of this digest cannot commit in between; readers keep their descriptors.
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(%digest, error = %e, "removing an expired or evicted file failed");
+                }
+            }
+            entry
+        });
+        match removed {
+            Some(Some(entry)) => {
+                if let Some(t) = self.timers.remove(&digest) {
+                    self.wheel.cancel(t);
+                }
+                self.state.entries.remove(&digest);
+                self.pending.push(Record::Remove { d: digest.hex() });
+                tracing::info!(%digest, bytes = entry.size, store_bytes = store.index.bytes(), "entry {why}");
+                true
+            }
+            Some(None) => true,
+            None => false, // a fill is in flight: leave it
+        }
+    }
+
+    /// Append what changed (commits, links, tags, removals, access times) and compact when
+    /// the journal has grown well past the live state.
+    fn flush(&mut self) {
+        for (digest, entry) in self.shared.store.index.entries() {
+            let la = entry.last_access();
+            if entry.persisted_access.swap(la, Ordering::Relaxed) != la {
+                let a = wall_of(la);
+                if let Some(s) = self.state.entries.get_mut(&digest) {
+                    s.last_access = a;
+                } else {
+                    // Indexed from disk at start with no saved state: record it now.
+                    let saved = Saved {
+                        size: entry.size,
+                        media_type: entry.media_type().map(|m| m.to_string()),
+                        repos: entry.repos().iter().map(|r| r.to_string()).collect(),
+                        last_access: a,
+                    };
+                    self.pending.push(Record::Commit {
+                        d: digest.hex(),
+                        s: saved.size,
+                        m: saved.media_type.clone(),
+                        a,
+                    });
+                    self.state.entries.insert(digest, saved);
+                }
+                self.pending.push(Record::Access { d: digest.hex(), a });
+            }
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        let t = now_secs();
+        self.pending.push(Record::Saved { t });
+        self.state.saved_at = Some(t);
+        let records = std::mem::take(&mut self.pending);
+        if let Err(e) = self.journal.append(&records) {
+            self.shared
+                .store
+                .incidents
+                .report("state journal write", &e);
+            return;
+        }
+        let live = self.state.entries.len() + self.state.tags.len();
+        if self.journal.lines() > 4 * live + 10_000 {
+            if let Err(e) = self.journal.compact(&self.state) {
+                self.shared.store.incidents.report("state compaction", &e);
+            }
+        }
+    }
+}

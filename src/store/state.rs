@@ -1,0 +1,327 @@
+//! Persisted state (`state/`): what must survive a restart besides the content itself —
+//! last-access times, media types, repository links, tag resolutions.
+//!
+//! An append-only journal of JSON lines (`journal.jsonl`): each flush appends only what
+//! changed since the last one and fsyncs once, so its cost follows the changes, not the store.
+//! When the journal grows past a few times the live state, it is compacted into
+//! `snapshot.jsonl` (written to a temp file, fsynced, renamed, directory fsynced) and emptied.
+//! Loading reads the snapshot, then the journal; a torn last line (a crash mid-append) is
+//! ignored. Files are the truth: records for content that is not on disk are dropped.
+//!
+//! Times are wall-clock seconds here, and only here. Ages are measured at save time
+//! (`saved_at − last access`), so neither downtime nor a wall-clock jump while stopped can
+//! expire everything or keep everything forever.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+/// One journal line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k")]
+pub enum Record {
+    /// Content committed: digest (hex), size, media type, last access (wall seconds).
+    #[serde(rename = "c")]
+    Commit {
+        d: String,
+        s: u64,
+        m: Option<String>,
+        a: u64,
+    },
+    /// Upstream confirmed digest `d` in repository `r`.
+    #[serde(rename = "l")]
+    Link { d: String, r: String },
+    /// Last access of `d` at wall second `a`.
+    #[serde(rename = "a")]
+    Access { d: String, a: u64 },
+    /// `d` was removed (expired or evicted).
+    #[serde(rename = "x")]
+    Remove { d: String },
+    /// Tag `t` of repository `n` resolved to `d` (media type `m`).
+    #[serde(rename = "t")]
+    Tag {
+        n: String,
+        t: String,
+        d: String,
+        m: String,
+    },
+    /// Tag dropped (upstream said 404).
+    #[serde(rename = "u")]
+    Untag { n: String, t: String },
+    /// End of a flush, at wall second `t`.
+    #[serde(rename = "s")]
+    Saved { t: u64 },
+}
+
+/// What a load found, per digest.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Saved {
+    pub size: u64,
+    pub media_type: Option<String>,
+    pub repos: Vec<String>,
+    /// Wall second of the last access.
+    pub last_access: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub entries: HashMap<Digest, Saved>,
+    pub tags: HashMap<(String, String), (Digest, String)>,
+    /// Wall second of the last completed flush.
+    pub saved_at: Option<u64>,
+}
+
+impl Loaded {
+    fn apply(&mut self, r: Record) {
+        let hex = |d: &str| Digest::from_hex(d);
+        match r {
+            Record::Commit { d, s, m, a } => {
+                if let Some(d) = hex(&d) {
+                    let e = self.entries.entry(d).or_default();
+                    e.size = s;
+                    e.media_type = m.or(e.media_type.take());
+                    e.last_access = e.last_access.max(a);
+                }
+            }
+            Record::Link { d, r } => {
+                if let Some(e) = hex(&d).and_then(|d| self.entries.get_mut(&d)) {
+                    if !e.repos.contains(&r) {
+                        e.repos.push(r);
+                    }
+                }
+            }
+            Record::Access { d, a } => {
+                if let Some(e) = hex(&d).and_then(|d| self.entries.get_mut(&d)) {
+                    e.last_access = a;
+                }
+            }
+            Record::Remove { d } => {
+                if let Some(d) = hex(&d) {
+                    self.entries.remove(&d);
+                }
+            }
+            Record::Tag { n, t, d, m } => {
+                if let Some(d) = hex(&d) {
+                    self.tags.insert((n, t), (d, m));
+                }
+            }
+            Record::Untag { n, t } => {
+                self.tags.remove(&(n, t));
+            }
+            Record::Saved { t } => self.saved_at = Some(t),
+        }
+    }
+
+    /// The whole state as records (for a snapshot).
+    pub fn records(&self) -> Vec<Record> {
+        let mut out = Vec::new();
+        for (d, e) in &self.entries {
+            out.push(Record::Commit {
+                d: d.hex(),
+                s: e.size,
+                m: e.media_type.clone(),
+                a: e.last_access,
+            });
+            for r in &e.repos {
+                out.push(Record::Link {
+                    d: d.hex(),
+                    r: r.clone(),
+                });
+            }
+        }
+        for ((n, t), (d, m)) in &self.tags {
+            out.push(Record::Tag {
+                n: n.clone(),
+                t: t.clone(),
+                d: d.hex(),
+                m: m.clone(),
+            });
+        }
+        if let Some(t) = self.saved_at {
+            out.push(Record::Saved { t });
+        }
+        out
+    }
+}
+
+/// The journal writer (owned by the expiry thread). The file is opened per flush (every few
+/// seconds) rather than held, so nothing keeps the cache filesystem busy between flushes.
+pub struct Journal {
+    dir: PathBuf,
+    lines: usize,
+}
+
+const JOURNAL: &str = "journal.jsonl";
+const SNAPSHOT: &str = "snapshot.jsonl";
+
+fn read_lines(path: &Path, into: &mut Loaded) -> std::io::Result<usize> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut n = 0;
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line?;
+        // A torn or unknown line (crash mid-append, newer version) is skipped, not fatal.
+        if let Ok(r) = serde_json::from_str::<Record>(&line) {
+            into.apply(r);
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+impl Journal {
+    /// Load `state/` and open the journal for appending.
+    pub fn open(dir: &Path) -> std::io::Result<(Journal, Loaded)> {
+        std::fs::create_dir_all(dir)?;
+        let mut loaded = Loaded::default();
+        read_lines(&dir.join(SNAPSHOT), &mut loaded)?;
+        let lines = read_lines(&dir.join(JOURNAL), &mut loaded)?;
+        Ok((
+            Journal {
+                dir: dir.to_path_buf(),
+                lines,
+            },
+            loaded,
+        ))
+    }
+
+    /// Append records and make them durable (one fsync).
+    pub fn append(&mut self, records: &[Record]) -> std::io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(records.len() * 96);
+        for r in records {
+            serde_json::to_writer(&mut buf, r).map_err(std::io::Error::other)?;
+            buf.push(b'\n');
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(JOURNAL))?;
+        file.write_all(&buf)?;
+        file.sync_data()?;
+        self.lines += records.len();
+        Ok(())
+    }
+
+    pub fn lines(&self) -> usize {
+        self.lines
+    }
+
+    /// Replace snapshot + journal with one snapshot of `state`: temp, fsync, rename, fsync the
+    /// directory, then an empty journal. A crash between leaves the new snapshot plus the old
+    /// journal, whose records are idempotent on top of it.
+    pub fn compact(&mut self, state: &Loaded) -> std::io::Result<()> {
+        let tmp = self.dir.join("snapshot.jsonl.tmp");
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            let mut buf = Vec::new();
+            for r in state.records() {
+                serde_json::to_writer(&mut buf, &r).map_err(std::io::Error::other)?;
+                buf.push(b'\n');
+            }
+            f.write_all(&buf)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, self.dir.join(SNAPSHOT))?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(self.dir.join(JOURNAL))?;
+        file.sync_all()?;
+        self.lines = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_roundtrip_compaction_and_torn_lines() {
+        let dir = tempfile_dir();
+        let d1 = Digest::of(b"1");
+        let d2 = Digest::of(b"2");
+        {
+            let (mut j, loaded) = Journal::open(&dir).unwrap();
+            assert!(loaded.entries.is_empty());
+            j.append(&[
+                Record::Commit {
+                    d: d1.hex(),
+                    s: 1,
+                    m: Some("mt".into()),
+                    a: 100,
+                },
+                Record::Link {
+                    d: d1.hex(),
+                    r: "a/b".into(),
+                },
+                Record::Commit {
+                    d: d2.hex(),
+                    s: 2,
+                    m: None,
+                    a: 100,
+                },
+                Record::Access {
+                    d: d1.hex(),
+                    a: 150,
+                },
+                Record::Remove { d: d2.hex() },
+                Record::Tag {
+                    n: "a/b".into(),
+                    t: "v1".into(),
+                    d: d1.hex(),
+                    m: "mt".into(),
+                },
+                Record::Saved { t: 160 },
+            ])
+            .unwrap();
+        }
+        // A crash mid-append leaves a torn last line.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join(JOURNAL))
+            .unwrap()
+            .write_all(b"{\"k\":\"a\",\"d\":\"ab")
+            .unwrap();
+        let (mut j, loaded) = Journal::open(&dir).unwrap();
+        let want = Saved {
+            size: 1,
+            media_type: Some("mt".into()),
+            repos: vec!["a/b".into()],
+            last_access: 150,
+        };
+        assert_eq!(loaded.entries.get(&d1), Some(&want));
+        assert!(!loaded.entries.contains_key(&d2));
+        assert_eq!(
+            loaded.tags.get(&("a/b".into(), "v1".into())),
+            Some(&(d1, "mt".into()))
+        );
+        assert_eq!(loaded.saved_at, Some(160));
+        j.compact(&loaded).unwrap();
+        assert_eq!(j.lines(), 0);
+        let (_, again) = Journal::open(&dir).unwrap();
+        assert_eq!(again.entries.get(&d1), Some(&want));
+        assert_eq!(again.saved_at, Some(160));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let mut name = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut name).unwrap();
+        let d = std::env::temp_dir().join(format!("ringcache-state-{}", crate::digest::hex(&name)));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
