@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::digest::Digest;
-use crate::store::index::{now_secs, now_tick};
+use crate::store::index::{now_ms, now_secs, now_tick};
 use crate::store::state::{Journal, Loaded, Record, Saved};
 use crate::wheel::{TimerId, Wheel};
 use crate::worker::Shared;
@@ -52,17 +52,21 @@ pub enum Event {
 /// dropped link or tag is re-learnt from upstream on the next request).
 pub const EVENTS_MAX: usize = 65_536;
 
-/// Wall-clock second of a monotonic tick.
-fn wall_of(tick: u64) -> u64 {
-    now_secs().saturating_sub(now_tick().saturating_sub(tick))
+/// Wall-clock second of a monotonic time (ms).
+fn wall_of(ms: u64) -> u64 {
+    now_secs().saturating_sub(now_ms().saturating_sub(ms) / 1000)
 }
 
 /// Apply the loaded state to a freshly scanned store: media types, links and ages for the
 /// files that exist; tags as stale resolutions (usable for stale-if-error, revalidated first).
 pub fn restore(shared: &Shared, loaded: &Loaded) {
-    let ttl = shared.config.upstream.ttl.map_or(u64::MAX, |d| d.as_secs());
+    let ttl = shared
+        .config
+        .upstream
+        .ttl
+        .map_or(u64::MAX / 2000, |d| d.as_secs());
     let saved_at = loaded.saved_at.unwrap_or_else(now_secs);
-    let now = now_tick();
+    let now = now_ms();
     let mut restored = 0;
     for (digest, saved) in &loaded.entries {
         let Some(entry) = shared.store.index.get(digest) else {
@@ -75,9 +79,11 @@ pub fn restore(shared: &Shared, loaded: &Loaded) {
             entry.link(r);
         }
         // Age at save time, clamped to [0, ttl]: downtime and clock jumps do not count.
-        let age = saved_at.saturating_sub(saved.last_access).min(ttl);
-        entry.last_access.store(now - age, Ordering::Relaxed);
-        entry.persisted_access.store(now - age, Ordering::Relaxed);
+        let age_ms = saved_at.saturating_sub(saved.last_access).min(ttl) * 1000;
+        entry.last_access.store(now - age_ms, Ordering::Relaxed);
+        entry
+            .persisted_access
+            .store(now - age_ms, Ordering::Relaxed);
         restored += 1;
     }
     let stale = Instant::now()
@@ -95,10 +101,11 @@ pub fn restore(shared: &Shared, loaded: &Loaded) {
 
 struct Expiry {
     shared: Arc<Shared>,
+    /// In milliseconds.
     ttl: Option<u64>,
     wheel: Wheel<Digest>,
     timers: HashMap<Digest, TimerId>,
-    /// (access tick when inserted, digest): the LRU order, corrected lazily.
+    /// (last access in ms when inserted, digest): the LRU order, corrected lazily.
     lru: BTreeSet<(u64, Digest)>,
     journal: Journal,
     /// The state as journalled, for compaction.
@@ -108,7 +115,11 @@ struct Expiry {
 
 /// Run the expiry thread until `shared.stopping` is set; flushes the state before returning.
 pub fn run(shared: Arc<Shared>, events: Receiver<Event>, journal: Journal, state: Loaded) {
-    let ttl = shared.config.upstream.ttl.map(|d| d.as_secs().max(1));
+    let ttl = shared
+        .config
+        .upstream
+        .ttl
+        .map(|d| (d.as_millis() as u64).max(1000));
     let mut x = Expiry {
         ttl,
         wheel: Wheel::new(now_tick()),
@@ -135,10 +146,9 @@ pub fn run(shared: Arc<Shared>, events: Receiver<Event>, journal: Journal, state
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        let now = now_tick();
-        for (digest, _) in x.wheel.advance(now) {
+        for (digest, _) in x.wheel.advance(now_tick()) {
             x.timers.remove(&digest);
-            x.fired(digest, now);
+            x.fired(digest, now_ms());
         }
         x.enforce_cap();
         if last_flush.elapsed() >= interval {
@@ -162,8 +172,10 @@ impl Expiry {
             self.wheel.cancel(old);
         }
         if let Some(ttl) = self.ttl {
+            // Deadlines are in wheel ticks (seconds), rounded up.
+            let due_tick = (last_access + ttl).div_ceil(1000);
             self.timers
-                .insert(digest, self.wheel.insert(digest, last_access + ttl));
+                .insert(digest, self.wheel.insert(digest, due_tick));
         }
         self.lru.insert((last_access, digest));
     }
@@ -239,14 +251,15 @@ impl Expiry {
     }
 
     /// A deadline fired: re-arm if the entry was used since, else remove it.
-    fn fired(&mut self, digest: Digest, now: u64) {
+    fn fired(&mut self, digest: Digest, now_ms: u64) {
         let Some(entry) = self.shared.store.index.get(&digest) else {
             return;
         };
         let Some(ttl) = self.ttl else { return };
         let due = entry.last_access() + ttl;
-        if due > now {
-            self.timers.insert(digest, self.wheel.insert(digest, due));
+        if due > now_ms {
+            self.timers
+                .insert(digest, self.wheel.insert(digest, due.div_ceil(1000)));
         } else {
             self.remove(digest, "expired");
         }
@@ -355,6 +368,7 @@ impl Expiry {
                 .report("state journal write", &e);
             return;
         }
+        tracing::debug!(records = records.len(), "state flushed");
         let live = self.state.entries.len() + self.state.tags.len();
         if self.journal.lines() > 4 * live + 10_000 {
             if let Err(e) = self.journal.compact(&self.state) {

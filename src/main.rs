@@ -28,6 +28,15 @@ enum Command {
     },
     /// Validate a config file and print the effective config, secrets masked.
     CheckConfig { file: PathBuf },
+    /// Re-hash the store: remove files that do not match their name and state records without
+    /// files, and report. Run it while the cache is stopped.
+    Verify {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Report only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Exit code for an invalid configuration.
@@ -52,6 +61,41 @@ fn main() -> ExitCode {
                 serde_saphyr::to_string(&config.effective()).unwrap_or_default()
             );
             ExitCode::SUCCESS
+        }
+        Command::Verify { config, dry_run } => {
+            let config = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ringcache: config error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match ringcache::store::verify(&config.root_dir, dry_run) {
+                Ok(r) => {
+                    let verb = if dry_run { "would remove" } else { "removed" };
+                    println!(
+                        "checked {} files ({} bytes) under {}",
+                        r.files,
+                        r.bytes,
+                        config.root_dir.display()
+                    );
+                    for d in &r.corrupt {
+                        println!("corrupt: {d} ({verb})");
+                    }
+                    println!(
+                        "{} corrupt files {verb}; {} unfinished ingest files {verb}; {} state records without files {}",
+                        r.corrupt.len(),
+                        r.ingest_leftovers,
+                        r.orphan_records,
+                        if dry_run { "would be dropped" } else { "dropped" }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ringcache: verify: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Serve { config } => {
             let config = match load(config.as_ref()) {

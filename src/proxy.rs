@@ -15,6 +15,7 @@ use crate::http::conn::Exchange;
 use crate::http::parse::{resolve_range, RangeResult, RangeSpec};
 use crate::limits;
 use crate::route::{Method, Page, Reference, Route};
+use crate::store::tags::Revalidation;
 use crate::store::{Entry, Ingest};
 use crate::upstream::{status_error, MANIFEST_ACCEPT_DEFAULT};
 use crate::worker::Worker;
@@ -549,6 +550,23 @@ async fn manifest_by_tag(
     let tail = format!("manifests/{tag}");
     let accept = accept_or_default(req).to_string();
     let asked = Instant::now();
+    // One HEAD per tag at a time: concurrent askers wait for it and use its answer.
+    let lead = match shared.tags.revalidate(name, tag) {
+        Revalidation::Lead(guard) => Some(guard),
+        Revalidation::Wait(done, seen) => {
+            done.await;
+            let fresh = shared
+                .tags
+                .get(name, tag)
+                .filter(|r| r.generation > seen && accepts(req, &r.media_type));
+            if let Some(r) = fresh {
+                if shared.store.index.contains(&r.digest) || req.method == Method::Get {
+                    return manifest_by_digest(w, req, x, name, r.digest, Some(name)).await;
+                }
+            }
+            None // the leader failed, or answered another Accept: ask ourselves
+        }
+    };
     let stale = |e: Error| -> Result<Digest> {
         // stale-if-error: upstream down or rate-limiting, and we know what the tag was.
         match (&cached, e.kind) {
@@ -589,6 +607,7 @@ async fn manifest_by_tag(
         }
         Ok(resp) => stale(status_error(resp.status, Kind::ManifestUnknown))?,
     };
+    drop(lead); // the tag is resolved: wake the waiters before fetching the manifest
     manifest_by_digest(w, req, x, name, digest, Some(name)).await
 }
 

@@ -20,10 +20,10 @@ pub struct Entry {
     /// Repositories upstream confirmed this digest in: content is only served under these,
     /// so caching never widens access beyond what upstream allows.
     repos: Mutex<Vec<Arc<str>>>,
-    /// Last use, in ticks of the monotonic clock ([`now_tick`]): the expiry clock. A hit is one
-    /// atomic store; wall-clock time appears only in the persisted state.
+    /// Last use, in milliseconds of the monotonic clock ([`now_ms`]): the expiry and LRU clock.
+    /// A hit is one atomic store; wall-clock time appears only in the persisted state.
     pub last_access: AtomicU64,
-    /// The access tick last written to the state journal (so only changes are written).
+    /// The access time last written to the state journal (so only changes are written).
     pub persisted_access: AtomicU64,
 }
 
@@ -33,7 +33,7 @@ impl Entry {
             size,
             media_type: RwLock::new(media_type),
             repos: Mutex::new(Vec::new()),
-            last_access: AtomicU64::new(now_tick()),
+            last_access: AtomicU64::new(now_ms()),
             persisted_access: AtomicU64::new(0),
         }
     }
@@ -62,7 +62,7 @@ impl Entry {
     }
 
     pub fn touch(&self) {
-        self.last_access.store(now_tick(), Ordering::Relaxed);
+        self.last_access.store(now_ms(), Ordering::Relaxed);
     }
 
     pub fn last_access(&self) -> u64 {
@@ -70,17 +70,22 @@ impl Entry {
     }
 }
 
-/// Ticks start here, so that "an hour before start" is still a valid tick.
-const TICK_BASE: u64 = 1 << 32;
+/// The monotonic clock starts here (ms), so that "a year before start" is still a valid time.
+const CLOCK_BASE_MS: u64 = 1 << 42;
 
-/// The monotonic clock in whole seconds (ticks), shared by every thread.
-pub fn now_tick() -> u64 {
+/// The monotonic clock in milliseconds, shared by every thread.
+pub fn now_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    TICK_BASE
+    CLOCK_BASE_MS
         + START
             .get_or_init(std::time::Instant::now)
             .elapsed()
-            .as_secs()
+            .as_millis() as u64
+}
+
+/// The monotonic clock in whole seconds: the timing wheel's ticks.
+pub fn now_tick() -> u64 {
+    now_ms() / 1000
 }
 
 /// Wall-clock seconds since the Unix epoch (for the persisted state and log throttling). With

@@ -98,3 +98,81 @@ impl Store {
         &self.root
     }
 }
+
+/// What `ringcache verify` found (and, unless it was a dry run, did).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub files: u64,
+    pub bytes: u64,
+    /// Files that do not hash to their name (removed unless dry run).
+    pub corrupt: Vec<Digest>,
+    /// Temp files left in `ingest/` (removed unless dry run).
+    pub ingest_leftovers: u64,
+    /// State records for content that is not on disk (dropped unless dry run).
+    pub orphan_records: u64,
+}
+
+/// Re-hash every committed file; remove those that do not match their name, and state records
+/// without files. Meant for a stopped cache (a running one would re-learn what it removes).
+pub fn verify(root: &Path, dry_run: bool) -> std::io::Result<VerifyReport> {
+    use std::io::Read;
+    let mut report = VerifyReport::default();
+    let blobs = root.join("blobs/sha256");
+    let mut on_disk = std::collections::HashSet::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for i in 0..=255u8 {
+        let dir = blobs.join(format!("{i:02x}"));
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries {
+            let path = e?.path();
+            let Some(digest) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(Digest::from_hex)
+            else {
+                continue;
+            };
+            let mut f = std::fs::File::open(&path)?;
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                ctx.update(&buf[..n]);
+                report.bytes += n as u64;
+            }
+            report.files += 1;
+            if Digest::from_ring(&ctx.finish()) == digest {
+                on_disk.insert(digest);
+            } else {
+                report.corrupt.push(digest);
+                if !dry_run {
+                    std::fs::remove_file(&path)?;
+                }
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(root.join("ingest")) {
+        for e in entries {
+            report.ingest_leftovers += 1;
+            if !dry_run {
+                std::fs::remove_file(e?.path())?;
+            }
+        }
+    }
+    let state_dir = root.join("state");
+    if state_dir.exists() {
+        let (mut journal, mut loaded) = state::Journal::open(&state_dir)?;
+        let before = loaded.entries.len();
+        loaded.entries.retain(|d, _| on_disk.contains(d));
+        loaded.tags.retain(|_, (d, _)| on_disk.contains(d));
+        report.orphan_records = (before - loaded.entries.len()) as u64;
+        if !dry_run {
+            journal.compact(&loaded)?;
+        }
+    }
+    Ok(report)
+}

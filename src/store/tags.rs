@@ -15,11 +15,37 @@ pub struct Resolution {
     pub media_type: Arc<str>,
     /// When upstream last confirmed this (monotonic clock).
     pub at: Instant,
+    /// Increases with every resolution recorded: a waiter knows it got a new answer.
+    pub generation: u64,
 }
 
 #[derive(Default)]
 pub struct Tags {
     map: Mutex<HashMap<(String, String), Resolution>>,
+    /// Tags being revalidated upstream now: later askers wait for that one HEAD.
+    revalidating: Mutex<HashMap<(String, String), Arc<event_listener::Event>>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// The outcome of asking to revalidate a tag.
+pub enum Revalidation<'a> {
+    /// Ask upstream; dropping the guard wakes everyone who waited.
+    Lead(RevalidationGuard<'a>),
+    /// Someone else is asking: wait, then use the resolution if its generation is past this.
+    Wait(event_listener::EventListener, u64),
+}
+
+pub struct RevalidationGuard<'a> {
+    tags: &'a Tags,
+    key: (String, String),
+}
+
+impl Drop for RevalidationGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(ev) = self.tags.revalidating.lock().unwrap().remove(&self.key) {
+            ev.notify(usize::MAX);
+        }
+    }
 }
 
 impl Tags {
@@ -39,14 +65,32 @@ impl Tags {
                 map.remove(&oldest);
             }
         }
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         map.insert(
             (name.to_string(), tag.to_string()),
             Resolution {
                 digest,
                 media_type,
                 at,
+                generation,
             },
         );
+    }
+
+    /// Lead the revalidation of a tag, or wait for the one in flight (the listener is made
+    /// under the lock, so the leader's wake-up cannot be missed).
+    pub fn revalidate(&self, name: &str, tag: &str) -> Revalidation<'_> {
+        let key = (name.to_string(), tag.to_string());
+        let mut inflight = self.revalidating.lock().unwrap();
+        if let Some(ev) = inflight.get(&key) {
+            let seen = self.get(name, tag).map_or(0, |r| r.generation);
+            return Revalidation::Wait(ev.listen(), seen);
+        }
+        inflight.insert(key.clone(), Arc::new(event_listener::Event::new()));
+        Revalidation::Lead(RevalidationGuard { tags: self, key })
     }
 
     pub fn remove(&self, name: &str, tag: &str) {

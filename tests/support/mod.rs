@@ -112,6 +112,22 @@ impl Proc {
         }
     }
 
+    /// Whether a log line with every one of `needles` appears within `within` (no panic).
+    pub fn saw_within(&self, needles: &[&str], within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let mut log = self.log.lock().unwrap();
+        loop {
+            if log.lines().any(|l| needles.iter().all(|n| l.contains(n))) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            log = self.signal.wait_timeout(log, deadline - now).unwrap().0;
+        }
+    }
+
     /// Wait until at least `n` log lines contain every one of `needles` (bounded: `within`).
     pub fn wait_count(&self, needles: &[&str], n: usize, within: Duration) {
         let deadline = Instant::now() + within;

@@ -82,6 +82,8 @@ pub struct State {
     connections: std::sync::atomic::AtomicUsize,
     /// Status the token endpoint answers with instead of a token.
     token_status: Mutex<Option<u16>>,
+    /// Pause before answering a manifest request (a slow upstream for tag HEADs).
+    manifest_delay: Mutex<Option<Duration>>,
 }
 
 pub const TOKEN: &str = "test-token-123";
@@ -237,6 +239,10 @@ impl TestUpstream {
         self.state.connections.load(Ordering::SeqCst)
     }
 
+    pub fn delay_manifests(&self, d: Duration) {
+        *self.state.manifest_delay.lock().unwrap() = Some(d);
+    }
+
     /// Make the token endpoint fail with `status`.
     pub fn fail_tokens(&self, status: u16) {
         *self.state.token_status.lock().unwrap() = Some(status);
@@ -376,6 +382,10 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
         };
         match kind {
             "manifests" => {
+                let delay = *st.manifest_delay.lock().unwrap();
+                if let Some(d) = delay {
+                    std::thread::sleep(d);
+                }
                 let m = st
                     .manifests
                     .lock()
