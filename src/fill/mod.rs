@@ -371,6 +371,22 @@ mod tests {
     }
 
     #[test]
+    fn removal_waits_for_no_fill_in_flight() {
+        let fills = Fills::new(10);
+        let d = Digest::of(b"e");
+        let Joined::Lead(lease, _) = fills.join_or_lead(d, "r", || false) else {
+            panic!()
+        };
+        assert_eq!(
+            fills.when_idle(&d, || "removed"),
+            None,
+            "never while a fill is in flight"
+        );
+        lease.failed(Kind::BadGateway);
+        assert_eq!(fills.when_idle(&d, || "removed"), Some("removed"));
+    }
+
+    #[test]
     fn inflight_cap() {
         let fills = Fills::new(1);
         let _a = fills.join_or_lead(Digest::of(b"1"), "r", || false);
