@@ -90,23 +90,12 @@ async fn blob(
             )
             .await;
         }
-        let fill = match join(w, name, digest, Content::Blob) {
-            Joined::Committed => continue,
-            Joined::Busy => {
-                return Err(Error::new(
-                    Kind::Unavailable,
-                    Side::Internal,
-                    "too many fills in flight",
-                ))
-            }
-            Joined::Lead(..) => unreachable!("join spawns the leader's task"),
-            Joined::Follow(fill) => fill,
-        };
-        if fill.repo != name {
-            confirm(w, name, &format!("blobs/{digest}"), None, Kind::BlobUnknown).await?;
-            fill.add_link(name);
-        }
         let tail = format!("blobs/{digest}");
+        let unknown = Kind::BlobUnknown;
+        let Some(fill) = join_fill(w, name, digest, Content::Blob, &tail, None, unknown).await?
+        else {
+            continue; // committed meanwhile: a hit
+        };
         let src = Source {
             repo: &fill.repo,
             tail: &tail,
@@ -116,6 +105,37 @@ async fn blob(
         };
         return follow_fill(w, req, x, &fill, OCTETS, &src).await;
     }
+}
+
+/// Follow the fill of `digest` for `name`, starting it if there is none; `None` when it was
+/// committed meanwhile (serve a hit). A follower of a fill that runs under another repository
+/// first has upstream confirm the digest in its own.
+async fn join_fill(
+    w: &Rc<Worker>,
+    name: &str,
+    digest: Digest,
+    content: Content,
+    tail: &str,
+    accept: Option<&str>,
+    unknown: Kind,
+) -> Result<Option<Arc<Fill>>> {
+    let fill = match join(w, name, digest, content) {
+        Joined::Committed => return Ok(None),
+        Joined::Busy => {
+            return Err(Error::new(
+                Kind::Unavailable,
+                Side::Internal,
+                "too many fills in flight",
+            ))
+        }
+        Joined::Lead(..) => unreachable!("join spawns the leader's task"),
+        Joined::Follow(fill) => fill,
+    };
+    if fill.repo != name {
+        confirm(w, name, tail, accept, unknown).await?;
+        fill.add_link(name);
+    }
+    Ok(Some(fill))
 }
 
 /// Join the fill of `digest`, starting it (on this worker) if there is none.
@@ -417,33 +437,15 @@ async fn manifest_by_digest(
             )
             .await;
         }
-        let content = Content::Manifest {
-            accept: accept_or_default(req).to_string(),
-        };
-        let fill = match join(w, name, digest, content) {
-            Joined::Committed => continue,
-            Joined::Busy => {
-                return Err(Error::new(
-                    Kind::Unavailable,
-                    Side::Internal,
-                    "too many fills in flight",
-                ))
-            }
-            Joined::Lead(..) => unreachable!("join spawns the leader's task"),
-            Joined::Follow(fill) => fill,
-        };
-        if fill.repo != name {
-            confirm(
-                w,
-                name,
-                &tail,
-                Some(accept_or_default(req)),
-                Kind::ManifestUnknown,
-            )
-            .await?;
-            fill.add_link(name);
-        }
         let accept = accept_or_default(req);
+        let content = Content::Manifest {
+            accept: accept.to_string(),
+        };
+        let unknown = Kind::ManifestUnknown;
+        let Some(fill) = join_fill(w, name, digest, content, &tail, Some(accept), unknown).await?
+        else {
+            continue; // committed meanwhile: a hit
+        };
         let src = Source {
             repo: &fill.repo,
             tail: &tail,

@@ -151,20 +151,19 @@ impl<K> Wheel<K> {
     }
 
     fn cascade(&mut self, level: usize, slot: usize, t: u64) {
-        let mut cur = self.heads[level][slot].take();
-        while let Some(id) = cur {
-            self.counts[level] -= 1;
-            cur = self.nodes[id].next;
-            self.nodes[id].prev = None;
-            self.nodes[id].next = None;
-            self.place_at(id, t);
-        }
+        let head = self.heads[level][slot].take();
+        self.relink(head, level, t);
     }
 
     fn cascade_overflow(&mut self, t: u64) {
-        let mut cur = self.overflow.take();
+        let head = self.overflow.take();
+        self.relink(head, LEVELS, t);
+    }
+
+    /// Re-place every node of a list taken off counted level `level`, as seen from `t`.
+    fn relink(&mut self, mut cur: Option<usize>, level: usize, t: u64) {
         while let Some(id) = cur {
-            self.counts[LEVELS] -= 1;
+            self.counts[level] -= 1;
             cur = self.nodes[id].next;
             self.nodes[id].prev = None;
             self.nodes[id].next = None;

@@ -125,30 +125,10 @@ pub async fn serve_rest(
     } else {
         None
     };
-    let range = format!("bytes={pos}-{end}");
-    let mut headers = vec![("Range", range.as_str())];
-    if let Some(a) = src.accept {
-        headers.push(("Accept", a));
-    }
-    let resp = w.upstream.send("GET", src.repo, src.tail, &headers).await?;
-    let skip = match resp.status {
-        206 => {
-            let first = resp
-                .header("content-range")
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.parse::<u64>().ok());
-            if first != Some(pos) {
-                return Err(Error::upstream(
-                    Kind::BadGateway,
-                    "upstream answered another range",
-                ));
-            }
-            0
-        }
-        200 => pos,
-        s => return Err(status_error(s, src.unknown)),
-    };
+    let (resp, skip) = w
+        .upstream
+        .get_range(src.repo, src.tail, src.accept, pos, Some(end), src.unknown)
+        .await?;
     relay(x, resp, end + 1 - pos, skip, hasher).await
 }
 

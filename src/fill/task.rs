@@ -4,7 +4,6 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::Lease;
 use crate::error::Kind;
@@ -112,7 +111,11 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                     monoio::time::sleep(FILL_RESUME_BACKOFF * 2u32.pow(resumes)).await;
                     resumes += 1;
                     tracing::info!(%digest, written, resume = resumes, "upstream body broke; resuming with Range");
-                    match resume(&worker, &fill.repo, &tail, accept, written).await {
+                    match worker
+                        .upstream
+                        .get_range(&fill.repo, &tail, accept, written, None, unknown)
+                        .await
+                    {
                         Ok((r, s)) => {
                             resp = r;
                             skip = s;
@@ -155,54 +158,6 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
         Err(e) => {
             tracing::warn!(%digest, error = %e, "fill not committed");
             lease.failed(Kind::BadGateway);
-        }
-    }
-}
-
-/// Ask upstream for the rest of the body from `written`. Returns the response and how many of
-/// its leading bytes to skip: 0 for a 206 that starts where we are, `written` for a 200 (Range
-/// ignored).
-async fn resume(
-    worker: &Worker,
-    repo: &str,
-    tail: &str,
-    accept: Option<&str>,
-    written: u64,
-) -> crate::error::Result<(crate::http::client::Response, u64)> {
-    use crate::error::Error;
-    let range = format!("bytes={written}-");
-    let mut headers = vec![("Range", range.as_str())];
-    if let Some(a) = accept {
-        headers.push(("Accept", a));
-    }
-    let resp = worker.upstream.send("GET", repo, tail, &headers).await?;
-    match resp.status {
-        206 => {
-            let start = resp
-                .header("content-range")
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.parse::<u64>().ok());
-            if start != Some(written) {
-                return Err(Error::upstream(
-                    Kind::BadGateway,
-                    "upstream answered another range",
-                ));
-            }
-            Ok((resp, 0))
-        }
-        200 => Ok((resp, written)),
-        s => {
-            // Rate-limited or briefly down: honour Retry-After (seconds), within a cap.
-            if let Some(secs) = resp
-                .header("retry-after")
-                .and_then(|v| v.trim().parse::<u64>().ok())
-            {
-                let pause = Duration::from_secs(secs).min(crate::limits::RETRY_AFTER_MAX);
-                tracing::info!(status = s, ?pause, "upstream asked to retry after a pause");
-                monoio::time::sleep(pause).await;
-            }
-            Err(status_error(s, Kind::BlobUnknown))
         }
     }
 }

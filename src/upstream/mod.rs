@@ -273,6 +273,60 @@ pub fn upstream_name(docker_hub: bool, name: &str) -> std::borrow::Cow<'_, str> 
     }
 }
 
+impl Upstream {
+    /// GET bytes `from..=to` (or `from..` to the end) of `tail` in `name`. Returns the response
+    /// and how many of its leading bytes to skip: 0 for a 206 that starts at `from`, `from` for a
+    /// 200 (upstream ignored the Range). Any other answer is an error; a 429/503 carrying
+    /// `Retry-After` (seconds) is honoured, within `RETRY_AFTER_MAX`, before returning it.
+    pub async fn get_range(
+        &self,
+        name: &str,
+        tail: &str,
+        accept: Option<&str>,
+        from: u64,
+        to: Option<u64>,
+        unknown: Kind,
+    ) -> Result<(Response, u64)> {
+        let range = match to {
+            Some(to) => format!("bytes={from}-{to}"),
+            None => format!("bytes={from}-"),
+        };
+        let mut headers = vec![("Range", range.as_str())];
+        if let Some(a) = accept {
+            headers.push(("Accept", a));
+        }
+        let resp = self.send("GET", name, tail, &headers).await?;
+        match resp.status {
+            206 => {
+                let first = resp
+                    .header("content-range")
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if first != Some(from) {
+                    return Err(Error::upstream(
+                        Kind::BadGateway,
+                        "upstream answered another range",
+                    ));
+                }
+                Ok((resp, 0))
+            }
+            200 => Ok((resp, from)),
+            s => {
+                if let Some(secs) = resp
+                    .header("retry-after")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                {
+                    let pause = Duration::from_secs(secs).min(limits::RETRY_AFTER_MAX);
+                    tracing::info!(status = s, ?pause, "upstream asked to retry after a pause");
+                    monoio::time::sleep(pause).await;
+                }
+                Err(status_error(s, unknown))
+            }
+        }
+    }
+}
+
 /// The error a client is told for an upstream status that is not a success.
 pub fn status_error(status: u16, unknown: Kind) -> Error {
     let kind = match status {
