@@ -137,17 +137,21 @@ const USED: &[&str] = &[
 ];
 
 impl Config {
+    /// Parse a YAML document, then apply `REGISTRY_*` / `RINGCACHE_*` overrides from `env`.
+    pub fn from_yaml_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree = parse_tree(text)?;
+        for (k, v) in env {
+            apply_env(&mut tree, &k, &v)?;
+        }
+        Config::from_tree(tree)
+    }
+
     /// Parse a YAML document.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let tree: Value = if text.trim().is_empty() {
-            Value::Object(Map::new())
-        } else {
-            serde_saphyr::from_str(text).map_err(|e| {
-                let first = e.to_string().lines().next().unwrap_or("").to_string();
-                err("", format!("invalid YAML: {first}"))
-            })?
-        };
-        Config::from_tree(tree)
+        Config::from_tree(parse_tree(text)?)
     }
 
     pub fn from_tree(tree: Value) -> Result<Config, ConfigError> {
@@ -304,6 +308,89 @@ impl Config {
             },
         })
     }
+}
+
+fn parse_tree(text: &str) -> Result<Value, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    serde_saphyr::from_str(text).map_err(|e| {
+        let first = e.to_string().lines().next().unwrap_or("").to_string();
+        err("", format!("invalid YAML: {first}"))
+    })
+}
+
+/// ringcache's own keys, as paths under `ringcache.`: `RINGCACHE_*` variables are matched
+/// against these (the keys themselves contain underscores, so the name cannot be split).
+const RINGCACHE_KEYS: &[&str] = &[
+    "workers",
+    "drain_timeout",
+    "upstream.ca_file",
+    "tags.fresh_for",
+    "state.interval",
+    "storage.size_max",
+    "storage.high_water_percent",
+    "storage.low_water_percent",
+    "limits.request_line_bytes_max",
+    "limits.header_line_bytes_max",
+    "limits.head_bytes_max",
+    "limits.headers_max",
+    "limits.head_timeout",
+    "limits.keepalive_idle",
+    "limits.connections_per_worker_max",
+    "limits.send_stall",
+    "limits.upstream_connect_timeout",
+    "limits.upstream_header_timeout",
+    "limits.upstream_body_stall",
+];
+
+/// Apply one environment variable, as the reference registry does: `REGISTRY_PROXY_REMOTEURL`
+/// sets `proxy.remoteurl` (names split on `_`, lowercased); `RINGCACHE_STORAGE_SIZE_MAX` sets
+/// `ringcache.storage.size_max`. The value is read as YAML (so `5`, `true`, `[a]` keep their
+/// types). Other variables are ignored; an unknown `RINGCACHE_*` is an error.
+pub fn apply_env(tree: &mut Value, name: &str, value: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> = if let Some(rest) = name.strip_prefix("REGISTRY_") {
+        rest.split('_').map(|p| p.to_ascii_lowercase()).collect()
+    } else if let Some(rest) = name.strip_prefix("RINGCACHE_") {
+        // Read by the failpoints of test builds, not settings.
+        if rest == "FAILPOINTS" || rest == "WALL_OFFSET_SECS" {
+            return Ok(());
+        }
+        let want = rest.to_ascii_lowercase();
+        match RINGCACHE_KEYS.iter().find(|k| k.replace('.', "_") == want) {
+            Some(k) => std::iter::once("ringcache".to_string())
+                .chain(k.split('.').map(String::from))
+                .collect(),
+            None => return Err(err(name, "no such ringcache setting")),
+        }
+    } else {
+        return Ok(());
+    };
+    if path.iter().any(|p| p.is_empty()) {
+        return Ok(());
+    }
+    let parsed: Value =
+        serde_saphyr::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+    let parsed = if parsed.is_null() {
+        Value::String(value.to_string())
+    } else {
+        parsed
+    };
+    let mut cur = tree;
+    for (i, part) in path.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = Value::Object(Map::new());
+        }
+        let map = cur.as_object_mut().expect("made an object above");
+        if i + 1 == path.len() {
+            map.insert(part.clone(), parsed);
+            return Ok(());
+        }
+        cur = map
+            .entry(part.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    Ok(())
 }
 
 fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), ConfigError> {
@@ -698,6 +785,34 @@ mod tests {
             assert!(!e.to_string().contains('\n'));
         }
         assert!(Config::from_yaml("a: [").is_err());
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let env = [
+            ("REGISTRY_PROXY_REMOTEURL", "http://127.0.0.1:9999"),
+            ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "/srv/cache"),
+            ("REGISTRY_HTTP_ADDR", ":6000"),
+            ("RINGCACHE_WORKERS", "3"),
+            ("RINGCACHE_STORAGE_SIZE_MAX", "10GiB"),
+            ("RINGCACHE_LIMITS_HEAD_TIMEOUT", "5s"),
+            ("PATH", "/usr/bin"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = Config::from_yaml_env(DEFAULT_YAML, env).unwrap();
+        assert_eq!(c.upstream.url.to_string(), "http://127.0.0.1:9999/");
+        assert_eq!(c.root_dir, PathBuf::from("/srv/cache"));
+        assert_eq!(c.http_addr, "0.0.0.0:6000".parse().unwrap());
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.size_max_bytes, Some(10 << 30));
+        assert_eq!(c.limits.head_timeout, Duration::from_secs(5));
+        let bad = Config::from_yaml_env("", [("RINGCACHE_WROKERS".to_string(), "1".to_string())])
+            .unwrap_err();
+        assert_eq!(bad.key, "RINGCACHE_WROKERS");
+        let bad =
+            Config::from_yaml_env("", [("REGISTRY_PROXY_TTL".to_string(), "soon".to_string())])
+                .unwrap_err();
+        assert_eq!(bad.key, "proxy.ttl");
     }
 
     #[test]

@@ -123,7 +123,7 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
         Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
         None => DEFAULT_YAML.to_string(),
     };
-    Config::from_yaml(&text).map_err(|e| e.to_string())
+    Config::from_yaml_env(&text, std::env::vars()).map_err(|e| e.to_string())
 }
 
 fn init_logging(level: &str) {

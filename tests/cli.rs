@@ -71,3 +71,40 @@ fn invalid_config_is_one_line_naming_the_key_and_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn environment_overrides_config_keys_like_the_reference_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("config.yml");
+    std::fs::write(
+        &p,
+        "version: 0.1\nproxy: {remoteurl: https://example.invalid}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringcache"))
+        .arg("check-config")
+        .arg(&p)
+        .env("REGISTRY_PROXY_REMOTEURL", "http://127.0.0.1:5555")
+        .env("REGISTRY_PROXY_PASSWORD", "from-env-secret")
+        .env("REGISTRY_PROXY_USERNAME", "u")
+        .env("RINGCACHE_STORAGE_SIZE_MAX", "2GiB")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("remoteurl: http://127.0.0.1:5555"), "{text}");
+    assert!(text.contains("size_max: 2GiB"), "{text}");
+    assert!(!text.contains("from-env-secret"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringcache"))
+        .arg("check-config")
+        .arg(&p)
+        .env("RINGCACHE_WORKRES", "2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RINGCACHE_WORKRES"));
+}
