@@ -26,3 +26,32 @@ pub async fn hit(name: &str) {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub async fn hit(_name: &str) {}
+
+/// Block the calling *thread* (stalling its whole event loop) if the failpoint `name` is set:
+/// how tests make a worker stop answering.
+#[cfg(feature = "failpoints")]
+pub fn block(name: &str) {
+    let Ok(spec) = std::env::var("RINGCACHE_FAILPOINTS") else {
+        return;
+    };
+    for item in spec.split(',') {
+        if let Some((n, d)) = item.split_once('=') {
+            if n.trim() == name {
+                static ONCE: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                // Only once, and only after start-up (a worker must first be seen answering).
+                if crate::store::index::uptime_ms() >= 2000
+                    && !ONCE.swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
+                    let d = crate::config::parse_duration(d).unwrap_or_default();
+                    tracing::warn!(failpoint = name, pause = ?d, "failpoint {name}: blocking the thread");
+                    std::thread::sleep(d);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn block(_name: &str) {}

@@ -20,6 +20,7 @@
 //! | [`route`] | method + path → [`route::Route`]; OCI name/tag/digest grammar |
 //! | [`digest`] | the sha256 [`digest::Digest`] newtype |
 //! | [`proxy`] | `serve(request)`: the one place where hit / miss / fill is decided |
+//! | [`service`] | systemd: readiness, watchdog, socket activation, open-files limit |
 //! | [`store`] | content-addressed files, the index, ingest and commit, tag resolutions |
 //! | [`fill`] | the sharded in-flight map, the fill task, followers |
 //! | [`upstream`] | registry client: auth (Basic, Bearer), redirects |
@@ -65,6 +66,7 @@ pub mod http;
 pub mod limits;
 pub mod proxy;
 pub mod route;
+pub mod service;
 pub mod store;
 pub mod upstream;
 pub mod wheel;

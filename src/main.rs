@@ -150,9 +150,26 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("upstream TLS setup: {e}"))?;
     let store = ringcache::store::Store::open(&config.root_dir)
         .with_context(|| format!("opening the store at {}", config.root_dir.display()))?;
-    let listeners = worker::bind(config.http_addr, config.workers)
-        .with_context(|| format!("listening on {}", config.http_addr))?;
-    let addr = listeners[0].local_addr()?;
+    ringcache::service::raise_nofile_limit();
+    // Sockets passed by systemd (socket activation), else our own SO_REUSEPORT listeners.
+    let listeners: Vec<Vec<std::net::TcpListener>> =
+        match ringcache::service::inherited_listeners(config.workers)
+            .context("taking the sockets passed by systemd")?
+        {
+            Some(inherited) => {
+                tracing::info!(
+                    sockets = inherited[0].len(),
+                    "serving on sockets passed by systemd"
+                );
+                inherited
+            }
+            None => worker::bind(config.http_addr, config.workers)
+                .with_context(|| format!("listening on {}", config.http_addr))?
+                .into_iter()
+                .map(|l| vec![l])
+                .collect(),
+        };
+    let addr = listeners[0][0].local_addr()?;
     tracing::info!(upstream = %config.upstream.url, workers = config.workers, "listening on {addr}");
     let (journal, loaded) = ringcache::store::state::Journal::open(&config.root_dir.join("state"))
         .with_context(|| {
@@ -167,6 +184,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tags: Default::default(),
         drain: Default::default(),
         events,
+        heartbeats: Arc::new(ringcache::service::Heartbeats::new(config.workers)),
         stopping: Default::default(),
         store,
         tls,
@@ -179,12 +197,34 @@ fn serve(config: Config) -> anyhow::Result<()> {
             .name("ringcache-expiry".into())
             .spawn(move || ringcache::expiry::run(shared, events_rx, journal, loaded))?
     };
-    let handles = worker::spawn(shared.clone(), listeners)?;
+    let workers = shared.config.workers;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handles = worker::spawn(shared.clone(), listeners, ready_tx)?;
+    // READY=1 only once every worker accepts (the index is loaded and state restored above).
+    for _ in 0..workers {
+        ready_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .context("a worker did not start")?;
+    }
+    let status = format!(
+        "serving on {addr} with {workers} workers; {} entries cached",
+        shared.store.index.len()
+    );
+    ringcache::service::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
+    tracing::info!("ready");
+    ringcache::service::start_watchdog(shared.heartbeats.clone());
     let signal_shared = shared.clone();
     std::thread::Builder::new().name("ringcache-signals".into()).spawn(move || {
         let shared = signal_shared;
         let sig = wait_signal(&signals);
         tracing::info!(signal = sig, drain_timeout = ?shared.config.drain_timeout, "draining: listeners closed, finishing in-flight requests and fills");
+        ringcache::service::notify(&[
+            sd_notify::NotifyState::Stopping,
+            sd_notify::NotifyState::Status("draining: finishing in-flight requests and fills"),
+        ]);
         shared.drain.start();
         let sig = wait_signal(&signals);
         tracing::warn!(signal = sig, "second signal while draining: stopping now");

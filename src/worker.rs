@@ -25,6 +25,8 @@ pub struct Shared {
     pub drain: Drain,
     /// To the expiry thread: commits, links, tags (never on the hit path).
     pub events: std::sync::mpsc::SyncSender<crate::expiry::Event>,
+    /// Each worker's event-loop heartbeat, for the systemd watchdog.
+    pub heartbeats: Arc<crate::service::Heartbeats>,
     /// Set once the workers are done: the expiry thread saves the state and ends.
     pub stopping: std::sync::atomic::AtomicBool,
 }
@@ -147,23 +149,31 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     Ok(s.into())
 }
 
-/// Start one thread per listener.
+/// Start one thread per worker; each accepts on its own listeners (a SO_REUSEPORT socket, or
+/// dups of the sockets systemd passed) and reports its id on `ready` once it accepts.
 pub fn spawn(
     shared: Arc<Shared>,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<Vec<std::net::TcpListener>>,
+    ready: std::sync::mpsc::Sender<usize>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut handles = Vec::new();
-    for (id, listener) in listeners.into_iter().enumerate() {
+    for (id, mine) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
+        let ready = ready.clone();
         let h = std::thread::Builder::new()
             .name(format!("ringcache-w{id}"))
-            .spawn(move || run(id, shared, listener))?;
+            .spawn(move || run(id, shared, mine, ready))?;
         handles.push(h);
     }
     Ok(handles)
 }
 
-fn run(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener) {
+fn run(
+    id: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    ready: std::sync::mpsc::Sender<usize>,
+) {
     // COOP_TASKRUN + SINGLE_ISSUER: the ring is only used from this thread; measured to bring
     // a keep-alive server on monoio level with nginx (DESIGN.md, stack facts).
     let mut urb = io_uring::IoUring::builder();
@@ -188,7 +198,7 @@ fn run(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener) {
         monoio::FusionRuntime::Legacy(_) => "epoll",
     };
     tracing::info!(worker = id, driver, "worker started");
-    rt.block_on(accept_loop(id, shared, listener));
+    rt.block_on(serve_worker(id, shared, listeners, ready));
 }
 
 /// Decrements the worker's connection count when a connection task ends, however it ends.
@@ -200,7 +210,12 @@ impl Drop for ConnSlot {
     }
 }
 
-async fn accept_loop(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener) {
+async fn serve_worker(
+    id: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    ready: std::sync::mpsc::Sender<usize>,
+) {
     let client = Client::new(shared.tls.clone(), shared.config.limits.clone());
     let upstream = Upstream::new(&shared.config.upstream, client);
     let worker = Rc::new(Worker {
@@ -209,7 +224,45 @@ async fn accept_loop(id: usize, shared: Arc<Shared>, listener: std::net::TcpList
         upstream,
         connections: Cell::new(0),
     });
-    let listener = monoio::net::TcpListener::from_std(listener).expect("register listener");
+    // The heartbeat proves this event loop answers (the systemd watchdog reads it).
+    let beat = worker.clone();
+    monoio::spawn(async move {
+        loop {
+            beat.shared.heartbeats.beat(beat.id);
+            crate::failpoint::block("worker-stall");
+            monoio::time::sleep(crate::service::HEARTBEAT_EVERY).await;
+        }
+    });
+    let mut accepting = Vec::new();
+    for l in listeners {
+        let l = monoio::net::TcpListener::from_std(l).expect("register listener");
+        accepting.push(monoio::spawn(accept_loop(worker.clone(), l)));
+    }
+    let _ = ready.send(id);
+    for a in accepting {
+        a.await;
+    }
+    // Draining: listeners are closed; let this worker's connections and every fill finish.
+    let deadline = std::time::Instant::now() + worker.shared.config.drain_timeout;
+    let busy = || worker.connections.get() > 0 || worker.shared.fills.inflight() > 0;
+    while busy() && std::time::Instant::now() < deadline {
+        monoio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    if busy() {
+        tracing::warn!(
+            worker = id,
+            connections = worker.connections.get(),
+            fills = worker.shared.fills.inflight(),
+            "drain deadline passed; cutting what is left"
+        );
+    } else {
+        tracing::info!(worker = id, "worker drained");
+    }
+}
+
+/// Accept on one listener until draining starts; then close it.
+async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener) {
+    let id = worker.id;
     let max = worker.shared.config.limits.connections_per_worker_max;
     loop {
         let drain = worker.shared.drain.listen();
@@ -242,23 +295,7 @@ async fn accept_loop(id: usize, shared: Arc<Shared>, listener: std::net::TcpList
             }
         }
     }
-    // Draining: stop accepting, then let this worker's connections and every fill finish.
     drop(listener);
-    let deadline = std::time::Instant::now() + worker.shared.config.drain_timeout;
-    let busy = || worker.connections.get() > 0 || worker.shared.fills.inflight() > 0;
-    while busy() && std::time::Instant::now() < deadline {
-        monoio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    if busy() {
-        tracing::warn!(
-            worker = id,
-            connections = worker.connections.get(),
-            fills = worker.shared.fills.inflight(),
-            "drain deadline passed; cutting what is left"
-        );
-    } else {
-        tracing::info!(worker = id, "worker drained");
-    }
 }
 
 /// Over the connection cap: a short 503 and close.

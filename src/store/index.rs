@@ -83,6 +83,11 @@ pub fn now_ms() -> u64 {
             .as_millis() as u64
 }
 
+/// Milliseconds since the clock was first read (process start, in practice).
+pub fn uptime_ms() -> u64 {
+    now_ms() - CLOCK_BASE_MS
+}
+
 /// The monotonic clock in whole seconds: the timing wheel's ticks.
 pub fn now_tick() -> u64 {
     now_ms() / 1000
