@@ -33,6 +33,10 @@ proxy:
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub log_level: String,
+    /// `log.formatter`: `text` (default) or `json`.
+    pub log_json: bool,
+    /// `http.debug.addr`: the metrics and health listener; none when unset.
+    pub debug_addr: Option<SocketAddr>,
     pub http_addr: SocketAddr,
     pub root_dir: PathBuf,
     pub upstream: UpstreamConfig,
@@ -128,7 +132,10 @@ const REFERENCE_TOP: &[&str] = &[
 const USED: &[&str] = &[
     "version",
     "log.level",
+    "log.formatter",
     "http.addr",
+    "http.draintimeout",
+    "http.debug.addr",
     "storage.filesystem.rootdirectory",
     "proxy.remoteurl",
     "proxy.username",
@@ -182,6 +189,8 @@ impl Config {
         }
         let mut config = Config {
             log_level: "info".into(),
+            log_json: false,
+            debug_addr: None,
             http_addr: "127.0.0.1:5000".parse().unwrap(),
             root_dir: PathBuf::from("./ringcache-data"),
             upstream: UpstreamConfig {
@@ -231,6 +240,23 @@ impl Config {
             config.http_addr =
                 parse_addr(string("http.addr", v)?).map_err(|m| err("http.addr", m))?;
         }
+        if let Some(v) = get(&root, "log.formatter") {
+            config.log_json = match string("log.formatter", v)? {
+                "text" => false,
+                "json" => true,
+                other => {
+                    return Err(err(
+                        "log.formatter",
+                        format!("{other:?} is not text or json (logstash is not supported)"),
+                    ))
+                }
+            };
+        }
+        if let Some(v) = get(&root, "http.debug.addr") {
+            config.debug_addr = Some(
+                parse_addr(string("http.debug.addr", v)?).map_err(|m| err("http.debug.addr", m))?,
+            );
+        }
         if let Some(v) = get(&root, "http.draintimeout") {
             config.drain_timeout = duration("http.draintimeout", v)?;
         }
@@ -272,8 +298,8 @@ impl Config {
         let l = &self.limits;
         serde_json::json!({
             "version": "0.1",
-            "log": {"level": self.log_level},
-            "http": {"addr": self.http_addr.to_string()},
+            "log": {"level": self.log_level, "formatter": if self.log_json { "json" } else { "text" }},
+            "http": {"addr": self.http_addr.to_string(), "debug": {"addr": self.debug_addr.map(|a| a.to_string())}, "draintimeout": format_duration(self.drain_timeout)},
             "storage": {"filesystem": {"rootdirectory": self.root_dir.display().to_string()}},
             "proxy": {
                 "remoteurl": self.upstream.url.to_string().trim_end_matches('/'),

@@ -318,6 +318,12 @@ impl Expiry {
                 }
                 self.state.entries.remove(&digest);
                 self.pending.push(Record::Remove { d: digest.hex() });
+                let tally = if why == "expired" {
+                    &self.shared.tallies.expirations
+                } else {
+                    &self.shared.tallies.evictions
+                };
+                tally.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%digest, bytes = entry.size, store_bytes = store.index.bytes(), "entry {why}");
                 true
             }

@@ -18,7 +18,9 @@
 //! | [`worker`] | one monoio runtime per core: listener, accept loop, connection cap |
 //! | [`http`] | `parse` (pure request heads), `body` (framing), `conn` (server), `client` (upstream) |
 //! | [`route`] | method + path → [`route::Route`]; OCI name/tag/digest grammar |
+//! | [`debug`] | the debug listener: `/metrics`, `/debug/health`, manual down/up |
 //! | [`digest`] | the sha256 [`digest::Digest`] newtype |
+//! | [`metrics`] | per-worker counters, summed into Prometheus text at scrape time |
 //! | [`proxy`] | `serve(request)`: the one place where hit / miss / fill is decided |
 //! | [`service`] | systemd: readiness, watchdog, socket activation, open-files limit |
 //! | [`store`] | content-addressed files, the index, ingest and commit, tag resolutions |
@@ -57,6 +59,7 @@
 //! - **ingest**: a temp file under `ingest/` being filled; **commit** moves it into `blobs/`.
 
 pub mod config;
+pub mod debug;
 pub mod digest;
 pub mod error;
 pub mod expiry;
@@ -64,6 +67,7 @@ pub mod failpoint;
 pub mod fill;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod service;

@@ -105,7 +105,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            init_logging(&config.log_level);
+            init_logging(&config.log_level, config.log_json);
             match serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -126,16 +126,24 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
     Config::from_yaml_env(&text, std::env::vars()).map_err(|e| e.to_string())
 }
 
-fn init_logging(level: &str) {
+/// `log.level` (overridden by `RUST_LOG`), `log.formatter` text or json; under systemd's
+/// journal (`JOURNAL_STREAM` set) no timestamps and no colours, since journald adds its own.
+fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("ringcache={level},warn")));
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     // Colours only on a terminal: a pipe or the journal gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let ansi = !journal && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match (json, journal) {
+        (true, true) => builder.json().without_time().init(),
+        (true, false) => builder.json().init(),
+        (false, true) => builder.without_time().init(),
+        (false, false) => builder.init(),
+    }
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
@@ -185,12 +193,21 @@ fn serve(config: Config) -> anyhow::Result<()> {
         drain: Default::default(),
         events,
         heartbeats: Arc::new(ringcache::service::Heartbeats::new(config.workers)),
+        counters: (0..config.workers).map(|_| Default::default()).collect(),
+        tallies: Default::default(),
+        upstream_health: Default::default(),
+        health_down: Default::default(),
+        driver: Default::default(),
         stopping: Default::default(),
         store,
         tls,
         config,
     });
     ringcache::expiry::restore(&shared, &loaded);
+    if let Some(debug_addr) = shared.config.debug_addr {
+        ringcache::debug::start(shared.clone(), debug_addr)
+            .with_context(|| format!("listening on http.debug.addr {debug_addr}"))?;
+    }
     let expiry = {
         let shared = shared.clone();
         std::thread::Builder::new()

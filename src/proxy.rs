@@ -14,6 +14,7 @@ use crate::fill::{Fill, Joined};
 use crate::http::conn::Exchange;
 use crate::http::parse::{resolve_range, RangeResult, RangeSpec};
 use crate::limits;
+use crate::metrics::{Cache, Type};
 use crate::route::{Method, Page, Reference, Route};
 use crate::store::tags::Revalidation;
 use crate::store::{Entry, Ingest};
@@ -38,19 +39,42 @@ fn io(e: std::io::Error) -> Error {
 
 pub async fn serve(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>) -> Result<()> {
     match &req.route {
+        // Load balancers probe `GET /`: 503 while an operator has marked this node down.
+        Route::Root
+            if w.shared
+                .health_down
+                .load(std::sync::atomic::Ordering::Relaxed) =>
+        {
+            x.send_full(
+                503,
+                &[("Content-Type", JSON)],
+                br#"{"down":"manual"}"#.to_vec(),
+            )
+            .await
+            .map_err(io)
+        }
         Route::Root | Route::Base => x
             .send_full(200, &[("Content-Type", JSON)], b"{}".to_vec())
             .await
             .map_err(io),
-        Route::Blob { name, digest } => blob(w, req, x, name, *digest).await,
+        Route::Blob { name, digest } => {
+            x.ty = Some(Type::Blob);
+            blob(w, req, x, name, *digest).await
+        }
         Route::Manifest {
             name,
             reference: Reference::Digest(d),
-        } => manifest_by_digest(w, req, x, name, *d, None).await,
+        } => {
+            x.ty = Some(Type::Manifest);
+            manifest_by_digest(w, req, x, name, *d, None).await
+        }
         Route::Manifest {
             name,
             reference: Reference::Tag(tag),
-        } => manifest_by_tag(w, req, x, name, tag).await,
+        } => {
+            x.ty = Some(Type::Manifest);
+            manifest_by_tag(w, req, x, name, tag).await
+        }
         Route::Tags { name, page } => tags_list(w, x, name, page).await,
         Route::Catalog { page } => catalog(w, x, page).await,
     }
@@ -73,6 +97,7 @@ async fn blob(
                 w.shared.link(&entry, digest, name);
             }
             entry.touch();
+            x.cache = Cache::Hit;
             if send_stored(w, req, x, digest, &entry, OCTETS).await? {
                 return Ok(());
             }
@@ -92,10 +117,12 @@ async fn blob(
         }
         let tail = format!("blobs/{digest}");
         let unknown = Kind::BlobUnknown;
-        let Some(fill) = join_fill(w, name, digest, Content::Blob, &tail, None, unknown).await?
+        let Some((fill, cache)) =
+            join_fill(w, name, digest, Content::Blob, &tail, None, unknown).await?
         else {
             continue; // committed meanwhile: a hit
         };
+        x.cache = cache;
         let src = Source {
             repo: &fill.repo,
             tail: &tail,
@@ -118,8 +145,13 @@ async fn join_fill(
     tail: &str,
     accept: Option<&str>,
     unknown: Kind,
-) -> Result<Option<Arc<Fill>>> {
-    let fill = match join(w, name, digest, content) {
+) -> Result<Option<(Arc<Fill>, Cache)>> {
+    let store = &w.shared.store;
+    let (fill, cache) = match w
+        .shared
+        .fills
+        .join_or_lead(digest, name, || store.index.contains(&digest))
+    {
         Joined::Committed => return Ok(None),
         Joined::Busy => {
             return Err(Error::new(
@@ -128,35 +160,24 @@ async fn join_fill(
                 "too many fills in flight",
             ))
         }
-        Joined::Lead(..) => unreachable!("join spawns the leader's task"),
-        Joined::Follow(fill) => fill,
+        Joined::Lead(lease, fill) => {
+            tracing::debug!(%digest, worker = w.id, "fill started; following it");
+            w.counters()
+                .fills_started
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            monoio::spawn(task::run(w.clone(), lease, content));
+            (fill, Cache::Miss)
+        }
+        Joined::Follow(fill) => {
+            tracing::debug!(%digest, worker = w.id, followers = fill.followers(), "fill joined; following it");
+            (fill, Cache::Coalesced)
+        }
     };
     if fill.repo != name {
         confirm(w, name, tail, accept, unknown).await?;
         fill.add_link(name);
     }
-    Ok(Some(fill))
-}
-
-/// Join the fill of `digest`, starting it (on this worker) if there is none.
-fn join(w: &Rc<Worker>, name: &str, digest: Digest, content: Content) -> Joined {
-    let store = &w.shared.store;
-    match w
-        .shared
-        .fills
-        .join_or_lead(digest, name, || store.index.contains(&digest))
-    {
-        Joined::Lead(lease, fill) => {
-            tracing::debug!(%digest, worker = w.id, "fill started; following it");
-            monoio::spawn(task::run(w.clone(), lease, content));
-            Joined::Follow(fill)
-        }
-        Joined::Follow(fill) => {
-            tracing::debug!(%digest, worker = w.id, followers = fill.followers(), "fill joined; following it");
-            Joined::Follow(fill)
-        }
-        other => other,
-    }
+    Ok(Some((fill, cache)))
 }
 
 /// HEAD `tail` upstream in `name`: upstream confirms the content exists in that repository.
@@ -319,9 +340,15 @@ async fn follow_fill(
     src: &Source<'_>,
 ) -> Result<()> {
     let limits = &w.shared.config.limits;
-    let (file, size, media_type) = match follow::start(fill).await {
+    let waited = Instant::now();
+    let started = follow::start(fill).await;
+    x.upstream_ms = Some(waited.elapsed().as_millis() as u64);
+    let (file, size, media_type) = match started {
         Start::Failed(kind) => return Err(Error::upstream(kind, "fill failed")),
-        Start::Bypass => return bypass::serve_fresh(w, x, src, req.range, ctype).await,
+        Start::Bypass => {
+            x.cache = Cache::Bypass;
+            return bypass::serve_fresh(w, x, src, req.range, ctype).await;
+        }
         Start::Filling {
             file,
             size: Some(size),
@@ -331,7 +358,10 @@ async fn follow_fill(
         Start::Filling { .. } => match follow::finish(fill).await {
             Ok((file, size, media_type)) => (file, size, media_type),
             Err(Some(kind)) => return Err(Error::upstream(kind, "fill failed")),
-            Err(None) => return bypass::serve_fresh(w, x, src, req.range, ctype).await,
+            Err(None) => {
+                x.cache = Cache::Bypass;
+                return bypass::serve_fresh(w, x, src, req.range, ctype).await;
+            }
         },
         Start::Committed {
             file,
@@ -357,6 +387,7 @@ async fn follow_fill(
             Ok(())
         }
         Err(follow::Cut::Bypass { sent }) => {
+            x.cache = Cache::Bypass;
             x.body_bytes += sent;
             bypass::serve_rest(w, x, src, &file, start, end, size, sent).await
         }
@@ -420,6 +451,7 @@ async fn manifest_by_digest(
                 w.shared.link(&entry, digest, name);
             }
             entry.touch();
+            x.cache = Cache::Hit;
             if send_manifest(w, x, digest, &entry).await? {
                 return Ok(());
             }
@@ -442,10 +474,12 @@ async fn manifest_by_digest(
             accept: accept.to_string(),
         };
         let unknown = Kind::ManifestUnknown;
-        let Some(fill) = join_fill(w, name, digest, content, &tail, Some(accept), unknown).await?
+        let Some((fill, cache)) =
+            join_fill(w, name, digest, content, &tail, Some(accept), unknown).await?
         else {
             continue; // committed meanwhile: a hit
         };
+        x.cache = cache;
         let src = Source {
             repo: &fill.repo,
             tail: &tail,

@@ -27,6 +27,17 @@ pub struct Shared {
     pub events: std::sync::mpsc::SyncSender<crate::expiry::Event>,
     /// Each worker's event-loop heartbeat, for the systemd watchdog.
     pub heartbeats: Arc<crate::service::Heartbeats>,
+    /// Per-worker counters, indexed by worker id (each written only by its worker).
+    pub counters: Box<[crate::metrics::Counters]>,
+    /// Counters written off the hot path (expiry thread, failing fills).
+    pub tallies: crate::metrics::Events,
+    /// When upstream last answered, and last failed to (ms, monotonic): the health check.
+    pub upstream_health: Arc<crate::upstream::Health>,
+    /// Set by `POST /debug/health/down`: health checks and `GET /` answer 503 so load
+    /// balancers drain this node; cleared by `POST /debug/health/up`.
+    pub health_down: std::sync::atomic::AtomicBool,
+    /// The I/O driver the workers run ("io_uring" or "epoll").
+    pub driver: std::sync::OnceLock<&'static str>,
     /// Set once the workers are done: the expiry thread saves the state and ends.
     pub stopping: std::sync::atomic::AtomicBool,
 }
@@ -97,6 +108,13 @@ impl Drain {
     /// Resolves when draining starts (create before checking `is_draining`).
     pub fn listen(&self) -> event_listener::EventListener {
         self.event.listen()
+    }
+}
+
+impl Worker {
+    /// This worker's own counters.
+    pub fn counters(&self) -> &crate::metrics::Counters {
+        &self.shared.counters[self.id]
     }
 }
 
@@ -197,6 +215,7 @@ fn run(
         monoio::FusionRuntime::Uring(_) => "io_uring",
         monoio::FusionRuntime::Legacy(_) => "epoll",
     };
+    let _ = shared.driver.set(driver);
     tracing::info!(worker = id, driver, "worker started");
     rt.block_on(serve_worker(id, shared, listeners, ready));
 }
@@ -207,6 +226,10 @@ struct ConnSlot(Rc<Worker>);
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         self.0.connections.set(self.0.connections.get() - 1);
+        self.0
+            .counters()
+            .connections_open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -217,7 +240,11 @@ async fn serve_worker(
     ready: std::sync::mpsc::Sender<usize>,
 ) {
     let client = Client::new(shared.tls.clone(), shared.config.limits.clone());
-    let upstream = Upstream::new(&shared.config.upstream, client);
+    let upstream = Upstream::new(
+        &shared.config.upstream,
+        client,
+        shared.upstream_health.clone(),
+    );
     let worker = Rc::new(Worker {
         id,
         shared,
@@ -281,6 +308,10 @@ async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener) {
                 }
                 let _ = stream.set_nodelay(true);
                 worker.connections.set(worker.connections.get() + 1);
+                worker
+                    .counters()
+                    .connections_open
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let slot = ConnSlot(worker.clone());
                 monoio::spawn(async move {
                     let w = slot.0.clone();

@@ -3,6 +3,7 @@
 //! [`Lease`], not by any client.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::Lease;
@@ -20,6 +21,10 @@ pub enum Content {
     Manifest { accept: String },
 }
 
+fn tally(counter: &std::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Run one fill to its end: `Committed`, or `Failed` with the reason clients are told.
 pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
     let fill = lease.fill().clone();
@@ -35,6 +40,10 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
         ),
     };
     let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+    let ty = match content {
+        Content::Blob => crate::metrics::Type::Blob,
+        Content::Manifest { .. } => crate::metrics::Type::Manifest,
+    };
     let mut resp = match worker
         .upstream
         .send("GET", &fill.repo, &tail, &headers)
@@ -43,6 +52,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(%digest, repo = %fill.repo, error = %e, "fill failed before the body");
+            tally(&worker.shared.tallies.failed_upstream_status);
             return lease.failed(e.kind);
         }
     };
@@ -50,11 +60,13 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
         let kind = status_error(resp.status, unknown).kind;
         tracing::info!(%digest, repo = %fill.repo, status = resp.status, "upstream refused the fill");
         resp.discard().await;
+        tally(&worker.shared.tallies.failed_upstream_status);
         return lease.failed(kind);
     }
     let size = resp.content_length();
     if size.is_some_and(|s| s > cap) {
         tracing::warn!(%digest, ?size, "upstream manifest over the size cap");
+        tally(&worker.shared.tallies.failed_upstream_body);
         return lease.failed(Kind::BadGateway);
     }
     let media_type: Option<Arc<str>> = match content {
@@ -67,6 +79,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
         Err(e) => {
             store.incidents.report("create", &e);
             tracing::debug!(%digest, error = %e, "cannot create an ingest file; bypassing the store");
+            tally(&worker.counters().bypassed);
             return lease.bypass();
         }
     };
@@ -87,12 +100,16 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                 }
                 if ingest.written() + piece.len() as u64 > cap.min(size.unwrap_or(u64::MAX)) {
                     tracing::warn!(%digest, "upstream sent more than it declared or than the cap");
+                    tally(&worker.shared.tallies.failed_upstream_body);
                     return lease.failed(Kind::BadGateway);
                 }
+                let n = piece.len() as u64;
                 let (res, back) = ingest.append(piece).await;
+                worker.counters().pulled_bytes[ty as usize].fetch_add(n, Ordering::Relaxed);
                 if let Err(e) = res {
                     store.incidents.report("write", &e);
                     tracing::debug!(%digest, error = %e, "writing the ingest file failed; bypassing the store");
+                    tally(&worker.counters().bypassed);
                     return lease.bypass();
                 }
                 buf = back;
@@ -106,9 +123,11 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                 loop {
                     if resumes >= FILL_RESUMES_MAX {
                         tracing::warn!(%digest, written, "upstream body failed: resumes exhausted");
+                        tally(&worker.shared.tallies.failed_upstream_body);
                         return lease.failed(Kind::BadGateway);
                     }
                     monoio::time::sleep(FILL_RESUME_BACKOFF * 2u32.pow(resumes)).await;
+                    tally(&worker.counters().resumes);
                     resumes += 1;
                     tracing::info!(%digest, written, resume = resumes, "upstream body broke; resuming with Range");
                     match worker
@@ -129,6 +148,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
             Ok(None) => unreachable!("without a declared size the body ends when upstream says"),
             Err(e) => {
                 tracing::warn!(%digest, written = ingest.written(), error = %e, "upstream body failed");
+                tally(&worker.shared.tallies.failed_upstream_body);
                 return lease.failed(Kind::BadGateway);
             }
         }
@@ -153,10 +173,12 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
             // fetch and verify the rest themselves.
             store.incidents.report("commit", &e);
             tracing::debug!(%digest, error = %e, "commit failed; bypassing the store");
+            tally(&worker.counters().bypassed);
             lease.bypass();
         }
         Err(e) => {
             tracing::warn!(%digest, error = %e, "fill not committed");
+            tally(&worker.shared.tallies.failed_verification);
             lease.failed(Kind::BadGateway);
         }
     }

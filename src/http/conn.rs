@@ -39,6 +39,12 @@ pub struct Exchange<'a> {
     pub status: u16,
     pub body_bytes: u64,
     pub send_stall: Duration,
+    /// Hit, miss, coalesced... (set by the proxy; for counters and the access log).
+    pub cache: crate::metrics::Cache,
+    /// Blob or manifest, when the request was for one.
+    pub ty: Option<crate::metrics::Type>,
+    /// Time spent waiting for upstream before the first byte (misses).
+    pub upstream_ms: Option<u64>,
 }
 
 impl Exchange<'_> {
@@ -185,6 +191,9 @@ pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::Sock
                     status: 0,
                     body_bytes: 0,
                     send_stall: limits.send_stall,
+                    cache: Default::default(),
+                    ty: None,
+                    upstream_ms: None,
                 };
                 tracing::debug!(%peer, error = %e, "bad request head");
                 let _ = x.send_error(&e).await;
@@ -207,6 +216,9 @@ pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::Sock
             status: 0,
             body_bytes: 0,
             send_stall: limits.send_stall,
+            cache: Default::default(),
+            ty: None,
+            upstream_ms: None,
         };
         let result = match routed {
             Ok(Some(route)) => {
@@ -240,13 +252,28 @@ pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::Sock
                 let _ = x.send_error(&e).await;
             }
         }
-        tracing::debug!(
+        let elapsed = started.elapsed();
+        let method_str = head.method.str(&buf);
+        worker.counters().request(
+            method_str,
+            x.status,
+            elapsed.as_secs_f64(),
+            x.cache,
+            x.ty,
+            x.body_bytes,
+        );
+        // The access log: one line per request; the target is escaped (control characters
+        // from clients never reach the log raw).
+        tracing::info!(
+            target: "ringcache::access",
             %peer,
-            method = head.method.str(&buf),
+            method = %method_str.escape_debug(),
             target = %head.target.str(&buf).escape_debug(),
             status = x.status,
             bytes = x.body_bytes,
-            us = started.elapsed().as_micros() as u64,
+            us = elapsed.as_micros() as u64,
+            cache = %x.cache.as_str(),
+            upstream_ms = x.upstream_ms.unwrap_or(0),
             "request"
         );
         // Draining: answer what was asked, then close.

@@ -28,6 +28,14 @@ impl Class {
     fn index(self) -> usize {
         self as usize
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::NoSpace => "no_space",
+            Class::ReadOnly => "read_only",
+            Class::Io => "io",
+        }
+    }
 }
 
 /// Seconds between two log lines of one class.
@@ -62,6 +70,11 @@ impl Incidents {
         } else {
             self.suppressed[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Incidents in all, per class (no_space, read_only, io).
+    pub fn by_class(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.total[i].load(Ordering::Relaxed))
     }
 
     pub fn total(&self, class: Class) -> u64 {

@@ -16,7 +16,16 @@ use crate::http::client::{Client, Request, Response, Url};
 use crate::limits;
 use auth::{Challenge, Tokens};
 
+/// When upstream last answered and last failed to (ms on the monotonic clock; 0 = never),
+/// shared by every worker's client, read by the health check.
+#[derive(Default)]
+pub struct Health {
+    pub ok_ms: std::sync::atomic::AtomicU64,
+    pub err_ms: std::sync::atomic::AtomicU64,
+}
+
 pub struct Upstream {
+    health: std::sync::Arc<Health>,
     base: Url,
     credentials: Option<(String, String)>,
     docker_hub: bool,
@@ -31,9 +40,14 @@ application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig, client: Client) -> Upstream {
+    pub fn new(
+        config: &UpstreamConfig,
+        client: Client,
+        health: std::sync::Arc<Health>,
+    ) -> Upstream {
         let host = config.url.origin.host.as_str();
         Upstream {
+            health,
             base: config.url.clone(),
             credentials: config.username.clone().zip(config.password.clone()),
             docker_hub: matches!(
@@ -105,14 +119,23 @@ impl Upstream {
             if let Some(a) = &authorization {
                 all.push(("Authorization", a));
             }
-            let resp = self
+            let sent = self
                 .client
                 .send(&Request {
                     method,
                     url,
                     headers: &all,
                 })
-                .await?;
+                .await;
+            let now = crate::store::index::now_ms();
+            let ok = matches!(&sent, Ok(r) if r.status < 500);
+            let mark = if ok {
+                &self.health.ok_ms
+            } else {
+                &self.health.err_ms
+            };
+            mark.store(now, std::sync::atomic::Ordering::Relaxed);
+            let resp = sent?;
             match resp.status {
                 401 if same_origin && !challenged => {
                     challenged = true;

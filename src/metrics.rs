@@ -1,0 +1,372 @@
+//! Metrics: per-worker counters (each worker writes only its own, cache-line aligned, so the hit
+//! path touches no shared atomic) summed at scrape time into Prometheus text. Names follow the
+//! reference registry (`registry_http_*`, `registry_proxy_*`) so existing dashboards work;
+//! `ringcache_*` series cover what only ringcache has.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Status codes counted one by one; anything else is counted as "other".
+pub const STATUSES: [u16; 15] = [
+    200, 206, 304, 400, 401, 403, 404, 405, 416, 429, 431, 500, 502, 503, 0,
+];
+pub const METHODS: [&str; 3] = ["GET", "HEAD", "other"];
+/// Request duration histogram buckets, seconds.
+pub const BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// What a request was, for the proxy counters and the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cache {
+    /// Not a blob or manifest (base, listings, errors before lookup).
+    #[default]
+    None,
+    /// Served from the store.
+    Hit,
+    /// Started the fill.
+    Miss,
+    /// Followed a fill another request started.
+    Coalesced,
+    /// Served from upstream without the store (disk fault), or a HEAD answered by upstream.
+    Bypass,
+}
+
+impl Cache {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cache::None => "-",
+            Cache::Hit => "hit",
+            Cache::Miss => "miss",
+            Cache::Coalesced => "coalesced",
+            Cache::Bypass => "bypass",
+        }
+    }
+}
+
+/// Blob or manifest, for `registry_proxy_*{type=...}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    Blob = 0,
+    Manifest = 1,
+}
+
+/// One worker's counters.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct Counters {
+    requests: [[AtomicU64; STATUSES.len()]; METHODS.len()],
+    duration_buckets: [[AtomicU64; BUCKETS.len()]; METHODS.len()],
+    duration_count: [AtomicU64; METHODS.len()],
+    duration_sum_us: [AtomicU64; METHODS.len()],
+    proxy_requests: [AtomicU64; 2],
+    proxy_hits: [AtomicU64; 2],
+    proxy_misses: [AtomicU64; 2],
+    /// Bytes read from upstream.
+    pub pulled_bytes: [AtomicU64; 2],
+    /// Bytes sent to clients for blobs and manifests.
+    pushed_bytes: [AtomicU64; 2],
+    coalesced: AtomicU64,
+    /// Bytes sent to followers that joined a fill someone else started: upstream bytes saved.
+    bytes_avoided: AtomicU64,
+    pub fills_started: AtomicU64,
+    pub resumes: AtomicU64,
+    pub bypassed: AtomicU64,
+    pub connections_open: AtomicU64,
+}
+
+fn add(a: &AtomicU64, n: u64) {
+    a.fetch_add(n, Ordering::Relaxed);
+}
+
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+impl Counters {
+    /// Count one finished request.
+    pub fn request(
+        &self,
+        method: &str,
+        status: u16,
+        secs: f64,
+        cache: Cache,
+        ty: Option<Type>,
+        body_bytes: u64,
+    ) {
+        let m = METHODS.iter().position(|&x| x == method).unwrap_or(2);
+        let s = STATUSES
+            .iter()
+            .position(|&x| x == status)
+            .unwrap_or(STATUSES.len() - 1);
+        add(&self.requests[m][s], 1);
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                add(&self.duration_buckets[m][i], 1);
+            }
+        }
+        add(&self.duration_count[m], 1);
+        add(&self.duration_sum_us[m], (secs * 1e6) as u64);
+        if let Some(t) = ty {
+            let t = t as usize;
+            // Content bytes only: error bodies are not pushed content.
+            let body_bytes = if (200..300).contains(&status) {
+                body_bytes
+            } else {
+                0
+            };
+            add(&self.proxy_requests[t], 1);
+            match cache {
+                Cache::Hit => add(&self.proxy_hits[t], 1),
+                Cache::Miss | Cache::Bypass => add(&self.proxy_misses[t], 1),
+                Cache::Coalesced => {
+                    add(&self.proxy_misses[t], 1);
+                    add(&self.coalesced, 1);
+                    add(&self.bytes_avoided, body_bytes);
+                }
+                Cache::None => {}
+            }
+            add(&self.pushed_bytes[t], body_bytes);
+        }
+    }
+}
+
+/// Process-wide values read at scrape time (not counters of the hot path).
+pub struct Gauges {
+    pub fills_inflight: u64,
+    pub store_bytes: u64,
+    pub store_entries: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+    pub fills_failed: Vec<(&'static str, u64)>,
+    pub incidents: Vec<(&'static str, u64)>,
+    pub driver: &'static str,
+    pub workers: usize,
+}
+
+/// Render Prometheus text (exposition format 0.0.4) from every worker's counters.
+pub fn render(workers: &[Counters], g: &Gauges) -> String {
+    let sum = |f: &dyn Fn(&Counters) -> u64| workers.iter().map(f).sum::<u64>();
+    let mut o = String::with_capacity(8192);
+    let _ = writeln!(o, "# HELP registry_http_requests_total Total number of HTTP requests.\n# TYPE registry_http_requests_total counter");
+    for (m, method) in METHODS.iter().enumerate() {
+        for (s, status) in STATUSES.iter().enumerate() {
+            let n = sum(&|c| get(&c.requests[m][s]));
+            if n > 0 {
+                let code = if *status == 0 {
+                    "other".to_string()
+                } else {
+                    status.to_string()
+                };
+                let _ = writeln!(
+                    o,
+                    "registry_http_requests_total{{code=\"{code}\",method=\"{method}\"}} {n}"
+                );
+            }
+        }
+    }
+    let _ = writeln!(o, "# HELP registry_http_request_duration_seconds Time taken to answer HTTP requests.\n# TYPE registry_http_request_duration_seconds histogram");
+    for (m, method) in METHODS.iter().enumerate() {
+        let count = sum(&|c| get(&c.duration_count[m]));
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let n = sum(&|c| get(&c.duration_buckets[m][i]));
+            let _ = writeln!(o, "registry_http_request_duration_seconds_bucket{{method=\"{method}\",le=\"{b}\"}} {n}");
+        }
+        let _ = writeln!(o, "registry_http_request_duration_seconds_bucket{{method=\"{method}\",le=\"+Inf\"}} {count}");
+        let secs = sum(&|c| get(&c.duration_sum_us[m])) as f64 / 1e6;
+        let _ = writeln!(
+            o,
+            "registry_http_request_duration_seconds_sum{{method=\"{method}\"}} {secs}"
+        );
+        let _ = writeln!(
+            o,
+            "registry_http_request_duration_seconds_count{{method=\"{method}\"}} {count}"
+        );
+    }
+    let proxy: [(&str, &str, &dyn Fn(&Counters, usize) -> u64); 5] = [
+        (
+            "registry_proxy_requests_total",
+            "Requests for blobs and manifests.",
+            &|c, t| get(&c.proxy_requests[t]),
+        ),
+        (
+            "registry_proxy_hits_total",
+            "Requests served from the cache.",
+            &|c, t| get(&c.proxy_hits[t]),
+        ),
+        (
+            "registry_proxy_misses_total",
+            "Requests that needed upstream.",
+            &|c, t| get(&c.proxy_misses[t]),
+        ),
+        (
+            "registry_proxy_pulled_bytes_total",
+            "Bytes pulled from upstream.",
+            &|c, t| get(&c.pulled_bytes[t]),
+        ),
+        (
+            "registry_proxy_pushed_bytes_total",
+            "Bytes sent to clients.",
+            &|c, t| get(&c.pushed_bytes[t]),
+        ),
+    ];
+    for (name, help, f) in proxy {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (t, ty) in ["blob", "manifest"].iter().enumerate() {
+            let _ = writeln!(o, "{name}{{type=\"{ty}\"}} {}", sum(&|c| f(c, t)));
+        }
+    }
+    let mut line = |name: &str, kind: &str, help: &str, v: u64| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    };
+    line(
+        "ringcache_fills_inflight",
+        "gauge",
+        "Fills in flight.",
+        g.fills_inflight,
+    );
+    line(
+        "ringcache_fills_started_total",
+        "counter",
+        "Fills started (one upstream fetch each).",
+        sum(&|c| get(&c.fills_started)),
+    );
+    line(
+        "ringcache_fill_followers_coalesced_total",
+        "counter",
+        "Requests that followed a fill another request started.",
+        sum(&|c| get(&c.coalesced)),
+    );
+    line(
+        "ringcache_upstream_bytes_avoided_total",
+        "counter",
+        "Bytes sent to coalesced followers: upstream traffic saved.",
+        sum(&|c| get(&c.bytes_avoided)),
+    );
+    line(
+        "ringcache_fill_resumes_total",
+        "counter",
+        "Fills resumed with Range after upstream broke mid-body.",
+        sum(&|c| get(&c.resumes)),
+    );
+    line(
+        "ringcache_fills_bypassed_total",
+        "counter",
+        "Fills that bypassed a failing store.",
+        sum(&|c| get(&c.bypassed)),
+    );
+    line(
+        "ringcache_evictions_total",
+        "counter",
+        "Entries evicted by the size cap.",
+        g.evictions,
+    );
+    line(
+        "ringcache_expirations_total",
+        "counter",
+        "Entries expired by their TTL.",
+        g.expirations,
+    );
+    line(
+        "ringcache_store_bytes",
+        "gauge",
+        "Bytes of committed content.",
+        g.store_bytes,
+    );
+    line(
+        "ringcache_store_entries",
+        "gauge",
+        "Committed entries.",
+        g.store_entries,
+    );
+    line(
+        "ringcache_connections_open",
+        "gauge",
+        "Open client connections.",
+        sum(&|c| get(&c.connections_open)),
+    );
+    line(
+        "ringcache_workers",
+        "gauge",
+        "Worker threads.",
+        g.workers as u64,
+    );
+    let _ = writeln!(o, "# HELP ringcache_fills_failed_total Fills that ended without a commit, by reason.\n# TYPE ringcache_fills_failed_total counter");
+    for (reason, n) in &g.fills_failed {
+        let _ = writeln!(o, "ringcache_fills_failed_total{{reason=\"{reason}\"}} {n}");
+    }
+    let _ = writeln!(o, "# HELP ringcache_store_incidents_total Store failures (disk full, read-only, I/O).\n# TYPE ringcache_store_incidents_total counter");
+    for (class, n) in &g.incidents {
+        let _ = writeln!(
+            o,
+            "ringcache_store_incidents_total{{class=\"{class}\"}} {n}"
+        );
+    }
+    let _ = writeln!(o, "# HELP ringcache_io_driver The I/O driver the workers run.\n# TYPE ringcache_io_driver gauge\nringcache_io_driver{{driver=\"{}\"}} 1", g.driver);
+    o
+}
+
+/// Process-wide counters written off the hot path (the expiry thread, failing fills).
+#[derive(Default)]
+pub struct Events {
+    pub evictions: AtomicU64,
+    pub expirations: AtomicU64,
+    /// Fills failed, by the kind clients were told: upstream refused (4xx), upstream broke
+    /// (5xx, framing, resumes exhausted), digest or size mismatch, internal.
+    pub failed_upstream_status: AtomicU64,
+    pub failed_upstream_body: AtomicU64,
+    pub failed_verification: AtomicU64,
+    pub failed_other: AtomicU64,
+}
+
+impl Events {
+    pub fn failed(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("upstream_status", get(&self.failed_upstream_status)),
+            ("upstream_body", get(&self.failed_upstream_body)),
+            ("verification", get(&self.failed_verification)),
+            ("other", get(&self.failed_other)),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_workers_and_renders_reference_names() {
+        let w: Vec<Counters> = (0..2).map(|_| Counters::default()).collect();
+        w[0].request("GET", 200, 0.003, Cache::Hit, Some(Type::Blob), 100);
+        w[1].request("GET", 200, 0.2, Cache::Coalesced, Some(Type::Blob), 50);
+        w[1].request("HEAD", 404, 0.001, Cache::None, Some(Type::Manifest), 0);
+        let g = Gauges {
+            fills_inflight: 1,
+            store_bytes: 10,
+            store_entries: 1,
+            evictions: 0,
+            expirations: 2,
+            fills_failed: vec![("other", 0)],
+            incidents: vec![],
+            driver: "io_uring",
+            workers: 2,
+        };
+        let text = render(&w, &g);
+        for want in [
+            "registry_http_requests_total{code=\"200\",method=\"GET\"} 2",
+            "registry_http_requests_total{code=\"404\",method=\"HEAD\"} 1",
+            "registry_http_request_duration_seconds_bucket{method=\"GET\",le=\"0.005\"} 1",
+            "registry_http_request_duration_seconds_bucket{method=\"GET\",le=\"0.25\"} 2",
+            "registry_http_request_duration_seconds_count{method=\"GET\"} 2",
+            "registry_proxy_requests_total{type=\"blob\"} 2",
+            "registry_proxy_hits_total{type=\"blob\"} 1",
+            "registry_proxy_misses_total{type=\"blob\"} 1",
+            "registry_proxy_pushed_bytes_total{type=\"blob\"} 150",
+            "ringcache_upstream_bytes_avoided_total 50",
+            "ringcache_expirations_total 2",
+            "ringcache_io_driver{driver=\"io_uring\"} 1",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+}

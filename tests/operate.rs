@@ -1,0 +1,275 @@
+//! Operating ringcache: the debug listener's Prometheus metrics (checked for the reference
+//! registry's names and for exact counts after a known sequence of requests), health checks and
+//! manual down/up, the access log, JSON logs, and journal-friendly logs.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use support::upstream::{Blob, Fault, TestUpstream};
+use support::{http, image, Proc, Ringcache};
+
+fn debug_addr(rc: &Ringcache) -> SocketAddr {
+    let line = rc.proc.wait_log("debug listener", Duration::from_secs(10));
+    line.split(") on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Parse Prometheus text exposition: every sample line must be `name{labels} value`.
+fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+    let r = http::get(addr, "/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let mut out = HashMap::new();
+    for line in r.text().lines() {
+        if line.starts_with('#') || line.is_empty() {
+            assert!(
+                line.is_empty() || line.starts_with("# HELP ") || line.starts_with("# TYPE "),
+                "{line}"
+            );
+            continue;
+        }
+        let (key, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample {line:?}"));
+        let name = key.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad name in {line:?}"
+        );
+        if key.contains('{') {
+            assert!(key.ends_with('}'), "bad labels in {line:?}");
+        }
+        out.insert(
+            key.to_string(),
+            value
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        );
+    }
+    out
+}
+
+#[test]
+fn metrics_have_the_reference_names_and_exact_counts() {
+    let up = TestUpstream::start();
+    let rc = Ringcache::start_with_env(
+        &up.url(),
+        "",
+        &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")],
+    );
+    let dbg = debug_addr(&rc);
+    let a = up.add_blob(image::pseudo_random(1, 1000), Fault::None);
+    let b = up.add_blob_with(Blob {
+        data: Arc::new(image::pseudo_random(2, 5000)),
+        gated: true,
+        ..Default::default()
+    });
+    let missing = format!("sha256:{}", "1".repeat(64));
+    // 1 miss + 2 hits of A.
+    for _ in 0..3 {
+        assert_eq!(http::get(rc.addr, &format!("/v2/x/blobs/{a}")).status, 200);
+    }
+    // 4 clients on B: 1 miss, 3 coalesced.
+    let barrier = Arc::new(Barrier::new(4));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (bar, addr, p) = (barrier.clone(), rc.addr, format!("/v2/x/blobs/{b}"));
+            std::thread::spawn(move || {
+                bar.wait();
+                http::get(addr, &p).status
+            })
+        })
+        .collect();
+    rc.proc
+        .wait_count(&["fill joined"], 3, Duration::from_secs(10));
+    up.open_gate();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), 200);
+    }
+    assert_eq!(
+        http::get(rc.addr, &format!("/v2/x/blobs/{missing}")).status,
+        404
+    );
+    assert_eq!(http::get(rc.addr, "/v2/BAD/blobs/x").status, 400);
+    assert_eq!(http::request(rc.addr, "HEAD", "/v2/", &[], b"").status, 200);
+    rc.proc
+        .wait_count(&["fill committed"], 2, Duration::from_secs(10));
+    let m = scrape(dbg);
+    let want: &[(&str, f64)] = &[
+        (
+            "registry_http_requests_total{code=\"200\",method=\"GET\"}",
+            7.0,
+        ),
+        (
+            "registry_http_requests_total{code=\"404\",method=\"GET\"}",
+            1.0,
+        ),
+        (
+            "registry_http_requests_total{code=\"400\",method=\"GET\"}",
+            1.0,
+        ),
+        (
+            "registry_http_requests_total{code=\"200\",method=\"HEAD\"}",
+            1.0,
+        ),
+        (
+            "registry_http_request_duration_seconds_count{method=\"GET\"}",
+            9.0,
+        ),
+        ("registry_proxy_requests_total{type=\"blob\"}", 8.0),
+        ("registry_proxy_hits_total{type=\"blob\"}", 2.0),
+        ("registry_proxy_misses_total{type=\"blob\"}", 6.0),
+        ("registry_proxy_pulled_bytes_total{type=\"blob\"}", 6000.0),
+        (
+            "registry_proxy_pushed_bytes_total{type=\"blob\"}",
+            3000.0 + 20000.0,
+        ),
+        ("ringcache_fills_started_total", 3.0),
+        ("ringcache_fill_followers_coalesced_total", 3.0),
+        ("ringcache_upstream_bytes_avoided_total", 15000.0),
+        (
+            "ringcache_fills_failed_total{reason=\"upstream_status\"}",
+            1.0,
+        ),
+        ("ringcache_fills_inflight", 0.0),
+        ("ringcache_store_entries", 2.0),
+        ("ringcache_store_bytes", 6000.0),
+        ("ringcache_io_driver{driver=\"io_uring\"}", 1.0),
+    ];
+    for (key, value) in want {
+        assert_eq!(m.get(*key), Some(value), "{key}");
+    }
+    assert!(
+        m.contains_key("registry_http_request_duration_seconds_bucket{method=\"GET\",le=\"+Inf\"}")
+    );
+    for name in [
+        "ringcache_evictions_total",
+        "ringcache_expirations_total",
+        "ringcache_fill_resumes_total",
+        "ringcache_connections_open",
+    ] {
+        assert!(m.contains_key(name), "{name}");
+    }
+    // The access log: one line per request, with the cache result.
+    assert_eq!(rc.proc.count_log(&["ringcache::access", "cache=hit"]), 2);
+    assert_eq!(
+        rc.proc.count_log(&["ringcache::access", "cache=coalesced"]),
+        3
+    );
+}
+
+#[test]
+fn health_checks_and_manual_down_up() {
+    let up = TestUpstream::start();
+    let rc = Ringcache::start_with_env(
+        &up.url(),
+        "",
+        &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")],
+    );
+    let dbg = debug_addr(&rc);
+    assert_eq!(
+        (
+            http::get(dbg, "/debug/health").status,
+            http::get(dbg, "/debug/health").text()
+        ),
+        (200, "{}".into())
+    );
+    assert_eq!(http::get(rc.addr, "/").status, 200);
+    assert_eq!(
+        http::request(dbg, "POST", "/debug/health/down", &[], b"").status,
+        200
+    );
+    let r = http::get(dbg, "/debug/health");
+    assert_eq!(r.status, 503);
+    assert!(r.json()["manual"].is_string());
+    assert_eq!(
+        http::get(rc.addr, "/").status,
+        503,
+        "load balancers see the node down"
+    );
+    assert_eq!(
+        http::get(rc.addr, "/v2/").status,
+        200,
+        "but it keeps serving"
+    );
+    assert_eq!(
+        http::request(dbg, "POST", "/debug/health/up", &[], b"").status,
+        200
+    );
+    assert_eq!(http::get(dbg, "/debug/health").status, 200);
+    assert_eq!(http::get(rc.addr, "/").status, 200);
+
+    // Upstream failing: the health check says so.
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let rc = Ringcache::start_with_env(&dead, "", &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")]);
+    let dbg = debug_addr(&rc);
+    assert_eq!(http::get(rc.addr, "/v2/x/manifests/v1").status, 503);
+    let r = http::get(dbg, "/debug/health");
+    assert_eq!(r.status, 503);
+    assert!(r.json()["upstream"].is_string(), "{}", r.text());
+}
+
+#[test]
+fn json_logs_and_journal_logs() {
+    let up = TestUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog: {{level: info, formatter: json}}\nhttp: {{addr: '127.0.0.1:0'}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nproxy: {{remoteurl: {}}}\n",
+            dir.path().join("d").display(),
+            up.url()
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ringcache"));
+    cmd.args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("RUST_LOG")
+        .env("JOURNAL_STREAM", "8:1234");
+    let p = Proc::spawn(cmd);
+    let line = p.wait_log("listening on", Duration::from_secs(20));
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert!(v["fields"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("listening on"));
+    assert!(
+        v.get("timestamp").is_none(),
+        "no timestamps under the journal: {line}"
+    );
+    let addr: SocketAddr = v["fields"]["message"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("listening on ")
+        .parse()
+        .unwrap();
+    // Control characters from a client are escaped in the access log.
+    let (resp, _) = http::raw(addr, b"GET /v2/\x1b[31mred HTTP/1.1\r\nHost: a\r\n\r\n");
+    let _ = resp;
+    assert_eq!(http::get(addr, "/v2/").status, 200);
+    let access = p.wait_log("ringcache::access", Duration::from_secs(10));
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&access).is_ok(),
+        "{access}"
+    );
+    assert!(
+        !p.log.lock().unwrap().contains('\x1b'),
+        "no raw control characters in the log"
+    );
+}
