@@ -20,3 +20,8 @@ fi
 
 # `failpoints` adds named pauses the crash and race tests need (never in release builds).
 cargo test --locked --all-targets --features failpoints "$@"
+
+# The .deb: built, its contents checked, lintian without errors (skip with PACKAGE=0).
+if [ "${PACKAGE:-1}" != 0 ]; then
+  scripts/package.sh
+fi

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Build the .deb (binary, systemd units, example config as a conffile), check what is in it,
+# and run lintian on it (errors fail). Installs cargo-deb and lintian if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked --quiet
+if ! command -v lintian >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends lintian >/dev/null
+fi
+
+deb=$(cargo deb --locked 2>/dev/null | tail -n 1)
+[ -f "$deb" ] || { echo "cargo deb produced no package"; exit 1; }
+echo "built $deb"
+
+contents=$(dpkg-deb -c "$deb")
+for want in ./usr/bin/ringcache ./etc/ringcache/config.yml ./usr/lib/systemd/system/ringcache.service ./usr/lib/systemd/system/ringcache.socket; do
+  grep -q " $want\$" <<<"$contents" || { echo "missing from the package: $want"; echo "$contents"; exit 1; }
+done
+dpkg-deb -I "$deb" conffiles | grep -qx /etc/ringcache/config.yml || { echo "config.yml is not a conffile"; exit 1; }
+# The packaged config is valid as shipped.
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+dpkg-deb -x "$deb" "$tmp"
+"$tmp/usr/bin/ringcache" check-config "$tmp/etc/ringcache/config.yml" >/dev/null
+echo "package contents ok"
+
+lintian --fail-on error --suppress-tags-from-file /dev/null "$deb"
+echo "lintian: no errors"
+echo "package: 1 passed, 0 failed"
