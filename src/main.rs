@@ -97,8 +97,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Serve { config } => {
-            let config = match load(config.as_ref()) {
+        Command::Serve { config: path } => {
+            let config = match load(path.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("ringcache: config error: {e}");
@@ -106,7 +106,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config.log_level, config.log_json);
-            match serve(config) {
+            match serve(config, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -134,19 +134,126 @@ fn init_logging(level: &str, json: bool) {
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     // Colours only on a terminal: a pipe or the journal gets plain text.
     let ansi = !journal && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::prelude::*;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = RELOAD_LEVEL.set(Box::new(move |level: &str| {
+        let filter = tracing_subscriber::EnvFilter::try_new(format!("ringcache={level},warn"))
+            .map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }));
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    match (json, journal) {
-        (true, true) => builder.json().without_time().init(),
-        (true, false) => builder.json().init(),
-        (false, true) => builder.without_time().init(),
-        (false, false) => builder.init(),
-    }
+    let fmt = match (json, journal) {
+        (true, true) => fmt.json().without_time().boxed(),
+        (true, false) => fmt.json().boxed(),
+        (false, true) => fmt.without_time().boxed(),
+        (false, false) => fmt.boxed(),
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).init();
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+/// Changes the log level at run time (SIGHUP).
+type LevelReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+static RELOAD_LEVEL: std::sync::OnceLock<LevelReload> = std::sync::OnceLock::new();
+
+/// SIGHUP: re-read the config (and the environment) and apply what can change without a
+/// restart — log level, upstream credentials, limits; report the rest.
+fn reload(shared: &Shared, path: Option<&PathBuf>) {
+    ringcache::service::notify(&[sd_notify::NotifyState::Reloading]);
+    let new = match load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running config: {e}");
+            ringcache::service::notify(&[sd_notify::NotifyState::Ready]);
+            return;
+        }
+    };
+    let old = &shared.config;
+    let mut applied = Vec::new();
+    let mut restart = Vec::new();
+    if new.log_level != *shared.live.log_level.read().unwrap() {
+        match RELOAD_LEVEL.get().map(|f| f(&new.log_level)) {
+            Some(Ok(())) => {
+                *shared.live.log_level.write().unwrap() = new.log_level.clone();
+                applied.push("log.level");
+            }
+            Some(Err(e)) => tracing::error!("log.level not applied: {e}"),
+            None => restart.push("log.level"),
+        }
+    }
+    let creds = new
+        .upstream
+        .username
+        .clone()
+        .zip(new.upstream.password.clone());
+    if creds != *shared.live.credentials.read().unwrap() {
+        *shared.live.credentials.write().unwrap() = creds;
+        applied.push("proxy.username/password");
+    }
+    if new.limits != shared.live.limits() {
+        *shared.live.limits.write().unwrap() = new.limits.clone();
+        applied.push("ringcache.limits");
+    }
+    let checks: [(&str, bool); 12] = [
+        ("http.addr", new.http_addr != old.http_addr),
+        ("http.debug.addr", new.debug_addr != old.debug_addr),
+        ("log.formatter", new.log_json != old.log_json),
+        (
+            "storage.filesystem.rootdirectory",
+            new.root_dir != old.root_dir,
+        ),
+        ("proxy.remoteurl", new.upstream.url != old.upstream.url),
+        ("proxy.ttl", new.upstream.ttl != old.upstream.ttl),
+        (
+            "ringcache.upstream.ca_file",
+            new.upstream.ca_file != old.upstream.ca_file,
+        ),
+        ("ringcache.workers", new.workers != old.workers),
+        (
+            "ringcache.tags.fresh_for",
+            new.tags_fresh_for != old.tags_fresh_for,
+        ),
+        (
+            "ringcache.storage",
+            (
+                new.size_max_bytes,
+                new.high_water_percent,
+                new.low_water_percent,
+            ) != (
+                old.size_max_bytes,
+                old.high_water_percent,
+                old.low_water_percent,
+            ),
+        ),
+        (
+            "ringcache.state.interval",
+            new.state_interval != old.state_interval,
+        ),
+        (
+            "ringcache.drain_timeout",
+            new.drain_timeout != old.drain_timeout,
+        ),
+    ];
+    restart.extend(
+        checks
+            .iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(k, _)| *k),
+    );
+    shared
+        .live
+        .generation
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    if restart.is_empty() {
+        tracing::info!(applied = ?applied, "reloaded");
+    } else {
+        tracing::warn!(applied = ?applied, not_applied = ?restart, "reloaded; these keys need a restart to take effect");
+    }
+    ringcache::service::notify(&[sd_notify::NotifyState::Ready]);
+}
+
+fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     use anyhow::Context;
     // Signals are blocked before any thread starts (every thread inherits the mask) and taken
     // by one thread with sigwait, which starts the drain; a second signal stops at once.
@@ -198,6 +305,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         upstream_health: Default::default(),
         health_down: Default::default(),
         driver: Default::default(),
+        live: Arc::new(ringcache::worker::Reloadable::new(&config)),
         stopping: Default::default(),
         store,
         tls,
@@ -236,15 +344,24 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let signal_shared = shared.clone();
     std::thread::Builder::new().name("ringcache-signals".into()).spawn(move || {
         let shared = signal_shared;
-        let sig = wait_signal(&signals);
+        let mut sig = wait_signal(&signals);
+        while sig == libc::SIGHUP {
+            reload(&shared, path.as_ref());
+            sig = wait_signal(&signals);
+        }
         tracing::info!(signal = sig, drain_timeout = ?shared.config.drain_timeout, "draining: listeners closed, finishing in-flight requests and fills");
         ringcache::service::notify(&[
             sd_notify::NotifyState::Stopping,
             sd_notify::NotifyState::Status("draining: finishing in-flight requests and fills"),
         ]);
         shared.drain.start();
-        let sig = wait_signal(&signals);
-        tracing::warn!(signal = sig, "second signal while draining: stopping now");
+        loop {
+            let sig = wait_signal(&signals);
+            if sig != libc::SIGHUP {
+                tracing::warn!(signal = sig, "second signal while draining: stopping now");
+                break;
+            }
+        }
         std::process::exit(1);
     })?;
     for h in handles {
@@ -263,7 +380,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Block SIGTERM and SIGINT in this thread (and the threads it starts); returns the set.
+/// Block SIGTERM, SIGINT and SIGHUP in this thread (and the threads it starts); returns the set.
 fn block_signals() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise a local set; pthread_sigmask only changes this
     // thread's mask. All arguments are valid pointers to initialised memory.
@@ -272,6 +389,7 @@ fn block_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }

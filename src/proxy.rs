@@ -339,7 +339,7 @@ async fn follow_fill(
     ctype: &str,
     src: &Source<'_>,
 ) -> Result<()> {
-    let limits = &w.shared.config.limits;
+    let limits = &w.shared.live.limits();
     let waited = Instant::now();
     let started = follow::start(fill).await;
     x.upstream_ms = Some(waited.elapsed().as_millis() as u64);

@@ -36,6 +36,8 @@ pub struct Shared {
     /// Set by `POST /debug/health/down`: health checks and `GET /` answer 503 so load
     /// balancers drain this node; cleared by `POST /debug/health/up`.
     pub health_down: std::sync::atomic::AtomicBool,
+    /// Settings SIGHUP can change.
+    pub live: Arc<Reloadable>,
     /// The I/O driver the workers run ("io_uring" or "epoll").
     pub driver: std::sync::OnceLock<&'static str>,
     /// Set once the workers are done: the expiry thread saves the state and ends.
@@ -83,6 +85,37 @@ impl Shared {
             entry.link(repo);
             self.note(crate::expiry::Event::Linked(digest, repo.to_string()));
         }
+    }
+}
+
+/// What SIGHUP can change without a restart: limits and upstream credentials (the log level is
+/// reloaded in main). Readers take a copy when they start a connection or an upstream request;
+/// `generation` tells each worker's upstream client to refresh (and drop cached tokens).
+pub struct Reloadable {
+    pub generation: std::sync::atomic::AtomicU64,
+    pub log_level: std::sync::RwLock<String>,
+    pub limits: std::sync::RwLock<crate::limits::Limits>,
+    pub credentials: std::sync::RwLock<Option<(String, String)>>,
+}
+
+impl Reloadable {
+    pub fn new(config: &Config) -> Reloadable {
+        Reloadable {
+            generation: Default::default(),
+            log_level: std::sync::RwLock::new(config.log_level.clone()),
+            limits: std::sync::RwLock::new(config.limits.clone()),
+            credentials: std::sync::RwLock::new(
+                config
+                    .upstream
+                    .username
+                    .clone()
+                    .zip(config.upstream.password.clone()),
+            ),
+        }
+    }
+
+    pub fn limits(&self) -> crate::limits::Limits {
+        self.limits.read().unwrap().clone()
     }
 }
 
@@ -239,11 +272,12 @@ async fn serve_worker(
     listeners: Vec<std::net::TcpListener>,
     ready: std::sync::mpsc::Sender<usize>,
 ) {
-    let client = Client::new(shared.tls.clone(), shared.config.limits.clone());
+    let client = Client::new(shared.tls.clone(), shared.live.limits());
     let upstream = Upstream::new(
         &shared.config.upstream,
         client,
         shared.upstream_health.clone(),
+        shared.live.clone(),
     );
     let worker = Rc::new(Worker {
         id,
@@ -290,7 +324,7 @@ async fn serve_worker(
 /// Accept on one listener until draining starts; then close it.
 async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener) {
     let id = worker.id;
-    let max = worker.shared.config.limits.connections_per_worker_max;
+    let max = worker.shared.live.limits().connections_per_worker_max;
     loop {
         let drain = worker.shared.drain.listen();
         if worker.shared.drain.is_draining() {

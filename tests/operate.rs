@@ -273,3 +273,67 @@ fn json_logs_and_journal_logs() {
         "no raw control characters in the log"
     );
 }
+
+#[test]
+fn sighup_reloads_credentials_limits_and_log_level_and_reports_the_rest() {
+    let up = TestUpstream::start();
+    up.require_bearer("bob", "right");
+    let img = image::image(61, &[100]);
+    up.add_manifest(
+        "a/b",
+        "v1",
+        "application/vnd.oci.image.manifest.v1+json",
+        img.manifest.clone(),
+    );
+    let rc = Ringcache::start(&format!("{}, username: bob, password: wrong", up.url()), "");
+    assert_eq!(http::get(rc.addr, "/v2/a/b/manifests/v1").status, 401);
+    let many: Vec<(String, String)> = (0..12)
+        .map(|i| (format!("X-H{i}"), "v".to_string()))
+        .collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    assert_eq!(
+        http::request(rc.addr, "GET", "/v2/", &many, b"").status,
+        200
+    );
+    // The operator fixes the password, tightens a limit, lowers the log level, and also
+    // changes the listen address (which needs a restart).
+    let cfg = rc.root.with_extension("yml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text
+        .replace("password: wrong", "password: right")
+        .replace("log: {level: debug}", "log: {level: warn}")
+        .replace("http: {addr: 127.0.0.1:0}", "http: {addr: 127.0.0.1:1}");
+    std::fs::write(
+        &cfg,
+        format!("{text}ringcache: {{limits: {{headers_max: 8}}}}\n"),
+    )
+    .unwrap();
+    rc.proc.signal(libc::SIGHUP);
+    let line = rc.proc.wait_log("reloaded", Duration::from_secs(10));
+    assert!(
+        line.contains("http.addr"),
+        "reports what needs a restart: {line}"
+    );
+    assert_eq!(
+        http::get(rc.addr, "/v2/a/b/manifests/v1").status,
+        200,
+        "new credentials, fresh token"
+    );
+    assert_eq!(
+        http::request(rc.addr, "GET", "/v2/", &many, b"").status,
+        431,
+        "new header limit"
+    );
+    let before = rc.proc.count_log(&["ringcache::access"]);
+    assert!(before > 0, "access lines were logged at debug level");
+    assert_eq!(http::get(rc.addr, "/v2/").status, 200);
+    // An event that is still logged at warn, after the request: its line is a barrier.
+    rc.proc.signal(libc::SIGHUP);
+    rc.proc
+        .wait_count(&["reloaded"], 2, Duration::from_secs(10));
+    assert_eq!(
+        rc.proc.count_log(&["ringcache::access"]),
+        before,
+        "log level is warn now: no access lines"
+    );
+}

@@ -436,7 +436,7 @@ pub struct Client {
     pool: std::rc::Rc<Pool>,
     tls: TlsConnector,
     dns: RefCell<HashMap<(String, u16), Resolved>>,
-    limits: Limits,
+    limits: RefCell<Limits>,
 }
 
 impl Client {
@@ -445,8 +445,13 @@ impl Client {
             pool: Default::default(),
             tls: TlsConnector::from(tls),
             dns: RefCell::new(HashMap::new()),
-            limits,
+            limits: RefCell::new(limits),
         }
+    }
+
+    /// Use new limits (after a reload) from the next request on.
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.borrow_mut() = limits;
     }
 
     /// Send one request and read the response head. A pooled connection that turns out to be
@@ -472,6 +477,9 @@ impl Client {
         mut conn: Conn,
         req: &Request<'_>,
     ) -> std::result::Result<Response, (bool, Error)> {
+        // Copied out: no RefCell borrow may live across an await (a reload could come).
+        let header_timeout = self.limits.borrow().upstream_header_timeout;
+        let body_stall = self.limits.borrow().upstream_body_stall;
         let mut head = format!(
             "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringcache/{}\r\n",
             req.method,
@@ -573,7 +581,7 @@ impl Client {
             }
         };
         let (status, headers, framing, close, buf) =
-            match monoio::time::timeout(self.limits.upstream_header_timeout, read_head).await {
+            match monoio::time::timeout(header_timeout, read_head).await {
                 Ok(r) => r?,
                 Err(_) => {
                     return Err((
@@ -597,41 +605,38 @@ impl Client {
             buf,
             origin: req.url.origin.clone(),
             reusable: !close && framing != Framing::Close,
-            stall: self.limits.upstream_body_stall,
+            stall: body_stall,
             pool: Some(self.pool.clone()),
         })
     }
 
     async fn connect(&self, origin: &Origin) -> Result<Conn> {
+        let connect_timeout = self.limits.borrow().upstream_connect_timeout;
         let addrs = self.resolve(origin).await?;
         let mut last_err = None;
         for addr in addrs {
-            match monoio::time::timeout(
-                self.limits.upstream_connect_timeout,
-                TcpStream::connect_addr(addr),
-            )
-            .await
-            {
+            match monoio::time::timeout(connect_timeout, TcpStream::connect_addr(addr)).await {
                 Ok(Ok(tcp)) => {
                     // Without NODELAY a TLS handshake waits on delayed ACKs (~40 ms each).
                     let _ = tcp.set_nodelay(true);
                     let stream = if origin.tls {
                         let name = rustls_pki_types::ServerName::try_from(origin.host.clone())
                             .or_err(Kind::Unavailable, Side::Upstream, "bad upstream host name")?;
-                        let tls = monoio::time::timeout(
-                            self.limits.upstream_connect_timeout,
-                            self.tls.connect(name, tcp),
-                        )
-                        .await
-                        .map_err(|_| {
-                            Error::upstream(Kind::Unavailable, "upstream TLS handshake timed out")
-                        })?
-                        .map_err(std::io::Error::from)
-                        .or_err(
-                            Kind::Unavailable,
-                            Side::Upstream,
-                            "upstream TLS handshake failed",
-                        )?;
+                        let tls =
+                            monoio::time::timeout(connect_timeout, self.tls.connect(name, tcp))
+                                .await
+                                .map_err(|_| {
+                                    Error::upstream(
+                                        Kind::Unavailable,
+                                        "upstream TLS handshake timed out",
+                                    )
+                                })?
+                                .map_err(std::io::Error::from)
+                                .or_err(
+                                    Kind::Unavailable,
+                                    Side::Upstream,
+                                    "upstream TLS handshake failed",
+                                )?;
                         Stream::Tls(Box::new(tls))
                     } else {
                         Stream::Plain(tcp)

@@ -171,7 +171,8 @@ impl Exchange<'_> {
 
 /// Serve one client connection until it closes, idles out, or breaks the rules.
 pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::SocketAddr) {
-    let limits = worker.shared.config.limits.clone();
+    // Limits as they are now (SIGHUP may change them for later connections).
+    let limits = worker.shared.live.limits();
     let mut buf: Vec<u8> = Vec::with_capacity(limits.head_bytes_max);
     let mut body_buf: Vec<u8> = Vec::new();
     loop {

@@ -26,8 +26,11 @@ pub struct Health {
 
 pub struct Upstream {
     health: std::sync::Arc<Health>,
+    live: std::sync::Arc<crate::worker::Reloadable>,
+    /// The reload generation this client's credentials, limits and tokens belong to.
+    generation: std::cell::Cell<u64>,
     base: Url,
-    credentials: Option<(String, String)>,
+    credentials: RefCell<Option<(String, String)>>,
     docker_hub: bool,
     client: Client,
     tokens: RefCell<Tokens>,
@@ -44,12 +47,18 @@ impl Upstream {
         config: &UpstreamConfig,
         client: Client,
         health: std::sync::Arc<Health>,
+        live: std::sync::Arc<crate::worker::Reloadable>,
     ) -> Upstream {
         let host = config.url.origin.host.as_str();
+        let credentials = live.credentials.read().unwrap().clone();
         Upstream {
             health,
+            generation: std::cell::Cell::new(
+                live.generation.load(std::sync::atomic::Ordering::Acquire),
+            ),
+            credentials: RefCell::new(credentials),
+            live,
             base: config.url.clone(),
-            credentials: config.username.clone().zip(config.password.clone()),
             docker_hub: matches!(
                 host,
                 "registry-1.docker.io" | "docker.io" | "index.docker.io"
@@ -99,6 +108,20 @@ impl Upstream {
         self.send_url(method, &mut url, scope, headers).await
     }
 
+    /// After a reload (SIGHUP): take the new credentials and limits, drop cached tokens.
+    fn refresh(&self) {
+        let now = self
+            .live
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        if now != self.generation.get() {
+            self.generation.set(now);
+            *self.credentials.borrow_mut() = self.live.credentials.read().unwrap().clone();
+            self.client.set_limits(self.live.limits());
+            *self.tokens.borrow_mut() = Tokens::default();
+        }
+    }
+
     async fn send_url(
         &self,
         method: &str,
@@ -106,6 +129,7 @@ impl Upstream {
         scope: &str,
         headers: &[(&str, &str)],
     ) -> Result<Response> {
+        self.refresh();
         let mut challenged = false;
         let mut hops = 0;
         loop {
@@ -180,7 +204,11 @@ impl Upstream {
     fn authorization(&self, scope: &str) -> Option<String> {
         let tokens = self.tokens.borrow();
         match tokens.challenge.as_ref()? {
-            Challenge::Basic => self.credentials.as_ref().map(|(u, p)| auth::basic(u, p)),
+            Challenge::Basic => self
+                .credentials
+                .borrow()
+                .as_ref()
+                .map(|(u, p)| auth::basic(u, p)),
             Challenge::Bearer { .. } => tokens
                 .get(scope, Instant::now())
                 .map(|t| format!("Bearer {t}")),
@@ -191,7 +219,7 @@ impl Upstream {
         self.tokens.borrow_mut().challenge = Some(challenge.clone());
         match challenge {
             Challenge::Basic => {
-                if self.credentials.is_none() {
+                if self.credentials.borrow().is_none() {
                     return Err(Error::upstream(
                         Kind::Unauthorized,
                         "upstream requires credentials; none configured",
@@ -242,7 +270,11 @@ impl Upstream {
             origin: realm_url.origin.clone(),
             path: format!("{}{sep}{query}", realm_url.path),
         };
-        let basic = self.credentials.as_ref().map(|(u, p)| auth::basic(u, p));
+        let basic = self
+            .credentials
+            .borrow()
+            .as_ref()
+            .map(|(u, p)| auth::basic(u, p));
         let mut headers = vec![("Accept", "application/json")];
         if let Some(b) = &basic {
             headers.push(("Authorization", b));
