@@ -8,9 +8,9 @@ use std::time::Instant;
 use crate::digest::Digest;
 use crate::error::{Error, Kind, OrErr, Result, Side};
 use crate::fill::bypass::{self, Source};
-use crate::fill::follow::{self, Start};
+use crate::fill::follow;
 use crate::fill::task::{self, Content};
-use crate::fill::{Fill, Joined};
+use crate::fill::{Fill, Joined, State};
 use crate::http::conn::Exchange;
 use crate::http::parse::{resolve_range, RangeResult, RangeSpec};
 use crate::limits;
@@ -344,18 +344,18 @@ async fn follow_fill(
     let started = follow::start(fill).await;
     x.upstream_ms = Some(waited.elapsed().as_millis() as u64);
     let (file, size, media_type) = match started {
-        Start::Failed(kind) => return Err(Error::upstream(kind, "fill failed")),
-        Start::Bypass => {
+        State::Failed(kind) => return Err(Error::upstream(kind, "fill failed")),
+        State::Bypass => {
             x.cache = Cache::Bypass;
             return bypass::serve_fresh(w, x, src, req.range, ctype).await;
         }
-        Start::Filling {
+        State::Filling {
             file,
             size: Some(size),
             media_type,
         } if size > 0 => (file, size, media_type),
         // Unknown size (no Content-Length upstream) or empty: wait for the verified whole.
-        Start::Filling { .. } => match follow::finish(fill).await {
+        State::Filling { .. } => match follow::finish(fill).await {
             Ok((file, size, media_type)) => (file, size, media_type),
             Err(Some(kind)) => return Err(Error::upstream(kind, "fill failed")),
             Err(None) => {
@@ -363,11 +363,12 @@ async fn follow_fill(
                 return bypass::serve_fresh(w, x, src, req.range, ctype).await;
             }
         },
-        Start::Committed {
+        State::Committed {
             file,
             size,
             media_type,
         } => (file, size, media_type),
+        State::Pending => unreachable!("follow::start waits out Pending"),
     };
     let ctype = media_type.as_deref().unwrap_or(ctype).to_string();
     let stall = limits.upstream_body_stall * 2;

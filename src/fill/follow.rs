@@ -17,54 +17,13 @@ use super::{Fill, State};
 use crate::error::Kind;
 use crate::limits::CHUNK_BYTES;
 
-/// What a follower learns once the fill has an answer from upstream.
-pub enum Start {
-    /// Bytes are coming: the size (if upstream declared one) and the media type.
-    Filling {
-        file: Arc<std::fs::File>,
-        size: Option<u64>,
-        media_type: Option<Arc<str>>,
-    },
-    Committed {
-        file: Arc<std::fs::File>,
-        size: u64,
-        media_type: Option<Arc<str>>,
-    },
-    Failed(Kind),
-    /// The store failed before any byte: fetch from upstream directly.
-    Bypass,
-}
-
-/// Wait until the fill has a response from upstream (or has failed).
-pub async fn start(fill: &Fill) -> Start {
+/// Wait until the fill has an answer from upstream: its state then, never `Pending`.
+pub async fn start(fill: &Fill) -> State {
     loop {
         let listener = fill.listen();
         match fill.state() {
             State::Pending => listener.await,
-            State::Filling {
-                file,
-                size,
-                media_type,
-            } => {
-                return Start::Filling {
-                    file,
-                    size,
-                    media_type,
-                }
-            }
-            State::Committed {
-                file,
-                size,
-                media_type,
-            } => {
-                return Start::Committed {
-                    file,
-                    size,
-                    media_type,
-                }
-            }
-            State::Failed(kind) => return Start::Failed(kind),
-            State::Bypass => return Start::Bypass,
+            answered => return answered,
         }
     }
 }
