@@ -23,7 +23,14 @@ def push_blob(base, name, data):
 
 
 def rand_bytes(n, seed):
-    return random.Random(seed).randbytes(n)
+    # In 1 MiB pieces: randbytes of more than 256 MiB overflows a C int.
+    r = random.Random(seed)
+    parts, left = [], n
+    while left > 0:
+        k = min(left, 1 << 20)
+        parts.append(r.randbytes(k))
+        left -= k
+    return b"".join(parts)
 
 
 def image(base, name, tag, sizes):
