@@ -8,6 +8,7 @@
 set -u
 C=$(cd "${CARRY:-.benchcarry}" && pwd); D=$(cat "$C/digest"); OUT=${OUT:-/tmp}
 export LD_LIBRARY_PATH=$C/lib
+mkdir -p /var/lib/nginx 2>/dev/null # nginx's compiled-in temp path, absent on a bare machine
 echo "{\"cores\":$(nproc)}"
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 load() { taskset -c 8-15 "$C/load" --bench --url "http://127.0.0.1:$1/v2/bench/small/blobs/$D" --conns 64 --secs "${SECS:-5}"; }
