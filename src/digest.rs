@@ -81,12 +81,12 @@ impl Digest {
 /// Lowercase hex of any bytes.
 pub fn hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
+    let mut v = Vec::with_capacity(bytes.len() * 2);
     for b in bytes {
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 15) as usize] as char);
+        v.push(HEX[(b >> 4) as usize]);
+        v.push(HEX[(b & 15) as usize]);
     }
-    s
+    String::from_utf8(v).expect("hex digits are ASCII")
 }
 
 fn nibble(c: u8) -> Option<u8> {

@@ -359,7 +359,7 @@ async fn read_head(
 
 /// Parse with header slots on the stack (kept out of the async state machine).
 fn parse_head(buf: &[u8], limits: &crate::limits::Limits) -> Result<Parsed, Error> {
-    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS_MAX];
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; HEADER_SLOTS_MAX];
     let n = limits.headers_max.min(HEADER_SLOTS_MAX);
     parse_request(buf, limits, &mut slots[..n])
 }

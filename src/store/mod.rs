@@ -87,7 +87,13 @@ impl Store {
     /// Where committed content for `digest` lives.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
-        self.root.join("blobs/sha256").join(&hex[..2]).join(hex)
+        // One allocation: this runs on every hit.
+        let mut p = PathBuf::with_capacity(self.root.as_os_str().len() + 16 + 3 + 65);
+        p.push(&self.root);
+        p.push("blobs/sha256");
+        p.push(&hex[..2]);
+        p.push(hex);
+        p
     }
 
     pub fn ingest_dir(&self) -> PathBuf {
