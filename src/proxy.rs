@@ -239,9 +239,20 @@ async fn send_stored(
     req: &Request,
     x: &mut Exchange<'_>,
     digest: Digest,
-    entry: &Entry,
+    entry: &Arc<Entry>,
     ctype: &str,
 ) -> Result<bool> {
+    // A descriptor this worker already opened for this very entry skips open/statx/close.
+    if let Some(file) = w.files.get(&digest, entry) {
+        return match send_range_head(req, x, digest, entry.size, ctype).await? {
+            Some((start, end)) => x
+                .send_file(&file, start, end)
+                .await
+                .map_err(io)
+                .map(|_| true),
+            None => Ok(true),
+        };
+    }
     let Some(file) = open_committed(w, digest).await? else {
         return Ok(false);
     };
@@ -260,6 +271,8 @@ async fn send_stored(
             "committed content has the wrong size",
         ));
     }
+    // Checked once against the index (assert in pairs): later hits reuse the descriptor.
+    let file = w.files.put(digest, entry, file);
     match send_range_head(req, x, digest, len, ctype).await? {
         Some((start, end)) => x
             .send_file(&file, start, end)

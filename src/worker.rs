@@ -151,6 +151,60 @@ impl Worker {
     }
 }
 
+/// Open descriptors of committed files, per worker, so a hit needs no open/statx/close.
+///
+/// A descriptor is used only while the index holds the very entry it was opened for (an entry
+/// removed and committed again is reopened), and descriptors of removed entries are closed by
+/// [`Files::sweep`] within one heartbeat, so expiry and eviction free their disk space.
+#[derive(Default)]
+pub struct Files {
+    open: std::cell::RefCell<
+        std::collections::HashMap<
+            crate::digest::Digest,
+            (std::sync::Weak<crate::store::Entry>, Rc<monoio::fs::File>),
+        >,
+    >,
+}
+
+/// Descriptors one worker keeps open at most.
+pub const FILES_OPEN_MAX: usize = 1024;
+
+impl Files {
+    pub fn get(
+        &self,
+        digest: &crate::digest::Digest,
+        entry: &Arc<crate::store::Entry>,
+    ) -> Option<Rc<monoio::fs::File>> {
+        let open = self.open.borrow();
+        let (weak, file) = open.get(digest)?;
+        (std::sync::Weak::as_ptr(weak) == Arc::as_ptr(entry)).then(|| file.clone())
+    }
+
+    pub fn put(
+        &self,
+        digest: crate::digest::Digest,
+        entry: &Arc<crate::store::Entry>,
+        file: monoio::fs::File,
+    ) -> Rc<monoio::fs::File> {
+        let file = Rc::new(file);
+        let mut open = self.open.borrow_mut();
+        if open.len() >= FILES_OPEN_MAX {
+            if let Some(k) = open.keys().next().copied() {
+                open.remove(&k);
+            }
+        }
+        open.insert(digest, (Arc::downgrade(entry), file.clone()));
+        file
+    }
+
+    /// Close the descriptors of entries that left the index.
+    pub fn sweep(&self) {
+        self.open
+            .borrow_mut()
+            .retain(|_, (weak, _)| weak.strong_count() > 0);
+    }
+}
+
 /// One worker's state, owned by its thread.
 pub struct Worker {
     pub id: usize,
@@ -158,6 +212,8 @@ pub struct Worker {
     pub upstream: Upstream,
     /// Open client connections on this worker (bounded by `connections_per_worker_max`).
     connections: Cell<usize>,
+    /// Open descriptors of committed files (the hit path's).
+    pub files: Files,
 }
 
 /// Bind `n` SO_REUSEPORT listeners on `addr` (the kernel spreads connections over them). With
@@ -284,12 +340,14 @@ async fn serve_worker(
         shared,
         upstream,
         connections: Cell::new(0),
+        files: Files::default(),
     });
     // The heartbeat proves this event loop answers (the systemd watchdog reads it).
     let beat = worker.clone();
     monoio::spawn(async move {
         loop {
             beat.shared.heartbeats.beat(beat.id);
+            beat.files.sweep();
             crate::failpoint::block("worker-stall");
             monoio::time::sleep(crate::service::HEARTBEAT_EVERY).await;
         }

@@ -324,3 +324,36 @@ fn verify_rehashes_the_store_and_removes_what_does_not_match() {
         (200, true, bad.clone())
     );
 }
+
+#[test]
+fn descriptors_kept_for_hits_are_closed_once_their_entry_is_removed() {
+    let up = TestUpstream::start();
+    let rc = Ringcache::start(&format!("{}, ttl: 1s", up.url()), "");
+    let d = up.add_blob(image::pseudo_random(71, 50_000), Fault::None);
+    let path = format!("/v2/x/blobs/{d}");
+    for _ in 0..3 {
+        assert_eq!(http::get(rc.addr, &path).status, 200); // a miss, then hits on a kept fd
+    }
+    let hex = d.trim_start_matches("sha256:").to_string();
+    let holds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", rc.proc.child.id()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .any(|target| target.to_string_lossy().contains(&hex))
+    };
+    assert!(holds(), "a hit keeps its descriptor open");
+    rc.proc
+        .wait_count(&["entry expired", &d], 1, Duration::from_secs(10));
+    // Closed within a heartbeat (250 ms): bounded wait on that condition.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while holds() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a removed file is still held open: its space is not freed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // And the content comes back as a miss, correct.
+    let (status, _, hex2, complete) = http::get_hashed(rc.addr, &path);
+    assert_eq!((status, complete, hex2), (200, true, hex));
+}
