@@ -91,6 +91,15 @@ async fn blob(
 ) -> Result<()> {
     let store = &w.shared.store;
     loop {
+        // The hot path: a descriptor this worker keeps, for an entry still in the index, already
+        // found linked to this repository.
+        if let Some((size, file)) = w.files.hit(&digest, name) {
+            x.cache = Cache::Hit;
+            return match send_range_head(req, x, digest, size, OCTETS).await? {
+                Some((start, end)) => x.send_file(&file, start, end).await.map_err(io),
+                None => Ok(()),
+            };
+        }
         if let Some(entry) = store.index.get(&digest) {
             if !entry.linked(name) {
                 confirm(w, name, &format!("blobs/{digest}"), None, Kind::BlobUnknown).await?;
@@ -242,17 +251,6 @@ async fn send_stored(
     entry: &Arc<Entry>,
     ctype: &str,
 ) -> Result<bool> {
-    // A descriptor this worker already opened for this very entry skips open/statx/close.
-    if let Some(file) = w.files.get(&digest, entry) {
-        return match send_range_head(req, x, digest, entry.size, ctype).await? {
-            Some((start, end)) => x
-                .send_file(&file, start, end)
-                .await
-                .map_err(io)
-                .map(|_| true),
-            None => Ok(true),
-        };
-    }
     let Some(file) = open_committed(w, digest).await? else {
         return Ok(false);
     };

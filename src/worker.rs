@@ -151,33 +151,54 @@ impl Worker {
     }
 }
 
-/// Open descriptors of committed files, per worker, so a hit needs no open/statx/close.
+/// Open descriptors of committed files, per worker: the hit path. A hit on a kept descriptor
+/// needs no open/statx/close, no lock on the index, no reference-count increment and no lock on
+/// the entry — nothing shared is written but the (millisecond-throttled) last access.
 ///
-/// A descriptor is used only while the index holds the very entry it was opened for (an entry
-/// removed and committed again is reopened), and descriptors of removed entries are closed by
-/// [`Files::sweep`] within one heartbeat, so expiry and eviction free their disk space.
+/// A kept descriptor holds its entry; once the index has dropped it (expiry, eviction, a
+/// size mismatch: the entry is marked removed) the descriptor is no longer used, and [`Files::sweep`] closes it within one
+/// heartbeat, so removal frees disk space. Bounded by [`FILES_OPEN_MAX`].
 #[derive(Default)]
 pub struct Files {
-    open: std::cell::RefCell<
-        std::collections::HashMap<
-            crate::digest::Digest,
-            (std::sync::Weak<crate::store::Entry>, Rc<monoio::fs::File>),
-        >,
-    >,
+    open: std::cell::RefCell<std::collections::HashMap<crate::digest::Digest, Kept>>,
 }
 
 /// Descriptors one worker keeps open at most.
 pub const FILES_OPEN_MAX: usize = 1024;
 
+/// One kept descriptor: its entry, the file, and the repositories this worker has already
+/// found the entry linked to.
+struct Kept {
+    entry: Arc<crate::store::Entry>,
+    file: Rc<monoio::fs::File>,
+    repos: Vec<Box<str>>,
+}
+
+impl Kept {
+    /// Still in the index.
+    fn live(&self) -> bool {
+        !self.entry.removed()
+    }
+}
+
 impl Files {
-    pub fn get(
+    /// A hit on a kept descriptor for `repo`: records the use and returns the size and the
+    /// file. `None` sends the caller to the index (not kept, removed, or `repo` not yet seen).
+    pub fn hit(
         &self,
         digest: &crate::digest::Digest,
-        entry: &Arc<crate::store::Entry>,
-    ) -> Option<Rc<monoio::fs::File>> {
-        let open = self.open.borrow();
-        let (weak, file) = open.get(digest)?;
-        (std::sync::Weak::as_ptr(weak) == Arc::as_ptr(entry)).then(|| file.clone())
+        repo: &str,
+    ) -> Option<(u64, Rc<monoio::fs::File>)> {
+        let mut open = self.open.borrow_mut();
+        let kept = open.get_mut(digest).filter(|k| k.live())?;
+        if !kept.repos.iter().any(|r| &**r == repo) {
+            if !kept.entry.linked(repo) {
+                return None;
+            }
+            kept.repos.push(repo.into());
+        }
+        kept.entry.touch();
+        Some((kept.entry.size, kept.file.clone()))
     }
 
     pub fn put(
@@ -193,15 +214,20 @@ impl Files {
                 open.remove(&k);
             }
         }
-        open.insert(digest, (Arc::downgrade(entry), file.clone()));
+        open.insert(
+            digest,
+            Kept {
+                entry: entry.clone(),
+                file: file.clone(),
+                repos: Vec::new(),
+            },
+        );
         file
     }
 
     /// Close the descriptors of entries that left the index.
     pub fn sweep(&self) {
-        self.open
-            .borrow_mut()
-            .retain(|_, (weak, _)| weak.strong_count() > 0);
+        self.open.borrow_mut().retain(|_, k| k.live());
     }
 }
 

@@ -25,6 +25,9 @@ pub struct Entry {
     pub last_access: AtomicU64,
     /// The access time last written to the state journal (so only changes are written).
     pub persisted_access: AtomicU64,
+    /// Set when the index drops or replaces this entry: workers' kept descriptors of it stop
+    /// being used and are closed (a load on the hit path, written once).
+    removed: std::sync::atomic::AtomicBool,
 }
 
 impl Entry {
@@ -35,6 +38,7 @@ impl Entry {
             repos: Mutex::new(Vec::new()),
             last_access: AtomicU64::new(now_ms()),
             persisted_access: AtomicU64::new(0),
+            removed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -61,8 +65,18 @@ impl Entry {
         self.repos.lock().unwrap().clone()
     }
 
+    /// Record a use. Stores only when the millisecond changed: a hot entry served from many
+    /// cores would otherwise bounce this cache line on every hit.
     pub fn touch(&self) {
-        self.last_access.store(now_ms(), Ordering::Relaxed);
+        let now = now_ms();
+        if self.last_access.load(Ordering::Relaxed) != now {
+            self.last_access.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the index has dropped this entry.
+    pub fn removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
     }
 
     pub fn last_access(&self) -> u64 {
@@ -151,6 +165,7 @@ impl Index {
         self.bytes.fetch_add(entry.size, Ordering::Relaxed);
         if let Some(old) = self.shard(&d).write().unwrap().insert(d, entry.clone()) {
             self.bytes.fetch_sub(old.size, Ordering::Relaxed);
+            old.removed.store(true, Ordering::Release);
         }
         entry
     }
@@ -159,6 +174,7 @@ impl Index {
         let old = self.shard(d).write().unwrap().remove(d);
         if let Some(o) = &old {
             self.bytes.fetch_sub(o.size, Ordering::Relaxed);
+            o.removed.store(true, Ordering::Release);
         }
         old
     }
