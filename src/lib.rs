@@ -15,7 +15,7 @@
 //! | [`error`] | one [`error::Error`]; one table kind → OCI code + status |
 //! | [`expiry`] | the expiry thread: TTL from last use, size cap (LRU), persisted state |
 //! | [`failpoint`] | named pauses for tests (feature `failpoints`, never in release) |
-//! | [`worker`] | one monoio runtime per core: listener, accept loop, connection cap |
+//! | [`worker`] | one monoio runtime per core: listeners, accept loops, connection cap, kept file descriptors for hits, drain |
 //! | [`http`] | `parse` (pure request heads), `body` (framing), `conn` (server), `client` (upstream) |
 //! | [`route`] | method + path → [`route::Route`]; OCI name/tag/digest grammar |
 //! | [`debug`] | the debug listener: `/metrics`, `/debug/health`, manual down/up |
