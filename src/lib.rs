@@ -58,6 +58,8 @@
 //! - **leader / follower**: the requester that started a fill / every requester streaming it.
 //! - **ingest**: a temp file under `ingest/` being filled; **commit** moves it into `blobs/`.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod config;
 pub mod debug;
 pub mod digest;

@@ -1,4 +1,6 @@
-//! The `ringcache` command: `serve`, `check-config`. Wires config → store → workers.
+//! The `ringcache` command: `serve`, `check-config`, `verify`. Wires config → store → workers.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
