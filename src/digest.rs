@@ -47,10 +47,6 @@ impl Digest {
         Some(Digest(out))
     }
 
-    pub fn from_bytes(bytes: [u8; 32]) -> Digest {
-        Digest(bytes)
-    }
-
     /// The sha256 of `data`.
     pub fn of(data: &[u8]) -> Digest {
         let d = ring::digest::digest(&ring::digest::SHA256, data);
@@ -61,10 +57,6 @@ impl Digest {
         let mut out = [0u8; 32];
         out.copy_from_slice(d.as_ref());
         Digest(out)
-    }
-
-    pub fn bytes(&self) -> &[u8; 32] {
-        &self.0
     }
 
     /// The 64 lowercase hex characters, without the algorithm.

@@ -125,43 +125,57 @@ async fn blob(
             .await;
         }
         let tail = format!("blobs/{digest}");
-        let unknown = Kind::BlobUnknown;
-        let Some((fill, cache)) =
-            join_fill(w, name, digest, Content::Blob, &tail, None, unknown).await?
-        else {
-            continue; // committed meanwhile: a hit
-        };
-        x.cache = cache;
-        let src = Source {
-            repo: &fill.repo,
+        let miss = Miss {
+            digest,
             tail: &tail,
             accept: None,
-            digest,
             unknown: Kind::BlobUnknown,
+            ctype: OCTETS,
         };
-        return follow_fill(w, req, x, &fill, OCTETS, &src).await;
+        if serve_miss(w, req, x, name, Content::Blob, miss).await? {
+            return Ok(());
+        }
+        // Committed meanwhile: serve it as a hit.
     }
 }
 
-/// Follow the fill of `digest` for `name`, starting it if there is none; `None` when it was
-/// committed meanwhile (serve a hit). A follower of a fill that runs under another repository
-/// first has upstream confirm the digest in its own.
-async fn join_fill(
-    w: &Rc<Worker>,
-    name: &str,
+/// What a miss fetches upstream, and how its answer is labelled.
+struct Miss<'a> {
     digest: Digest,
-    content: Content,
-    tail: &str,
-    accept: Option<&str>,
+    /// `blobs/<digest>` or `manifests/<digest>`.
+    tail: &'a str,
+    accept: Option<&'a str>,
+    /// The kind a 404 maps to.
     unknown: Kind,
-) -> Result<Option<(Arc<Fill>, Cache)>> {
+    /// Content-Type when upstream gives none.
+    ctype: &'a str,
+}
+
+/// Serve a miss: follow the fill of the digest, starting it if there is none. `Ok(false)` when
+/// it was committed meanwhile (the caller serves a hit). A follower of a fill that runs under
+/// another repository first has upstream confirm the digest in its own.
+async fn serve_miss(
+    w: &Rc<Worker>,
+    req: &Request,
+    x: &mut Exchange<'_>,
+    name: &str,
+    content: Content,
+    miss: Miss<'_>,
+) -> Result<bool> {
+    let Miss {
+        digest,
+        tail,
+        accept,
+        unknown,
+        ctype,
+    } = miss;
     let store = &w.shared.store;
     let (fill, cache) = match w
         .shared
         .fills
         .join_or_lead(digest, name, || store.index.contains(&digest))
     {
-        Joined::Committed => return Ok(None),
+        Joined::Committed => return Ok(false),
         Joined::Busy => {
             return Err(Error::new(
                 Kind::Unavailable,
@@ -186,7 +200,17 @@ async fn join_fill(
         confirm(w, name, tail, accept, unknown).await?;
         fill.add_link(name);
     }
-    Ok(Some((fill, cache)))
+    x.cache = cache;
+    let src = Source {
+        repo: &fill.repo,
+        tail,
+        accept,
+        digest,
+        unknown,
+    };
+    follow_fill(w, req, x, &fill, ctype, &src)
+        .await
+        .map(|()| true)
 }
 
 /// HEAD `tail` upstream in `name`: upstream confirms the content exists in that repository.
@@ -485,29 +509,18 @@ async fn manifest_by_digest(
         let content = Content::Manifest {
             accept: accept.to_string(),
         };
-        let unknown = Kind::ManifestUnknown;
-        let Some((fill, cache)) =
-            join_fill(w, name, digest, content, &tail, Some(accept), unknown).await?
-        else {
-            continue; // committed meanwhile: a hit
-        };
-        x.cache = cache;
-        let src = Source {
-            repo: &fill.repo,
+        let ctype = "application/vnd.oci.image.manifest.v1+json";
+        let miss = Miss {
+            digest,
             tail: &tail,
             accept: Some(accept),
-            digest,
             unknown: Kind::ManifestUnknown,
+            ctype,
         };
-        return follow_fill(
-            w,
-            req,
-            x,
-            &fill,
-            "application/vnd.oci.image.manifest.v1+json",
-            &src,
-        )
-        .await;
+        if serve_miss(w, req, x, name, content, miss).await? {
+            return Ok(());
+        }
+        // Committed meanwhile: serve it as a hit.
     }
 }
 

@@ -73,10 +73,6 @@ impl<K> Wheel<K> {
         self.nodes.is_empty()
     }
 
-    pub fn now(&self) -> u64 {
-        self.now
-    }
-
     /// Arm a deadline (in ticks). A deadline at or before `now` fires on the next `advance`.
     pub fn insert(&mut self, key: K, deadline: u64) -> TimerId {
         let deadline = deadline.max(self.now + 1);

@@ -219,14 +219,6 @@ impl Fills {
         Some(r)
     }
 
-    pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
-        self.shards[digest.shard(SHARDS)]
-            .lock()
-            .unwrap()
-            .get(digest)
-            .cloned()
-    }
-
     fn remove(&self, fill: &Arc<Fill>) {
         let mut shard = self.shards[fill.digest.shard(SHARDS)].lock().unwrap();
         if shard

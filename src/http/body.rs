@@ -159,10 +159,6 @@ impl Chunked {
         }
     }
 
-    pub fn is_done(&self) -> bool {
-        self.state == State::Done
-    }
-
     /// Decode from `input`. Returns at the first data run or after consuming all input.
     pub fn step(&mut self, input: &[u8]) -> Result<Step, ChunkedError> {
         let mut i = 0;
