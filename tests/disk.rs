@@ -107,10 +107,11 @@ fn disk_full_and_read_only_bypass_the_store_and_caching_resumes_by_itself() {
         !blob_file(&root, &big).exists(),
         "nothing committed when the disk is full"
     );
-    assert_eq!(
-        rc.proc.count_log(&[&big, "writing the ingest file failed"]),
+    // The disk filled mid-write (the fill's own log line, waited for as an event).
+    rc.proc.wait_count(
+        &[&big, "writing the ingest file failed"],
         1,
-        "the disk filled mid-write"
+        Duration::from_secs(10),
     );
     rc.proc.wait_log(
         "serving from upstream without caching",

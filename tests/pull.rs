@@ -270,7 +270,8 @@ fn https_upstream_with_a_private_ca() {
     let rc = Ringcache::start(&https, "");
     let r = http::get(rc.addr, "/v2/sec/app/manifests/v1");
     assert_eq!((r.status, r.error_code()), (503, "UNAVAILABLE".into()));
-    assert!(rc.proc.log.lock().unwrap().contains("TLS handshake failed"));
+    rc.proc
+        .wait_log("TLS handshake failed", Duration::from_secs(10));
     drop(rc);
 
     let rc = Ringcache::start(
