@@ -64,9 +64,30 @@ impl Digest {
         hex(&self.0)
     }
 
+    /// `sha256:<hex>` on the stack (response headers on the hit path allocate nothing).
+    pub fn text(&self) -> DigestText {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 71];
+        out[..7].copy_from_slice(b"sha256:");
+        for (i, b) in self.0.iter().enumerate() {
+            out[7 + 2 * i] = HEX[(b >> 4) as usize];
+            out[8 + 2 * i] = HEX[(b & 15) as usize];
+        }
+        DigestText(out)
+    }
+
     /// Which of the 64 shards this digest belongs to (its bytes are already uniform).
     pub fn shard(&self, shards: usize) -> usize {
         self.0[0] as usize & (shards - 1)
+    }
+}
+
+/// A digest's text form, held inline.
+pub struct DigestText([u8; 71]);
+
+impl DigestText {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
     }
 }
 
@@ -139,6 +160,7 @@ mod tests {
     fn roundtrip_and_hash() {
         let d = Digest::parse(EMPTY).unwrap();
         assert_eq!(d.to_string(), EMPTY);
+        assert_eq!(d.text().as_str(), EMPTY);
         assert_eq!(Digest::of(b""), d);
         assert_eq!(Digest::from_hex(&d.hex()), Some(d));
     }

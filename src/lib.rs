@@ -15,6 +15,7 @@
 //! | [`error`] | one [`error::Error`]; one table kind → OCI code + status |
 //! | [`expiry`] | the expiry thread: TTL from last use, size cap (LRU), persisted state |
 //! | [`failpoint`] | named pauses for tests (feature `failpoints`, never in release) |
+//! | [`buffers`] | per-worker pools of head and body buffers: idle connections hold none |
 //! | [`worker`] | one monoio runtime per core: listeners, accept loops, connection cap, kept file descriptors for hits, drain |
 //! | [`http`] | `parse` (pure request heads), `body` (framing), `conn` (server), `client` (upstream) |
 //! | [`route`] | method + path → [`route::Route`]; OCI name/tag/digest grammar |
@@ -32,7 +33,8 @@
 //!
 //! 1. **accept** — a worker accepts and spawns the connection task ([`worker`]).
 //! 2. **parse** — the request head is parsed from the connection's read buffer within the
-//!    limits ([`http::parse`], [`http::conn`]). Pipelined requests are answered in order.
+//!    limits ([`http::parse`], [`http::conn`]). Pipelined requests are answered in order. An idle
+//!    connection waits for readability holding no buffer; buffers come from [`buffers`].
 //! 3. **route** — method + path become a [`route::Route`]; writes get 405 `UNSUPPORTED`.
 //! 4. **tags** — a manifest by tag is resolved upstream with HEAD (within a freshness window,
 //!    and stale-if-error) ([`proxy`], [`store::tags`]). From here on everything is by digest.
@@ -60,6 +62,7 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod buffers;
 pub mod config;
 pub mod debug;
 pub mod digest;

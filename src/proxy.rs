@@ -75,8 +75,10 @@ pub async fn serve(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>) -> Resul
             x.ty = Some(Type::Manifest);
             manifest_by_tag(w, req, x, name, tag).await
         }
-        Route::Tags { name, page } => tags_list(w, x, name, page).await,
-        Route::Catalog { page } => catalog(w, x, page).await,
+        // Cold paths are boxed here and below, so that the connection task (one per open
+        // connection) is as small as the hit path needs.
+        Route::Tags { name, page } => Box::pin(tags_list(w, x, name, page)).await,
+        Route::Catalog { page } => Box::pin(catalog(w, x, page)).await,
     }
 }
 
@@ -93,16 +95,23 @@ async fn blob(
     loop {
         // The hot path: a descriptor this worker keeps, for an entry still in the index, already
         // found linked to this repository.
-        if let Some((size, file)) = w.files.hit(&digest, name) {
+        if let Some(hit) = w.files.hit(&digest, name) {
             x.cache = Cache::Hit;
-            return match send_range_head(req, x, digest, size, OCTETS).await? {
-                Some((start, end)) => x.send_file(&file, start, end).await.map_err(io),
+            return match send_range_head(req, x, digest, hit.size, OCTETS).await? {
+                Some((start, end)) => x.send_file(&hit.file, start, end).await.map_err(io),
                 None => Ok(()),
             };
         }
         if let Some(entry) = store.index.get(&digest) {
             if !entry.linked(name) {
-                confirm(w, name, &format!("blobs/{digest}"), None, Kind::BlobUnknown).await?;
+                Box::pin(confirm(
+                    w,
+                    name,
+                    &format!("blobs/{digest}"),
+                    None,
+                    Kind::BlobUnknown,
+                ))
+                .await?;
                 w.shared.link(&entry, digest, name);
             }
             entry.touch();
@@ -113,7 +122,7 @@ async fn blob(
             continue; // gone since the lookup: a miss
         }
         if req.method == Method::Head {
-            return head_upstream(
+            return Box::pin(head_upstream(
                 w,
                 x,
                 name,
@@ -121,7 +130,7 @@ async fn blob(
                 None,
                 Kind::BlobUnknown,
                 digest,
-            )
+            ))
             .await;
         }
         let tail = format!("blobs/{digest}");
@@ -132,7 +141,7 @@ async fn blob(
             unknown: Kind::BlobUnknown,
             ctype: OCTETS,
         };
-        if serve_miss(w, req, x, name, Content::Blob, miss).await? {
+        if Box::pin(serve_miss(w, req, x, name, Content::Blob, miss)).await? {
             return Ok(());
         }
         // Committed meanwhile: serve it as a hit.
@@ -338,11 +347,12 @@ async fn send_range_head(
     size: u64,
     ctype: &str,
 ) -> Result<Option<(u64, u64)>> {
-    let digest = digest.to_string();
-    let mut headers = vec![
+    let digest = digest.text();
+    let mut headers = [
         ("Content-Type", ctype),
         ("Docker-Content-Digest", digest.as_str()),
         ("Accept-Ranges", "bytes"),
+        ("Content-Range", ""),
     ];
     let (status, start, end, content_range) = match resolve_range(req.range, size) {
         RangeResult::Full => (200, 0, size.saturating_sub(1), None),
@@ -351,16 +361,21 @@ async fn send_range_head(
         }
         RangeResult::Unsatisfiable => {
             let cr = format!("bytes */{size}");
-            headers.push(("Content-Range", &cr));
+            headers[3].1 = &cr;
             x.send_head(416, 0, &headers).await.map_err(io)?;
             return Ok(None);
         }
     };
-    if let Some(cr) = &content_range {
-        headers.push(("Content-Range", cr));
-    }
+    let n = match &content_range {
+        Some(cr) => {
+            headers[3].1 = cr;
+            4
+        }
+        None => 3,
+    };
     let length = if size == 0 { 0 } else { end + 1 - start };
-    x.send_head(status, length, &headers).await.map_err(io)?;
+    // Deferred: it goes out with the first body bytes (flushed by the connection otherwise).
+    x.defer_head(status, length, &headers[..n]);
     Ok((!x.head_only && length > 0).then_some((start, end)))
 }
 
@@ -411,12 +426,14 @@ async fn follow_fill(
     let Some((start, end)) = send_range_head(req, x, fill.digest, size, &ctype).await? else {
         return Ok(());
     };
-    let buf = std::mem::take(&mut x.buf);
+    x.flush_head().await.map_err(io)?;
+    let buf = x.take_buf();
+    let chunk = x.chunk();
     let (res, buf) = follow::stream(
-        fill, &file, start, end, size, x.sock, buf, send_stall, stall,
+        fill, &file, start, end, size, x.sock, buf, chunk, send_stall, stall,
     )
     .await;
-    x.buf = buf;
+    x.put_buf(buf);
     match res {
         Ok(()) => {
             x.body_bytes += end + 1 - start;
@@ -470,31 +487,47 @@ async fn manifest_by_digest(
     confirmed: Option<&str>,
 ) -> Result<()> {
     let store = &w.shared.store;
-    let tail = format!("manifests/{digest}");
     loop {
+        // The hot path, as for blobs: a kept descriptor that knows its media type.
+        if let Some(hit) = w.files.hit(&digest, name) {
+            if let Some(mt) = &hit.media_type {
+                x.cache = Cache::Hit;
+                let d = digest.text();
+                x.defer_head(
+                    200,
+                    hit.size,
+                    &[("Content-Type", mt), ("Docker-Content-Digest", d.as_str())],
+                );
+                if x.head_only || hit.size == 0 {
+                    return Ok(());
+                }
+                return x.send_file(&hit.file, 0, hit.size - 1).await.map_err(io);
+            }
+        }
+        let tail = format!("manifests/{digest}");
         if let Some(entry) = store.index.get(&digest) {
             if !entry.linked(name) {
                 if confirmed != Some(name) {
-                    confirm(
+                    Box::pin(confirm(
                         w,
                         name,
                         &tail,
                         Some(accept_or_default(req)),
                         Kind::ManifestUnknown,
-                    )
+                    ))
                     .await?;
                 }
                 w.shared.link(&entry, digest, name);
             }
             entry.touch();
             x.cache = Cache::Hit;
-            if send_manifest(w, x, digest, &entry).await? {
+            if Box::pin(send_manifest(w, x, digest, &entry)).await? {
                 return Ok(());
             }
             continue; // gone since the lookup: a miss
         }
         if req.method == Method::Head {
-            return head_upstream(
+            return Box::pin(head_upstream(
                 w,
                 x,
                 name,
@@ -502,7 +535,7 @@ async fn manifest_by_digest(
                 Some(accept_or_default(req)),
                 Kind::ManifestUnknown,
                 digest,
-            )
+            ))
             .await;
         }
         let accept = accept_or_default(req);
@@ -517,7 +550,7 @@ async fn manifest_by_digest(
             unknown: Kind::ManifestUnknown,
             ctype,
         };
-        if serve_miss(w, req, x, name, content, miss).await? {
+        if Box::pin(serve_miss(w, req, x, name, content, miss)).await? {
             return Ok(());
         }
         // Committed meanwhile: serve it as a hit.
@@ -530,9 +563,9 @@ async fn send_manifest(
     w: &Rc<Worker>,
     x: &mut Exchange<'_>,
     digest: Digest,
-    entry: &Entry,
+    entry: &Arc<Entry>,
 ) -> Result<bool> {
-    let Some(body) = read_small(w, digest, entry.size).await? else {
+    let Some((file, body)) = read_small(w, digest, entry.size).await? else {
         return Ok(false);
     };
     let media_type = match entry.media_type() {
@@ -543,10 +576,15 @@ async fn send_manifest(
             mt
         }
     };
-    let d = digest.to_string();
+    // Later hits on this worker take the kept descriptor.
+    w.files.put(digest, entry, file);
+    let d = digest.text();
     x.send_full(
         200,
-        &[("Content-Type", &media_type), ("Docker-Content-Digest", &d)],
+        &[
+            ("Content-Type", &media_type),
+            ("Docker-Content-Digest", d.as_str()),
+        ],
         body,
     )
     .await
@@ -554,7 +592,11 @@ async fn send_manifest(
     .map(|_| true)
 }
 
-async fn read_small(w: &Rc<Worker>, digest: Digest, size: u64) -> Result<Option<Vec<u8>>> {
+async fn read_small(
+    w: &Rc<Worker>,
+    digest: Digest,
+    size: u64,
+) -> Result<Option<(monoio::fs::File, Vec<u8>)>> {
     if size > limits::MANIFEST_BYTES_MAX {
         return Err(Error::new(
             Kind::Internal,
@@ -568,7 +610,7 @@ async fn read_small(w: &Rc<Worker>, digest: Digest, size: u64) -> Result<Option<
     let buf = Vec::with_capacity(size as usize);
     let (res, buf) = file.read_exact_at(buf, 0).await;
     res.or_err(Kind::Internal, Side::Store, "read manifest")?;
-    Ok(Some(buf))
+    Ok(Some((file, buf)))
 }
 
 /// The media type of a manifest from its JSON (`mediaType`, else its shape).
@@ -608,6 +650,19 @@ async fn manifest_by_tag(
             return manifest_by_digest(w, req, x, name, r.digest, Some(name)).await;
         }
     }
+    Box::pin(revalidate_tag(w, req, x, name, tag, cached)).await
+}
+
+/// Resolve a tag upstream (HEAD; one at a time per tag), then serve the manifest by digest.
+async fn revalidate_tag(
+    w: &Rc<Worker>,
+    req: &Request,
+    x: &mut Exchange<'_>,
+    name: &str,
+    tag: &str,
+    cached: Option<crate::store::tags::Resolution>,
+) -> Result<()> {
+    let shared = &w.shared;
     let tail = format!("manifests/{tag}");
     let accept = accept_or_default(req).to_string();
     let asked = Instant::now();

@@ -172,6 +172,15 @@ struct Kept {
     entry: Arc<crate::store::Entry>,
     file: Rc<monoio::fs::File>,
     repos: Vec<Box<str>>,
+    /// The entry's media type when kept (manifests; a worker-local copy).
+    media_type: Option<Rc<str>>,
+}
+
+/// A hit on a kept descriptor.
+pub struct Hit {
+    pub size: u64,
+    pub file: Rc<monoio::fs::File>,
+    pub media_type: Option<Rc<str>>,
 }
 
 impl Kept {
@@ -182,13 +191,10 @@ impl Kept {
 }
 
 impl Files {
-    /// A hit on a kept descriptor for `repo`: records the use and returns the size and the
-    /// file. `None` sends the caller to the index (not kept, removed, or `repo` not yet seen).
-    pub fn hit(
-        &self,
-        digest: &crate::digest::Digest,
-        repo: &str,
-    ) -> Option<(u64, Rc<monoio::fs::File>)> {
+    /// A hit on a kept descriptor for `repo`: records the use and returns the size, the file
+    /// and the media type. `None` sends the caller to the index (not kept, removed, or `repo`
+    /// not yet seen).
+    pub fn hit(&self, digest: &crate::digest::Digest, repo: &str) -> Option<Hit> {
         let mut open = self.open.borrow_mut();
         let kept = open.get_mut(digest).filter(|k| k.live())?;
         if !kept.repos.iter().any(|r| &**r == repo) {
@@ -198,7 +204,11 @@ impl Files {
             kept.repos.push(repo.into());
         }
         kept.entry.touch();
-        Some((kept.entry.size, kept.file.clone()))
+        Some(Hit {
+            size: kept.entry.size,
+            file: kept.file.clone(),
+            media_type: kept.media_type.clone(),
+        })
     }
 
     pub fn put(
@@ -220,6 +230,7 @@ impl Files {
                 entry: entry.clone(),
                 file: file.clone(),
                 repos: Vec::new(),
+                media_type: entry.media_type().map(|m| Rc::from(&*m)),
             },
         );
         file
@@ -240,6 +251,8 @@ pub struct Worker {
     connections: Cell<usize>,
     /// Open descriptors of committed files (the hit path's).
     pub files: Files,
+    /// Head and body buffers, borrowed per request.
+    pub buffers: crate::buffers::Buffers,
 }
 
 /// Bind `n` SO_REUSEPORT listeners on `addr` (the kernel spreads connections over them). With
@@ -367,6 +380,7 @@ async fn serve_worker(
         upstream,
         connections: Cell::new(0),
         files: Files::default(),
+        buffers: Default::default(),
     });
     // The heartbeat proves this event loop answers (the systemd watchdog reads it).
     let beat = worker.clone();

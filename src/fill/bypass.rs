@@ -171,8 +171,8 @@ async fn relay(
     mut skip: u64,
     mut verify: Option<(ring::digest::Context, Digest)>,
 ) -> Result<()> {
-    let mut buf = std::mem::take(&mut x.buf);
-    buf.reserve(CHUNK_BYTES);
+    let mut buf = x.take_buf();
+    buf.reserve(x.chunk());
     while remaining > 0 {
         let mut piece = match resp.chunk(buf).await? {
             Some(p) => p,
@@ -225,6 +225,6 @@ async fn relay(
         }
         buf = back;
     }
-    x.buf = buf;
+    x.put_buf(buf);
     Ok(())
 }

@@ -15,7 +15,6 @@ use monoio::net::TcpStream;
 
 use super::{Fill, State};
 use crate::error::Kind;
-use crate::limits::CHUNK_BYTES;
 
 /// Wait until the fill has an answer from upstream: its state then, never `Pending`.
 pub async fn start(fill: &Fill) -> State {
@@ -66,7 +65,7 @@ pub enum Cut {
 
 /// Stream bytes `[start, end]` (inclusive) of the fill's body to `sock`. `size` is the body
 /// size; if the range includes the last byte, that byte is sent only after the commit.
-/// `buf` is this connection's read buffer, returned for reuse.
+/// `buf` is this request's read buffer (reads of up to `chunk` bytes), returned for reuse.
 #[allow(clippy::too_many_arguments)]
 pub async fn stream(
     fill: &Fill,
@@ -76,6 +75,7 @@ pub async fn stream(
     size: u64,
     sock: &mut TcpStream,
     mut buf: Vec<u8>,
+    chunk: usize,
     send_stall: Duration,
     progress_stall: Duration,
 ) -> (Result<(), Cut>, Vec<u8>) {
@@ -112,7 +112,7 @@ pub async fn stream(
             }
             continue;
         }
-        let want = ((limit - pos) as usize).min(CHUNK_BYTES);
+        let want = ((limit - pos) as usize).min(chunk);
         buf.clear();
         buf.reserve(want);
         let slice = monoio::buf::IoBufMut::slice_mut(buf, 0..want);
@@ -134,7 +134,7 @@ pub async fn stream(
                 Err(_) => {
                     return (
                         Err(Cut::Client(std::io::ErrorKind::TimedOut.into())),
-                        Vec::with_capacity(CHUNK_BYTES),
+                        Vec::new(),
                     )
                 }
             };

@@ -15,6 +15,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::parse::{parse_range, parse_request, Head, Parsed};
+use crate::buffers::{Buffers, Lent, SMALL_CHUNK_BYTES};
 use crate::error::{Error, Kind};
 use crate::limits::CHUNK_BYTES;
 use crate::proxy::{self, Request};
@@ -32,9 +33,14 @@ pub struct Exchange<'a> {
     /// Whether the connection may serve another request after this one.
     pub keep_alive: bool,
     minor_version: u8,
-    /// The connection's body buffer (file reads), rented to followers and hits.
-    pub buf: Vec<u8>,
-    /// Set once a response head is written: after that an error can only cut the connection.
+    /// The body buffer (file reads) borrowed from the worker's pool for this request, if any.
+    buf: Vec<u8>,
+    lent: Lent,
+    pool: &'a Buffers,
+    /// A response head formatted but not yet written (see [`Exchange::defer_head`]).
+    head: Vec<u8>,
+    /// Set once a response head is written (or deferred): after that an error can only cut
+    /// the connection.
     pub wrote_head: bool,
     pub status: u16,
     pub body_bytes: u64,
@@ -48,52 +54,105 @@ pub struct Exchange<'a> {
 }
 
 impl Exchange<'_> {
-    /// Write a response head. `headers` are added after the standard ones.
+    /// This request's body buffer (borrowed from the worker's pool on first use); hand it back
+    /// with [`Exchange::put_buf`] so later chunks reuse it.
+    pub fn take_buf(&mut self) -> Vec<u8> {
+        if self.lent == Lent::None {
+            let (v, lent) = self.pool.body();
+            self.lent = lent;
+            return v;
+        }
+        let v = std::mem::take(&mut self.buf);
+        if v.capacity() == 0 {
+            // Lost to a cancelled write: a fresh one of the size this borrow allows.
+            return Vec::with_capacity(self.chunk());
+        }
+        v
+    }
+
+    pub fn put_buf(&mut self, v: Vec<u8>) {
+        self.buf = v;
+    }
+
+    /// Bytes per file read for this request.
+    pub fn chunk(&self) -> usize {
+        match self.lent {
+            Lent::Small => SMALL_CHUNK_BYTES,
+            _ => CHUNK_BYTES,
+        }
+    }
+
+    /// End of the request: the body buffer goes back to the pool.
+    fn release(&mut self) {
+        let lent = std::mem::take(&mut self.lent);
+        if lent != Lent::None {
+            self.pool.give_body(lent, std::mem::take(&mut self.buf));
+        }
+    }
+
+    /// Write a response head now. `headers` are added after the standard ones.
     pub async fn send_head(
         &mut self,
         status: u16,
         content_length: u64,
         headers: &[(&str, &str)],
     ) -> std::io::Result<()> {
-        assert!(!self.wrote_head, "response head written twice");
-        let mut h = String::with_capacity(256);
-        h.push_str("HTTP/1.1 ");
-        h.push_str(&status.to_string());
-        h.push(' ');
-        h.push_str(reason(status));
-        h.push_str("\r\nContent-Length: ");
-        h.push_str(&content_length.to_string());
-        h.push_str("\r\nDocker-Distribution-API-Version: registry/2.0\r\n");
-        if !self.keep_alive {
-            h.push_str("Connection: close\r\n");
-        } else if self.minor_version == 0 {
-            h.push_str("Connection: keep-alive\r\n");
-        }
-        for (name, value) in headers {
-            h.push_str(name);
-            h.push_str(": ");
-            h.push_str(value);
-            h.push_str("\r\n");
-        }
-        h.push_str("\r\n");
-        self.wrote_head = true;
-        self.status = status;
-        self.write(h.into_bytes()).await
+        self.defer_head(status, content_length, headers);
+        self.flush_head().await
     }
 
-    /// A complete response from memory (the body is skipped for HEAD).
+    /// Format a response head to go out with the first body bytes ([`Exchange::send_file`],
+    /// [`Exchange::send_full`]): one write, one segment for a small response. Whatever is
+    /// still pending when the request ends is flushed by the connection.
+    pub fn defer_head(&mut self, status: u16, content_length: u64, headers: &[(&str, &str)]) {
+        use std::io::Write;
+        assert!(!self.wrote_head, "response head written twice");
+        let h = &mut self.head;
+        h.clear();
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            h,
+            "HTTP/1.1 {status} {}\r\nContent-Length: {content_length}\r\nDocker-Distribution-API-Version: registry/2.0\r\n",
+            reason(status)
+        );
+        if !self.keep_alive {
+            h.extend_from_slice(b"Connection: close\r\n");
+        } else if self.minor_version == 0 {
+            h.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        for (name, value) in headers {
+            h.extend_from_slice(name.as_bytes());
+            h.extend_from_slice(b": ");
+            h.extend_from_slice(value.as_bytes());
+            h.extend_from_slice(b"\r\n");
+        }
+        h.extend_from_slice(b"\r\n");
+        self.wrote_head = true;
+        self.status = status;
+    }
+
+    /// Write a deferred head, if one is pending.
+    pub async fn flush_head(&mut self) -> std::io::Result<()> {
+        if self.head.is_empty() {
+            return Ok(());
+        }
+        let h = std::mem::take(&mut self.head);
+        self.write(h).await
+    }
+
+    /// A complete response from memory (the body is skipped for HEAD), in one write.
     pub async fn send_full(
         &mut self,
         status: u16,
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> std::io::Result<()> {
-        self.send_head(status, body.len() as u64, headers).await?;
-        if self.head_only || body.is_empty() {
-            return Ok(());
+        self.defer_head(status, body.len() as u64, headers);
+        if !self.head_only && !body.is_empty() {
+            self.body_bytes += body.len() as u64;
+            self.head.extend_from_slice(&body);
         }
-        self.body_bytes += body.len() as u64;
-        self.write(body).await
+        self.flush_head().await
     }
 
     pub async fn send_error(&mut self, e: &Error) -> std::io::Result<()> {
@@ -125,14 +184,20 @@ impl Exchange<'_> {
         start: u64,
         end: u64,
     ) -> std::io::Result<()> {
-        let mut buf = std::mem::take(&mut self.buf);
+        let mut buf = self.take_buf();
+        let chunk = self.chunk();
+        // A deferred head goes out in front of the first chunk.
+        let mut head = std::mem::take(&mut self.head);
         let mut pos = start;
         let mut result = Ok(());
         while pos <= end {
-            let want = ((end + 1 - pos) as usize).min(CHUNK_BYTES);
             buf.clear();
+            buf.extend_from_slice(&head);
+            let at = head.len();
+            head.clear();
+            let want = ((end + 1 - pos) as usize).min(chunk.saturating_sub(at).max(1));
             buf.reserve(want);
-            let (res, slice) = file.read_at(buf.slice_mut(0..want), pos).await;
+            let (res, slice) = file.read_at(buf.slice_mut(at..at + want), pos).await;
             buf = slice.into_inner();
             let n = match res {
                 Ok(0) => {
@@ -145,17 +210,19 @@ impl Exchange<'_> {
                     break;
                 }
             };
-            let (res, slice) =
-                match monoio::time::timeout(self.send_stall, self.sock.write_all(buf.slice(0..n)))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => {
-                        result = Err(std::io::ErrorKind::TimedOut.into());
-                        buf = Vec::new();
-                        break;
-                    }
-                };
+            let (res, slice) = match monoio::time::timeout(
+                self.send_stall,
+                self.sock.write_all(buf.slice(0..at + n)),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    result = Err(std::io::ErrorKind::TimedOut.into());
+                    buf = Vec::new();
+                    break;
+                }
+            };
             buf = slice.into_inner();
             if let Err(e) = res {
                 result = Err(e);
@@ -164,127 +231,188 @@ impl Exchange<'_> {
             pos += n as u64;
             self.body_bytes += n as u64;
         }
-        self.buf = buf;
+        self.put_buf(buf);
         result
     }
 }
 
 /// Serve one client connection until it closes, idles out, or breaks the rules.
+///
+/// An idle connection is only this loop waiting for readability: no buffer, and a task a few
+/// hundred bytes big. Reading and answering a request is one boxed future, allocated when
+/// bytes arrive (10,000 idle connections cost a few MiB, not the size of the request path
+/// times 10,000).
 pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::SocketAddr) {
     // Limits as they are now (SIGHUP may change them for later connections).
     let limits = worker.shared.live.limits();
-    let mut buf: Vec<u8> = Vec::with_capacity(limits.head_bytes_max);
-    let mut body_buf: Vec<u8> = Vec::new();
+    let pool = &worker.buffers;
+    // Pipelined bytes not yet answered; empty (and unallocated) while idle.
+    let mut buf: Vec<u8> = Vec::new();
     loop {
-        let (head, back) = read_head(&mut sock, buf, &limits, &worker.shared.drain).await;
-        buf = back;
-        let head = match head {
-            Ok(Some(h)) => h,
-            Ok(None) => return,
-            Err(e) => {
-                let mut x = Exchange {
-                    sock: &mut sock,
-                    head_only: false,
-                    keep_alive: false,
-                    minor_version: 1,
-                    buf: Vec::new(),
-                    wrote_head: false,
-                    status: 0,
-                    body_bytes: 0,
-                    send_stall: limits.send_stall,
-                    cache: Default::default(),
-                    ty: None,
-                    upstream_ms: None,
-                };
-                tracing::debug!(%peer, error = %e, "bad request head");
-                let _ = x.send_error(&e).await;
-                return;
-            }
-        };
-        let started = Instant::now();
-        let method = Method::parse(head.method.str(&buf));
-        let target = head.target.str(&buf);
-        let routed = route::route(method, target);
-        // A request with a body we will not read (writes are refused) ends the connection.
-        let keep_alive = head.keep_alive() && !head.has_body;
-        let mut x = Exchange {
-            sock: &mut sock,
-            head_only: head.method.str(&buf) == "HEAD",
-            keep_alive,
-            minor_version: head.minor_version,
-            buf: std::mem::take(&mut body_buf),
-            wrote_head: false,
-            status: 0,
-            body_bytes: 0,
-            send_stall: limits.send_stall,
-            cache: Default::default(),
-            ty: None,
-            upstream_ms: None,
-        };
-        let result = match routed {
-            Ok(Some(route)) => {
-                let req = Request {
-                    method,
-                    route,
-                    accept: accept_of(&head, &buf),
-                    range: head.range.and_then(|r| parse_range(r.of(&buf))),
-                };
-                proxy::serve(&worker, &req, &mut x).await
-            }
-            Ok(None) => x
-                .send_full(
-                    404,
-                    &[("Content-Type", "text/plain; charset=utf-8")],
-                    b"404 page not found\n".to_vec(),
-                )
-                .await
-                .map_err(|e| Error::client(Kind::Internal, "write").with_cause(e)),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            if x.wrote_head {
-                // Mid-body: the only honest signal left is to cut the connection short.
-                tracing::info!(%peer, error = %e, "response cut short");
-                x.keep_alive = false;
-            } else {
-                if e.side != crate::error::Side::Client {
-                    tracing::info!(%peer, error = %e, "request failed");
-                }
-                let _ = x.send_error(&e).await;
-            }
-        }
-        let elapsed = started.elapsed();
-        let method_str = head.method.str(&buf);
-        worker.counters().request(
-            method_str,
-            x.status,
-            elapsed.as_secs_f64(),
-            x.cache,
-            x.ty,
-            x.body_bytes,
-        );
-        // The access log: one line per request; the target is escaped (control characters
-        // from clients never reach the log raw).
-        tracing::info!(
-            target: "ringcache::access",
-            %peer,
-            method = %method_str.escape_debug(),
-            target = %head.target.str(&buf).escape_debug(),
-            status = x.status,
-            bytes = x.body_bytes,
-            us = elapsed.as_micros() as u64,
-            cache = %x.cache.as_str(),
-            upstream_ms = x.upstream_ms.unwrap_or(0),
-            "request"
-        );
-        // Draining: answer what was asked, then close.
-        let keep = x.keep_alive && !worker.shared.drain.is_draining();
-        body_buf = std::mem::take(&mut x.buf);
-        if !keep {
+        if buf.is_empty() && !idle(&sock, &limits, &worker.shared.drain).await {
+            pool.give_head(buf);
             return;
         }
+        let (keep, back) = Box::pin(exchange(&worker, &mut sock, peer, buf, &limits)).await;
+        buf = back;
+        if !keep {
+            pool.give_head(buf);
+            return;
+        }
+        if buf.is_empty() {
+            pool.give_head(std::mem::take(&mut buf));
+        }
+    }
+}
+
+/// Wait for the next request's first bytes. `false`: idle timeout, drain, or a dead socket.
+async fn idle(
+    sock: &TcpStream,
+    limits: &crate::limits::Limits,
+    drain: &crate::worker::Drain,
+) -> bool {
+    let drained = drain.listen();
+    if drain.is_draining() {
+        return false;
+    }
+    let ready = monoio::time::timeout(limits.keepalive_idle, sock.readable(false));
+    monoio::select! {
+        r = ready => matches!(r, Ok(Ok(()))),
+        _ = drained => false,
+    }
+}
+
+/// Read one request head and answer it. Returns whether the connection stays open, and the
+/// bytes after this request's head (pipelined requests).
+async fn exchange(
+    worker: &Rc<Worker>,
+    sock: &mut TcpStream,
+    peer: std::net::SocketAddr,
+    buf: Vec<u8>,
+    limits: &crate::limits::Limits,
+) -> (bool, Vec<u8>) {
+    let pool = &worker.buffers;
+    let (head, mut buf) = read_head(sock, buf, limits, pool).await;
+    let head = match head {
+        Ok(Some(h)) => h,
+        Ok(None) => return (false, buf),
+        Err(e) => {
+            let mut x = Exchange {
+                sock,
+                head_only: false,
+                keep_alive: false,
+                minor_version: 1,
+                buf: Vec::new(),
+                lent: Lent::None,
+                pool,
+                head: Vec::new(),
+                wrote_head: false,
+                status: 0,
+                body_bytes: 0,
+                send_stall: limits.send_stall,
+                cache: Default::default(),
+                ty: None,
+                upstream_ms: None,
+            };
+            tracing::debug!(%peer, error = %e, "bad request head");
+            let _ = x.send_error(&e).await;
+            return (false, buf);
+        }
+    };
+    let started = Instant::now();
+    let method = Method::parse(head.method.str(&buf));
+    let target = head.target.str(&buf);
+    let routed = route::route(method, target);
+    // A request with a body we will not read (writes are refused) ends the connection.
+    let keep_alive = head.keep_alive() && !head.has_body;
+    let mut x = Exchange {
+        sock,
+        head_only: head.method.str(&buf) == "HEAD",
+        keep_alive,
+        minor_version: head.minor_version,
+        buf: Vec::new(),
+        lent: Lent::None,
+        pool,
+        head: Vec::new(),
+        wrote_head: false,
+        status: 0,
+        body_bytes: 0,
+        send_stall: limits.send_stall,
+        cache: Default::default(),
+        ty: None,
+        upstream_ms: None,
+    };
+    let result = match routed {
+        Ok(Some(route)) => {
+            let req = Request {
+                method,
+                route,
+                accept: accept_of(&head, &buf),
+                range: head.range.and_then(|r| parse_range(r.of(&buf))),
+            };
+            proxy::serve(worker, &req, &mut x).await
+        }
+        Ok(None) => x
+            .send_full(
+                404,
+                &[("Content-Type", "text/plain; charset=utf-8")],
+                b"404 page not found\n".to_vec(),
+            )
+            .await
+            .map_err(|e| Error::client(Kind::Internal, "write").with_cause(e)),
+        Err(e) => Err(e),
+    };
+    // A head deferred for a body that never followed (HEAD, an empty body).
+    let result = match result {
+        Ok(()) => x
+            .flush_head()
+            .await
+            .map_err(|e| Error::client(Kind::Internal, "write").with_cause(e)),
+        e => e,
+    };
+    if let Err(e) = result {
+        if x.wrote_head {
+            // Mid-body: the only honest signal left is to cut the connection short.
+            tracing::info!(%peer, error = %e, "response cut short");
+            x.keep_alive = false;
+        } else {
+            if e.side != crate::error::Side::Client {
+                tracing::info!(%peer, error = %e, "request failed");
+            }
+            let _ = x.send_error(&e).await;
+        }
+    }
+    let elapsed = started.elapsed();
+    let method_str = head.method.str(&buf);
+    worker.counters().request(
+        method_str,
+        x.status,
+        elapsed.as_secs_f64(),
+        x.cache,
+        x.ty,
+        x.body_bytes,
+    );
+    // The access log: one line per request; the target is escaped (control characters
+    // from clients never reach the log raw).
+    tracing::info!(
+        target: "ringcache::access",
+        %peer,
+        method = %method_str.escape_debug(),
+        target = %head.target.str(&buf).escape_debug(),
+        status = x.status,
+        bytes = x.body_bytes,
+        us = elapsed.as_micros() as u64,
+        cache = %x.cache.as_str(),
+        upstream_ms = x.upstream_ms.unwrap_or(0),
+        "request"
+    );
+    // Draining: answer what was asked, then close.
+    let keep = x.keep_alive && !worker.shared.drain.is_draining();
+    x.release();
+    if keep {
         buf.drain(..head.len);
     }
+    (keep, buf)
 }
 
 /// The client's Accept headers joined (forwarded upstream for manifests).
@@ -299,14 +427,19 @@ fn accept_of(head: &Head, buf: &[u8]) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
-/// Read until `buf` holds a complete head. `Ok(None)`: the client closed or idled out.
+/// Read until `buf` holds a complete head (called once bytes are ready, or with pipelined
+/// bytes in `buf`; an empty `buf` borrows a head buffer from `pool`). `Ok(None)`: the client
+/// closed, or did not finish the head within the head timeout.
 async fn read_head(
     sock: &mut TcpStream,
     mut buf: Vec<u8>,
     limits: &crate::limits::Limits,
-    drain: &crate::worker::Drain,
+    pool: &Buffers,
 ) -> (Result<Option<Head>, Error>, Vec<u8>) {
-    let mut deadline: Option<Instant> = None;
+    let deadline = Instant::now() + limits.head_timeout;
+    if buf.capacity() == 0 {
+        buf = pool.head(limits.head_bytes_max);
+    }
     loop {
         if !buf.is_empty() {
             match parse_head(&buf, limits) {
@@ -315,44 +448,16 @@ async fn read_head(
                 Err(e) => return (Err(e), buf),
             }
         }
-        let timeout = match deadline {
-            None if buf.is_empty() => limits.keepalive_idle,
-            None => {
-                deadline = Some(Instant::now() + limits.head_timeout);
-                limits.head_timeout
-            }
-            Some(d) => d.saturating_duration_since(Instant::now()),
-        };
         let len = buf.len();
         let want = limits.head_bytes_max - len;
         buf.reserve(want);
-        let read = monoio::time::timeout(timeout, sock.read(buf.slice_mut(len..len + want)));
-        let read = if len == 0 {
-            // Idle between requests: a drain ends the connection now.
-            let drained = drain.listen();
-            if drain.is_draining() {
-                return (Ok(None), Vec::new());
-            }
-            monoio::select! {
-                r = read => r,
-                _ = drained => return (Ok(None), Vec::new()),
-            }
-        } else {
-            read.await
-        };
-        match read {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(timeout, sock.read(buf.slice_mut(len..len + want))).await {
             Ok((Ok(0), slice)) => return (Ok(None), slice.into_inner()),
-            Ok((Ok(_), slice)) => {
-                buf = slice.into_inner();
-                if deadline.is_none() {
-                    deadline = Some(Instant::now() + limits.head_timeout);
-                }
-            }
+            Ok((Ok(_), slice)) => buf = slice.into_inner(),
             Ok((Err(_), slice)) => return (Ok(None), slice.into_inner()),
-            Err(_) => {
-                // Idle keep-alive timeout, or a head that did not arrive in time.
-                return (Ok(None), Vec::with_capacity(limits.head_bytes_max));
-            }
+            // A head that did not arrive in time.
+            Err(_) => return (Ok(None), Vec::new()),
         }
     }
 }
