@@ -646,7 +646,11 @@ async fn manifest_by_tag(
         .get(name, tag)
         .filter(|r| accepts(req, &r.media_type));
     if let Some(r) = &cached {
-        if r.at.elapsed() < shared.config.tags_fresh_for && shared.store.index.contains(&r.digest) {
+        // Fresh, and the content is here or on its way (a fill's followers may finish before
+        // its commit): no upstream request.
+        if r.at.elapsed() < shared.config.tags_fresh_for
+            && (shared.store.index.contains(&r.digest) || shared.fills.contains(&r.digest))
+        {
             return manifest_by_digest(w, req, x, name, r.digest, Some(name)).await;
         }
     }

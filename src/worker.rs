@@ -303,12 +303,15 @@ pub fn spawn(
     ready: std::sync::mpsc::Sender<usize>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut handles = Vec::new();
+    // The blocking pool: fills hash large pieces there (store::ingest), one thread per worker.
+    let hashers = monoio::blocking::DefaultThreadPool::new(listeners.len().max(1));
     for (id, mine) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let ready = ready.clone();
+        let pool = hashers.clone();
         let h = std::thread::Builder::new()
             .name(format!("ringcache-w{id}"))
-            .spawn(move || run(id, shared, mine, ready))?;
+            .spawn(move || run(id, shared, mine, ready, pool))?;
         handles.push(h);
     }
     Ok(handles)
@@ -319,6 +322,7 @@ fn run(
     shared: Arc<Shared>,
     listeners: Vec<std::net::TcpListener>,
     ready: std::sync::mpsc::Sender<usize>,
+    pool: monoio::blocking::DefaultThreadPool,
 ) {
     // COOP_TASKRUN + SINGLE_ISSUER: the ring is only used from this thread; measured to bring
     // a keep-alive server on monoio level with nginx (DESIGN.md, stack facts).
@@ -328,6 +332,7 @@ fn run(
         .enable_timer()
         .with_entries(1024)
         .uring_builder(urb)
+        .attach_thread_pool(Box::new(pool.clone()))
         .build();
     let mut rt = match rt {
         Ok(rt) => rt,
@@ -335,6 +340,7 @@ fn run(
             tracing::warn!(worker = id, error = %e, "io_uring setup flags refused; using defaults");
             monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
                 .enable_timer()
+                .attach_thread_pool(Box::new(pool))
                 .build()
                 .expect("build a monoio runtime")
         }

@@ -331,8 +331,13 @@ fn descriptors_kept_for_hits_are_closed_once_their_entry_is_removed() {
     let rc = Ringcache::start(&format!("{}, ttl: 1s", up.url()), "");
     let d = up.add_blob(image::pseudo_random(71, 50_000), Fault::None);
     let path = format!("/v2/x/blobs/{d}");
-    for _ in 0..3 {
+    for i in 0..3 {
         assert_eq!(http::get(rc.addr, &path).status, 200); // a miss, then hits on a kept fd
+        if i == 0 {
+            // The miss's client can finish before the commit does: hits come after it.
+            rc.proc
+                .wait_count(&["fill committed"], 1, Duration::from_secs(10));
+        }
     }
     let hex = d.trim_start_matches("sha256:").to_string();
     let holds = || {

@@ -163,3 +163,35 @@ fn chunked_and_close_delimited_upstream_bodies() {
         );
     }
 }
+
+#[test]
+fn followers_finish_once_verified_without_waiting_for_the_fsync() {
+    support::require_failpoints();
+    let up = TestUpstream::start();
+    // The commit stops before its fsync for a long time: the body is verified by then.
+    let rc = Ringcache::start_with_env(
+        &up.url(),
+        "",
+        &[("RINGCACHE_FAILPOINTS", "commit-before-fsync=30s")],
+    );
+    let data = image::pseudo_random(77, 2 * 1024 * 1024 + 5);
+    let digest = up.add_blob(data, Fault::None);
+    let path = format!("/v2/x/blobs/{digest}");
+    let (status, _, hex, complete) = http::get_hashed(rc.addr, &path);
+    assert_eq!(
+        (status, complete, format!("sha256:{hex}")),
+        (200, true, digest.clone()),
+        "the whole verified body, before the commit"
+    );
+    // It really was before the commit: the fill is still parked at the fsync.
+    assert!(rc
+        .proc
+        .saw_within(&["failpoint commit-before-fsync"], Duration::from_secs(5)));
+    assert!(
+        !blob_file(&rc, &digest).exists(),
+        "not yet renamed into the store"
+    );
+    assert!(!rc
+        .proc
+        .saw_within(&["fill committed"], Duration::from_millis(100)));
+}

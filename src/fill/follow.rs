@@ -90,6 +90,7 @@ pub async fn stream(
         let written = fill.written();
         let (committed, failed) = match fill.state() {
             State::Committed { .. } => (true, None),
+            _ if fill.is_verified() => (true, None),
             State::Failed(kind) => (false, Some(kind)),
             State::Bypass => return (Err(Cut::Bypass { sent: pos - start }), buf),
             _ => (false, None),

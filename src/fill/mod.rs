@@ -15,6 +15,7 @@ pub mod follow;
 pub mod task;
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -60,6 +61,10 @@ pub struct Fill {
     /// Bytes of the body written to the temp file. Published after each write with Release;
     /// never decreases.
     written: AtomicU64,
+    /// Set once the whole body is written and hashed to the digest — before the fsync and
+    /// rename of the commit: followers may send the last byte from then on (what they send is
+    /// verified; the commit's durability is the store's business, not the client's).
+    verified: std::sync::atomic::AtomicBool,
     /// Notified on every published change of `written` or `state`.
     event: Event,
     /// Followers that joined (the first requester included).
@@ -76,6 +81,7 @@ impl Fill {
             repo: repo.to_string(),
             state: Mutex::new(State::Pending),
             written: AtomicU64::new(0),
+            verified: Default::default(),
             event: Event::new(),
             followers: AtomicUsize::new(0),
             links: Mutex::new(Vec::new()),
@@ -88,6 +94,17 @@ impl Fill {
 
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Acquire)
+    }
+
+    fn publish(&self, written: u64) {
+        let before = self.written.swap(written, Ordering::AcqRel);
+        assert!(written >= before, "published byte count went backwards");
+        self.event.notify(usize::MAX);
+    }
+
+    /// The body is complete and matches the digest (see [`Lease::verified`]).
+    pub fn is_verified(&self) -> bool {
+        self.verified.load(Ordering::Acquire)
     }
 
     pub fn followers(&self) -> usize {
@@ -207,6 +224,14 @@ impl Fills {
         self.inflight.load(Ordering::Relaxed)
     }
 
+    /// Whether a fill of `digest` is in flight.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.shards[digest.shard(SHARDS)]
+            .lock()
+            .unwrap()
+            .contains_key(digest)
+    }
+
     /// Run `f` under the digest's shard lock if no fill of it is in flight (`None` if one is):
     /// removals use this, so no fill can start or commit that digest meanwhile.
     pub fn when_idle<R>(&self, digest: &Digest, f: impl FnOnce() -> R) -> Option<R> {
@@ -261,8 +286,19 @@ impl Lease {
 
     /// `written` bytes are now in the file.
     pub fn progress(&self, written: u64) {
-        let before = self.fill.written.swap(written, Ordering::AcqRel);
-        assert!(written >= before, "published byte count went backwards");
+        self.fill.publish(written);
+    }
+
+    /// [`Lease::progress`] for the ingest's write jobs, which complete on their own.
+    pub fn publisher(&self) -> Rc<dyn Fn(u64)> {
+        let fill = self.fill.clone();
+        Rc::new(move |n| fill.publish(n))
+    }
+
+    /// Every byte is written and the sha256 matches: followers may finish before the commit's
+    /// fsync and rename.
+    pub fn verified(&self) {
+        self.fill.verified.store(true, Ordering::Release);
         self.fill.event.notify(usize::MAX);
     }
 

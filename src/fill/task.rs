@@ -84,6 +84,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
         }
     };
     lease.filling(ingest.shared_file(), size, media_type.clone());
+    ingest.on_written(lease.publisher());
     let mut buf = Vec::with_capacity(CHUNK_BYTES);
     let mut resumes = 0;
     // Bytes of the current response to drop before appending: upstream ignored our Range and
@@ -98,7 +99,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                     piece.drain(..drop);
                     skip -= drop as u64;
                 }
-                if ingest.written() + piece.len() as u64 > cap.min(size.unwrap_or(u64::MAX)) {
+                if ingest.accepted() + piece.len() as u64 > cap.min(size.unwrap_or(u64::MAX)) {
                     tracing::warn!(%digest, "upstream sent more than it declared or than the cap");
                     tally(&worker.shared.tallies.failed_upstream_body);
                     return lease.failed(Kind::BadGateway);
@@ -113,13 +114,12 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                     return lease.bypass();
                 }
                 buf = back;
-                lease.progress(ingest.written());
             }
-            Ok(None) if size.is_none_or(|s| ingest.written() == s) => break,
+            Ok(None) if size.is_none_or(|s| ingest.accepted() == s) => break,
             Ok(None) | Err(_) if size.is_some() => {
                 // Upstream broke mid-body (error, stall or short body): resume where we are,
                 // with bounded retries and a doubling pause.
-                let written = ingest.written();
+                let written = ingest.accepted();
                 loop {
                     if resumes >= FILL_RESUMES_MAX {
                         tracing::warn!(%digest, written, "upstream body failed: resumes exhausted");
@@ -153,8 +153,23 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
             }
         }
     }
+    if let Err(e) = ingest.flush().await {
+        store.incidents.report("write", &e);
+        tracing::debug!(%digest, error = %e, "writing the ingest file failed; bypassing the store");
+        tally(&worker.counters().bypassed);
+        return lease.bypass();
+    }
+    lease.progress(ingest.written());
     crate::failpoint::hit("fill-before-verify").await;
-    match ingest.commit(store, digest, size).await {
+    // Verified content may go out to followers now; the fsync and rename follow.
+    let result = match ingest.verify(digest, size).await {
+        Ok(()) => {
+            lease.verified();
+            ingest.commit(store, digest, size).await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(n) => {
             let entry = store
                 .index
