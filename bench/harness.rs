@@ -104,8 +104,12 @@ fn hwm_mib(p: &Proc) -> f64 {
     kb as f64 / 1024.0
 }
 
-/// Wait (at most 15 s) until the machine is idle: CPU ≥ 90% idle over 250 ms.
+/// Wait (at most 15 s) until the machine is idle: dirty pages written back (`sync`: what the
+/// previous run or the seeding wrote must not throttle the next system's writes), then CPU
+/// ≥ 90% idle over 250 ms.
 fn wait_idle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
     fn sample() -> (u64, u64) {
         let s = std::fs::read_to_string("/proc/stat").unwrap();
         let v: Vec<u64> = s
@@ -477,6 +481,27 @@ fn origin_gets(log: &Path, needle: &str) -> (u64, u64) {
     last
 }
 
+/// Wait (at most 120 s) until `sys` has committed `digest` to its storage.
+fn wait_stored(w: &Path, sys: &str, digest: &str) {
+    let hex = &digest[7..];
+    let path = match sys {
+        "reference" => w
+            .join("reference/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data"),
+        _ => w.join("ringcache/blobs/sha256").join(&hex[..2]).join(hex),
+    };
+    let until = Instant::now() + Duration::from_secs(120);
+    while !path.exists() {
+        if Instant::now() > until {
+            eprintln!("  ({sys} never stored {digest})");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Requests of any method for a path in the origin log.
 fn origin_requests(log: &Path, needle: &str) -> u64 {
     std::fs::read_to_string(log)
@@ -735,6 +760,14 @@ impl Results {
     }
 }
 
+/// The systems in a different order each repetition (rotated), so that none always runs
+/// right after another's writes or warm-up.
+fn order<T: Copy>(all: &[T], rep: usize) -> Vec<T> {
+    let mut v = all.to_vec();
+    v.rotate_left(rep % all.len());
+    v
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -845,7 +878,7 @@ fn main() {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
-    let _cleanup = Cleanup(w.clone());
+    let _cleanup = (std::env::var_os("BENCH_KEEP").is_none()).then(|| Cleanup(w.clone()));
 
     let (po, pr, pc, pn) = (free_port(), free_port(), free_port(), free_port());
     let reg = |dir: &str, port: u16, proxy: Option<u16>| {
@@ -880,7 +913,8 @@ fn main() {
     std::fs::write(
         &rc_cfg,
         format!(
-            "version: 0.1\nlog: {{level: warn, accesslog: {{disabled: true}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{pc}}}\nproxy: {{remoteurl: http://127.0.0.1:{po}}}\n",
+            "version: 0.1\nlog: {{level: {}, accesslog: {{disabled: true}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{pc}}}\nproxy: {{remoteurl: http://127.0.0.1:{po}}}\n",
+            std::env::var("BENCH_RC_LOG").unwrap_or_else(|_| "warn".into()),
             w.join("ringcache").display()
         ),
     )
@@ -940,7 +974,7 @@ fn main() {
     if o.only.contains('a') {
         let label = format!("(a) cold {} MiB, 1 client", o.big / MIB);
         for rep in 0..o.reps {
-            for (sys, port) in proxies {
+            for (sys, port) in order(&proxies, rep) {
                 let img = push_image(
                     po,
                     &gen,
@@ -958,6 +992,10 @@ fn main() {
                     &l.digest,
                     l.size,
                 );
+                // The reference stores in the background (its own upstream GET): wait until
+                // each system has the blob on disk, so its fetches are all counted and its
+                // writes do not overlap the next measurement.
+                wait_stored(&w, sys, &l.digest);
                 let (gets, bytes) = origin_gets(&s.origin_log, &l.digest);
                 res.add(&label, "TTFB s", sys, rep, r.ttfb.as_secs_f64());
                 res.add(&label, "total s", sys, rep, r.total.as_secs_f64());
@@ -979,7 +1017,7 @@ fn main() {
     if o.only.contains('b') {
         let label = "(b) cold fan-out, 32 clients, 256 MiB".to_string();
         for rep in 0..o.reps {
-            for (sys, port) in proxies {
+            for (sys, port) in order(&proxies, rep) {
                 let img = push_image(
                     po,
                     &gen,
@@ -998,6 +1036,10 @@ fn main() {
                     l.size,
                     32,
                 );
+                // The reference stores in the background (its own upstream GET): wait until
+                // each system has the blob on disk, so its fetches are all counted and its
+                // writes do not overlap the next measurement.
+                wait_stored(&w, sys, &l.digest);
                 let (gets, bytes) = origin_gets(&s.origin_log, &l.digest);
                 res.add(&label, "wall s", sys, rep, wall);
                 res.add(&label, "slowest TTFB s", sys, rep, ttfbs);
@@ -1017,7 +1059,7 @@ fn main() {
 
     // Warm content for (c) and (d): one big image, one 1 KiB image; primed through both
     // proxies (untimed), published for nginx.
-    let need_warm = o.only.contains('c') || o.only.contains('d') || o.only.contains('e');
+    let need_warm = o.only.contains('c') || o.only.contains('d');
     let (big, small) = if need_warm {
         let big = push_image(
             po,
@@ -1110,7 +1152,7 @@ fn main() {
                 if clients > 1 { "s" } else { "" }
             );
             for rep in 0..o.reps {
-                for (sys, port) in s.ports {
+                for (sys, port) in order(&s.ports, rep) {
                     wait_idle();
                     reset_hwm(s.proc(sys));
                     let t = Instant::now();
@@ -1179,7 +1221,7 @@ fn main() {
         ];
         for (label, method, path, http10, body) in &cases {
             for rep in 0..o.reps {
-                for (sys, port) in s.ports {
+                for (sys, port) in order(&s.ports, rep) {
                     wait_idle();
                     reset_hwm(s.proc(sys));
                     let before =
@@ -1206,7 +1248,7 @@ fn main() {
         }
         let label = "(d) 1 KiB blob, ab -k -c 64 (HTTP/1.0)";
         for rep in 0..o.reps {
-            for (sys, port) in s.ports {
+            for (sys, port) in order(&s.ports, rep) {
                 wait_idle();
                 if let Some(r) = ab(
                     port,
@@ -1223,45 +1265,10 @@ fn main() {
         }
     }
 
-    // (e) memory: 512 followers of one cold blob + 10,000 idle connections
-    if o.only.contains('e') {
-        let label = "(e) 512 followers of a cold 16 MiB blob + 10,000 idle conns";
-        for rep in 0..o.reps {
-            for (sys, port) in proxies {
-                let img = push_image(
-                    po,
-                    &gen,
-                    &format!("bench/mem-{sys}-{rep}"),
-                    "v1",
-                    &[16 * MIB - 2048],
-                    next_seed(),
-                );
-                let l = &img.layers[0];
-                wait_idle();
-                reset_hwm(s.proc(sys));
-                let idle: Vec<TcpStream> = (0..10_000)
-                    .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
-                    .collect();
-                let (wall, _) = fan_out(
-                    port,
-                    &format!("/v2/{}/blobs/{}", img.name, l.digest),
-                    &l.digest,
-                    l.size,
-                    512,
-                );
-                res.add(label, "idle conns held", sys, rep, idle.len() as f64);
-                res.add(label, "wall s", sys, rep, wall);
-                res.add(label, "peak RSS MiB", sys, rep, hwm_mib(s.proc(sys)));
-                drop(idle);
-                let _ = std::fs::remove_file(&l.path);
-            }
-        }
-    }
-
     // (f) a real client: skopeo copy of a 5-layer image, cold then warm
     if o.only.contains('f') && Command::new("skopeo").arg("--version").output().is_ok() {
         for rep in 0..o.reps {
-            for (sys, port) in proxies {
+            for (sys, port) in order(&proxies, rep) {
                 let img = push_image(
                     po,
                     &gen,
@@ -1310,6 +1317,42 @@ fn main() {
                 for l in &img.layers {
                     let _ = std::fs::remove_file(&l.path);
                 }
+            }
+        }
+    }
+
+    // (e) memory: 512 followers of one cold blob + 10,000 idle connections (last: what it
+    // allocates would stay in the other scenarios' peak RSS)
+    if o.only.contains('e') {
+        let label = "(e) 512 followers of a cold 16 MiB blob + 10,000 idle conns";
+        for rep in 0..o.reps {
+            for (sys, port) in order(&proxies, rep) {
+                let img = push_image(
+                    po,
+                    &gen,
+                    &format!("bench/mem-{sys}-{rep}"),
+                    "v1",
+                    &[16 * MIB - 2048],
+                    next_seed(),
+                );
+                let l = &img.layers[0];
+                wait_idle();
+                reset_hwm(s.proc(sys));
+                let idle: Vec<TcpStream> = (0..10_000)
+                    .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+                    .collect();
+                let (wall, _) = fan_out(
+                    port,
+                    &format!("/v2/{}/blobs/{}", img.name, l.digest),
+                    &l.digest,
+                    l.size,
+                    512,
+                );
+                res.add(label, "idle conns held", sys, rep, idle.len() as f64);
+                res.add(label, "wall s", sys, rep, wall);
+                res.add(label, "peak RSS MiB", sys, rep, hwm_mib(s.proc(sys)));
+                drop(idle);
+                let _ = std::fs::remove_file(&l.path);
             }
         }
     }

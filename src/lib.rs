@@ -41,11 +41,13 @@
 //! 5. **lookup** — the index says whether the digest is committed; a hit streams the file
 //!    ([`store::index`], [`proxy`]).
 //! 6. **miss** — [`fill::Fills::join_or_lead`]: one fill task per digest writes and hashes the
-//!    upstream body ([`fill::task`]); every requester follows the temp file as it grows
-//!    ([`fill::follow`]).
+//!    upstream body ([`fill::task`]; the write of one piece overlaps the upstream read of the
+//!    next, hashing runs on the blocking pool, [`store::ingest`]); every requester follows the
+//!    temp file as it grows ([`fill::follow`]).
 //! 7. **commit** — size and sha256 checked, fsync, rename, fsync the directory, index
-//!    ([`store::ingest`]). Followers send the final byte only after `Committed`: a body that
-//!    fails verification is never delivered complete.
+//!    ([`store::ingest`]). Followers send the final byte only once the body is verified (the
+//!    fill's `verified` flag, set before the fsync): a body that fails verification is never
+//!    delivered complete.
 //! 8. **resume** — upstream breaks mid-body: the fill continues with `Range` ([`fill::task`]).
 //!    If the store fails instead (disk full, read-only, I/O), followers finish straight from
 //!    upstream, verifying themselves ([`fill::bypass`], [`store::incident`]).

@@ -1,10 +1,12 @@
 //! Followers (data path step 6): every client of a fill streams the temp file up to the
 //! published byte count, waking when more is written. The final byte of the body is held back
-//! until the fill is `Committed`, so a body that fails verification is never delivered
-//! complete: on `Failed` the follower stops and its connection is cut short.
+//! until the fill has verified the body (size and sha256; before the commit's fsync), so a
+//! body that fails verification is never delivered complete: on `Failed` the follower stops
+//! and its connection is cut short.
 //!
 //! A slow client slows only itself (it reads the file at its own pace; the fill does not wait
-//! for it), and memory per follower is one read buffer.
+//! for it), and memory per follower is one read buffer from the worker's pool
+//! ([`crate::buffers`]).
 
 use std::sync::Arc;
 use std::time::Duration;

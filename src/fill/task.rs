@@ -91,8 +91,13 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
     // sent the body from its start. What we drop is what we already have; the sha256 at commit
     // covers the whole file, so a changed prefix upstream can never be committed.
     let mut skip = 0u64;
+    // Where the fill's time goes, for its log line.
+    let (mut read_us, mut append_us) = (0u128, 0u128);
     loop {
-        match resp.chunk(buf).await {
+        let t0 = std::time::Instant::now();
+        let got = resp.chunk(buf).await;
+        read_us += t0.elapsed().as_micros();
+        match got {
             Ok(Some(mut piece)) => {
                 if skip > 0 {
                     let drop = (skip as usize).min(piece.len());
@@ -105,7 +110,9 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                     return lease.failed(Kind::BadGateway);
                 }
                 let n = piece.len() as u64;
+                let t1 = std::time::Instant::now();
                 let (res, back) = ingest.append(piece).await;
+                append_us += t1.elapsed().as_micros();
                 worker.counters().pulled_bytes[ty as usize].fetch_add(n, Ordering::Relaxed);
                 if let Err(e) = res {
                     store.incidents.report("write", &e);
@@ -162,6 +169,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
     lease.progress(ingest.written());
     crate::failpoint::hit("fill-before-verify").await;
     // Verified content may go out to followers now; the fsync and rename follow.
+    let pieces = ingest.pieces();
     let result = match ingest.verify(digest, size).await {
         Ok(()) => {
             lease.verified();
@@ -179,8 +187,11 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                 entry.link(&repo);
             }
             worker.shared.note(crate::expiry::Event::Committed(digest));
-            tracing::info!(%digest, repo = %fill.repo, bytes = n, followers = fill.followers(),
-                ms = started.elapsed().as_millis() as u64, "fill committed");
+            // upstream_ms / store_ms: time waiting on upstream reads and on the store's writes
+            // (a disk-bound fill shows a large store_ms).
+            tracing::info!(%digest, repo = %fill.repo, bytes = n, pieces, followers = fill.followers(),
+                ms = started.elapsed().as_millis() as u64, upstream_ms = (read_us / 1000) as u64,
+                store_ms = (append_us / 1000) as u64, "fill committed");
             lease.committed(n);
         }
         Err(CommitError::Io(e)) => {

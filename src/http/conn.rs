@@ -249,7 +249,7 @@ pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::Sock
     // Pipelined bytes not yet answered; empty (and unallocated) while idle.
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        if buf.is_empty() && !idle(&sock, &limits, &worker.shared.drain).await {
+        if buf.is_empty() && !idle(&worker, &sock).await {
             pool.give_head(buf);
             return;
         }
@@ -265,21 +265,15 @@ pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::Sock
     }
 }
 
-/// Wait for the next request's first bytes. `false`: idle timeout, drain, or a dead socket.
-async fn idle(
-    sock: &TcpStream,
-    limits: &crate::limits::Limits,
-    drain: &crate::worker::Drain,
-) -> bool {
-    let drained = drain.listen();
-    if drain.is_draining() {
+/// Wait for the next request's first bytes. `false`: draining, or the socket was shut down
+/// (idle past the keep-alive timeout, or drained: see [`crate::worker::Idle`]) or failed.
+async fn idle(worker: &Worker, sock: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    if worker.shared.drain.is_draining() {
         return false;
     }
-    let ready = monoio::time::timeout(limits.keepalive_idle, sock.readable(false));
-    monoio::select! {
-        r = ready => matches!(r, Ok(Ok(()))),
-        _ = drained => false,
-    }
+    let _slot = worker.idle.enter(sock.as_raw_fd());
+    sock.readable(false).await.is_ok()
 }
 
 /// Read one request head and answer it. Returns whether the connection stays open, and the

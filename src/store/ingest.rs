@@ -26,6 +26,8 @@ pub struct Ingest {
     writing: Option<WriteJob>,
     /// Bytes handed to [`Ingest::append`]: where the next piece goes.
     accepted: u64,
+    /// Pieces appended (for the fill's log line: average piece size).
+    pieces: u64,
     /// Told the written byte count as each write completes (the fill publishes it).
     on_written: Option<Rc<dyn Fn(u64)>>,
     /// `None` while a hash job holds it.
@@ -95,6 +97,7 @@ impl Ingest {
             file: Rc::new(file),
             writing: None,
             accepted: 0,
+            pieces: 0,
             on_written: None,
             hasher: Some(ring::digest::Context::new(&ring::digest::SHA256)),
             hashing: None,
@@ -118,6 +121,11 @@ impl Ingest {
         self.written
     }
 
+    /// Pieces appended so far.
+    pub fn pieces(&self) -> u64 {
+        self.pieces
+    }
+
     /// Bytes handed to [`Ingest::append`] (written, or being written).
     pub fn accepted(&self) -> u64 {
         self.accepted
@@ -137,6 +145,7 @@ impl Ingest {
         let cap = buf.capacity();
         let (file, at) = (self.file.clone(), self.accepted);
         self.accepted += buf.len() as u64;
+        self.pieces += 1;
         let on_written = self.on_written.clone();
         self.writing = Some(monoio::spawn(async move {
             let (res, buf) = file.write_all_at(buf, at).await;
