@@ -77,6 +77,12 @@ fn pids(p: &Proc) -> Vec<u32> {
     all
 }
 
+/// Before a measurement: an idle machine, and the system's peak-RSS mark reset.
+fn ready(p: &Proc) {
+    wait_idle();
+    reset_hwm(p);
+}
+
 /// Reset the peak-RSS mark (VmHWM) of every process of a system.
 fn reset_hwm(p: &Proc) {
     for pid in pids(p) {
@@ -984,8 +990,7 @@ fn main() {
                     next_seed(),
                 );
                 let l = &img.layers[0];
-                wait_idle();
-                reset_hwm(s.proc(sys));
+                ready(s.proc(sys));
                 let r = get_verified(
                     port,
                     &format!("/v2/{}/blobs/{}", img.name, l.digest),
@@ -1027,8 +1032,7 @@ fn main() {
                     next_seed(),
                 );
                 let l = &img.layers[0];
-                wait_idle();
-                reset_hwm(s.proc(sys));
+                ready(s.proc(sys));
                 let (wall, ttfbs) = fan_out(
                     port,
                     &format!("/v2/{}/blobs/{}", img.name, l.digest),
@@ -1153,8 +1157,7 @@ fn main() {
             );
             for rep in 0..o.reps {
                 for (sys, port) in order(&s.ports, rep) {
-                    wait_idle();
-                    reset_hwm(s.proc(sys));
+                    ready(s.proc(sys));
                     let t = Instant::now();
                     let hs: Vec<_> = (0..clients)
                         .map(|_| {
@@ -1229,8 +1232,7 @@ fn main() {
                         let r = request(port, "GET", path, &[("Accept", MANIFEST_ACCEPT)], None);
                         assert_eq!(r.status, 200);
                     }
-                    wait_idle();
-                    reset_hwm(s.proc(sys));
+                    ready(s.proc(sys));
                     let before =
                         origin_requests(&s.origin_log, &format!("/manifests/{}", small.tag));
                     let r = load(port, method, path, 64, o.secs, *http10, (body.0, &body.1));
@@ -1285,8 +1287,7 @@ fn main() {
                     next_seed(),
                 );
                 for (i, phase) in ["cold", "warm"].iter().enumerate() {
-                    wait_idle();
-                    reset_hwm(s.proc(sys));
+                    ready(s.proc(sys));
                     let dst = w.join(format!("skopeo-{sys}-{rep}-{i}"));
                     let t = Instant::now();
                     let st = Command::new("skopeo")
@@ -1343,8 +1344,7 @@ fn main() {
                     next_seed(),
                 );
                 let l = &img.layers[0];
-                wait_idle();
-                reset_hwm(s.proc(sys));
+                ready(s.proc(sys));
                 let idle: Vec<TcpStream> = (0..10_000)
                     .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
                     .collect();

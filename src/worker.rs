@@ -291,14 +291,6 @@ impl Idle {
             }
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.slots.borrow().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// One worker's state, owned by its thread.

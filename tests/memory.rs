@@ -41,18 +41,6 @@ fn wait_open(rc: &Ringcache, dbg: std::net::SocketAddr, n: usize) {
     }
 }
 
-fn debug_addr(rc: &Ringcache) -> std::net::SocketAddr {
-    let line = rc.proc.wait_log("debug listener", Duration::from_secs(10));
-    line.split(") on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn idle_connections_hold_no_buffers_and_followers_share_a_bounded_budget() {
     let up = TestUpstream::start();
@@ -61,7 +49,7 @@ fn idle_connections_hold_no_buffers_and_followers_share_a_bounded_budget() {
         "",
         &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")],
     );
-    let dbg = debug_addr(&rc);
+    let dbg = rc.debug_addr();
     let pid = rc.proc.child.id();
     let path = format!(
         "/v2/x/blobs/{}",

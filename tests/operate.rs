@@ -12,18 +12,6 @@ use std::time::Duration;
 use support::upstream::{Blob, Fault, TestUpstream};
 use support::{http, image, Proc, Ringcache};
 
-fn debug_addr(rc: &Ringcache) -> SocketAddr {
-    let line = rc.proc.wait_log("debug listener", Duration::from_secs(10));
-    line.split(") on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// Parse Prometheus text exposition: every sample line must be `name{labels} value`.
 fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
     let r = http::get(addr, "/metrics");
@@ -70,7 +58,7 @@ fn metrics_have_the_reference_names_and_exact_counts() {
         "",
         &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")],
     );
-    let dbg = debug_addr(&rc);
+    let dbg = rc.debug_addr();
     let a = up.add_blob(image::pseudo_random(1, 1000), Fault::None);
     let b = up.add_blob_with(Blob {
         data: Arc::new(image::pseudo_random(2, 5000)),
@@ -199,7 +187,7 @@ fn health_checks_and_manual_down_up() {
         "",
         &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")],
     );
-    let dbg = debug_addr(&rc);
+    let dbg = rc.debug_addr();
     assert_eq!(
         (
             http::get(dbg, "/debug/health").status,
@@ -235,7 +223,7 @@ fn health_checks_and_manual_down_up() {
     // Upstream failing: the health check says so.
     let dead = format!("http://127.0.0.1:{}", support::free_port());
     let rc = Ringcache::start_with_env(&dead, "", &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")]);
-    let dbg = debug_addr(&rc);
+    let dbg = rc.debug_addr();
     assert_eq!(http::get(rc.addr, "/v2/x/manifests/v1").status, 503);
     let r = http::get(dbg, "/debug/health");
     assert_eq!(r.status, 503);

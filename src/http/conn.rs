@@ -53,7 +53,35 @@ pub struct Exchange<'a> {
     pub upstream_ms: Option<u64>,
 }
 
-impl Exchange<'_> {
+impl<'a> Exchange<'a> {
+    /// A response not yet started.
+    pub fn new(
+        sock: &'a mut TcpStream,
+        pool: &'a Buffers,
+        send_stall: Duration,
+        head_only: bool,
+        keep_alive: bool,
+        minor_version: u8,
+    ) -> Exchange<'a> {
+        Exchange {
+            sock,
+            head_only,
+            keep_alive,
+            minor_version,
+            buf: Vec::new(),
+            lent: Lent::None,
+            pool,
+            head: Vec::new(),
+            wrote_head: false,
+            status: 0,
+            body_bytes: 0,
+            send_stall,
+            cache: Default::default(),
+            ty: None,
+            upstream_ms: None,
+        }
+    }
+
     /// This request's body buffer (borrowed from the worker's pool on first use); hand it back
     /// with [`Exchange::put_buf`] so later chunks reuse it.
     pub fn take_buf(&mut self) -> Vec<u8> {
@@ -291,23 +319,7 @@ async fn exchange(
         Ok(Some(h)) => h,
         Ok(None) => return (false, buf),
         Err(e) => {
-            let mut x = Exchange {
-                sock,
-                head_only: false,
-                keep_alive: false,
-                minor_version: 1,
-                buf: Vec::new(),
-                lent: Lent::None,
-                pool,
-                head: Vec::new(),
-                wrote_head: false,
-                status: 0,
-                body_bytes: 0,
-                send_stall: limits.send_stall,
-                cache: Default::default(),
-                ty: None,
-                upstream_ms: None,
-            };
+            let mut x = Exchange::new(sock, pool, limits.send_stall, false, false, 1);
             tracing::debug!(%peer, error = %e, "bad request head");
             let _ = x.send_error(&e).await;
             return (false, buf);
@@ -319,23 +331,14 @@ async fn exchange(
     let routed = route::route(method, target);
     // A request with a body we will not read (writes are refused) ends the connection.
     let keep_alive = head.keep_alive() && !head.has_body;
-    let mut x = Exchange {
+    let mut x = Exchange::new(
         sock,
-        head_only: head.method.str(&buf) == "HEAD",
-        keep_alive,
-        minor_version: head.minor_version,
-        buf: Vec::new(),
-        lent: Lent::None,
         pool,
-        head: Vec::new(),
-        wrote_head: false,
-        status: 0,
-        body_bytes: 0,
-        send_stall: limits.send_stall,
-        cache: Default::default(),
-        ty: None,
-        upstream_ms: None,
-    };
+        limits.send_stall,
+        method == Method::Head,
+        keep_alive,
+        head.minor_version,
+    );
     let result = match routed {
         Ok(Some(route)) => {
             let req = Request {

@@ -272,6 +272,21 @@ impl Ringcache {
         }
     }
 
+    /// The debug listener's address, from its start line (needs `REGISTRY_HTTP_DEBUG_ADDR`).
+    pub fn debug_addr(&self) -> SocketAddr {
+        let line = self
+            .proc
+            .wait_log("debug listener", Duration::from_secs(10));
+        line.split(") on ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
