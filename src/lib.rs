@@ -17,7 +17,7 @@
 //! | [`failpoint`] | named pauses for tests (feature `failpoints`, never in release) |
 //! | [`buffers`] | per-worker pools of head and body buffers: idle connections hold none |
 //! | [`worker`] | one monoio runtime per core: listeners, accept loops, connection cap, kept file descriptors for hits, drain |
-//! | [`http`] | `parse` (pure request heads), `body` (framing), `conn` (server), `client` (upstream) |
+//! | [`http`] | `parse` (pure request heads), `body` (framing), `conn` (server), `client` (upstream), `sendfile` (page cache → socket) |
 //! | [`route`] | method + path → [`route::Route`]; OCI name/tag/digest grammar |
 //! | [`debug`] | the debug listener: `/metrics`, `/debug/health`, manual down/up |
 //! | [`digest`] | the sha256 [`digest::Digest`] newtype |
@@ -38,12 +38,14 @@
 //! 3. **route** — method + path become a [`route::Route`]; writes get 405 `UNSUPPORTED`.
 //! 4. **tags** — a manifest by tag is resolved upstream with HEAD (within a freshness window,
 //!    and stale-if-error) ([`proxy`], [`store::tags`]). From here on everything is by digest.
-//! 5. **lookup** — the index says whether the digest is committed; a hit streams the file
-//!    ([`store::index`], [`proxy`]).
+//! 5. **lookup** — the index says whether the digest is committed; a hit streams the file, by
+//!    sendfile where its pages are cached, else through io_uring reads ([`store::index`],
+//!    [`proxy`], [`http::sendfile`]).
 //! 6. **miss** — [`fill::Fills::join_or_lead`]: one fill task per digest writes and hashes the
-//!    upstream body ([`fill::task`]; the write of one piece overlaps the upstream read of the
-//!    next, hashing runs on the blocking pool, [`store::ingest`]); every requester follows the
-//!    temp file as it grows ([`fill::follow`]).
+//!    upstream body ([`fill::task`]; each piece is written and hashed by one job on the
+//!    blocking pool while the fill reads the next from upstream, [`store::ingest`]); every
+//!    requester follows the temp file as it grows ([`fill::follow`]), by sendfile from the
+//!    page cache.
 //! 7. **commit** — size and sha256 checked, fsync, rename, fsync the directory, index
 //!    ([`store::ingest`]). Followers send the final byte only once the body is verified (the
 //!    fill's `verified` flag, set before the fsync): a body that fails verification is never

@@ -72,6 +72,8 @@ pub struct Counters {
     pub fills_started: AtomicU64,
     pub resumes: AtomicU64,
     pub bypassed: AtomicU64,
+    /// Body bytes sent by sendfile from the page cache (the rest went through a buffer).
+    sendfile_bytes: AtomicU64,
     pub connections_open: AtomicU64,
 }
 
@@ -127,6 +129,12 @@ impl Counters {
                 Cache::None => {}
             }
             add(&self.pushed_bytes[t], body_bytes);
+        }
+    }
+
+    pub fn sent_by_sendfile(&self, bytes: u64) {
+        if bytes > 0 {
+            add(&self.sendfile_bytes, bytes);
         }
     }
 }
@@ -254,6 +262,12 @@ pub fn render(workers: &[Counters], g: &Gauges) -> String {
         "counter",
         "Fills that bypassed a failing store.",
         sum(&|c| get(&c.bypassed)),
+    );
+    line(
+        "ringcache_sendfile_bytes_total",
+        "counter",
+        "Body bytes sent by sendfile straight from the page cache (the rest were read into a buffer first: not cached, or small).",
+        sum(&|c| get(&c.sendfile_bytes)),
     );
     line(
         "ringcache_evictions_total",

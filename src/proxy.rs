@@ -430,7 +430,17 @@ async fn follow_fill(
     let buf = x.take_buf();
     let chunk = x.chunk();
     let (res, buf) = follow::stream(
-        fill, &file, start, end, size, x.sock, buf, chunk, send_stall, stall,
+        fill,
+        &file,
+        start,
+        end,
+        size,
+        x.sock,
+        buf,
+        chunk,
+        send_stall,
+        stall,
+        &mut x.sendfile_bytes,
     )
     .await;
     x.put_buf(buf);

@@ -345,3 +345,61 @@ fn sighup_reloads_credentials_limits_and_log_level_and_reports_the_rest() {
         "log level is warn now: no access lines"
     );
 }
+
+/// Large bodies leave by sendfile when their pages are in the page cache, and through a read
+/// buffer when they are not (sendfile would block the worker on the disk): both give the same
+/// bytes, Range included, and the counter says which path carried them.
+#[test]
+fn large_hits_go_by_sendfile_when_cached_and_by_reads_when_not() {
+    use std::os::fd::AsRawFd;
+    let up = TestUpstream::start();
+    let rc = Ringcache::start_with_env(
+        &up.url(),
+        "",
+        &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")],
+    );
+    let dbg = rc.debug_addr();
+    let size = 6 * 1024 * 1024 + 123;
+    let data = image::pseudo_random(61, size);
+    let digest = up.add_blob(data.clone(), Fault::None);
+    let path = format!("/v2/x/blobs/{digest}");
+    let mut requests = 0;
+    let mut get = |range: Option<&str>| {
+        let headers: Vec<(&str, &str)> = range.map(|r| ("Range", r)).into_iter().collect();
+        let r = http::request(rc.addr, "GET", &path, &headers, b"");
+        requests += 1;
+        // Counted just before the access-log line.
+        rc.proc
+            .wait_count(&["ringcache::access"], requests, Duration::from_secs(10));
+        let sent = scrape(dbg)["ringcache_sendfile_bytes_total"];
+        (r, sent)
+    };
+    let (r, _) = get(None);
+    assert_eq!((r.status, r.body == data), (200, true));
+    rc.proc
+        .wait_count(&["fill committed"], 1, Duration::from_secs(10));
+    let (_, before) = get(Some("bytes=0-0"));
+    // Just written and committed: in the page cache, the whole body by sendfile.
+    let (r, after) = get(None);
+    assert_eq!((r.status, r.body == data), (200, true));
+    assert_eq!(after - before, size as f64, "a cached hit goes by sendfile");
+    let (r, again) = get(Some("bytes=100-5000000"));
+    assert_eq!(r.status, 206);
+    assert!(r.body == data[100..=5_000_000]);
+    assert_eq!(again - after, (5_000_000 - 100 + 1) as f64);
+    // Evicted from the page cache: the bytes are read through io_uring instead (at least the
+    // first chunk; readahead may bring the rest back in), and are the same bytes.
+    let hex = digest.trim_start_matches("sha256:");
+    let file = std::fs::File::open(rc.root.join("blobs/sha256").join(&hex[..2]).join(hex)).unwrap();
+    // SAFETY: fadvise on a descriptor we hold; no pointers.
+    let rc_ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc_, 0);
+    let (r, evicted) = get(None);
+    assert_eq!((r.status, r.body == data), (200, true));
+    assert!(
+        evicted - again < size as f64,
+        "an evicted body is not sent by sendfile ({} of {size})",
+        evicted - again
+    );
+    assert_eq!(up.count(&format!("GET {path}")), 1);
+}

@@ -5,7 +5,8 @@
 //! and its connection is cut short.
 //!
 //! A slow client slows only itself (it reads the file at its own pace; the fill does not wait
-//! for it), and memory per follower is one read buffer from the worker's pool
+//! for it). What was just written is normally still in the page cache and goes out by
+//! sendfile, with no buffer; anything else is read into one buffer from the worker's pool
 //! ([`crate::buffers`]).
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use monoio::net::TcpStream;
 
 use super::{Fill, State};
 use crate::error::Kind;
+use crate::http::sendfile;
 
 /// Wait until the fill has an answer from upstream: its state then, never `Pending`.
 pub async fn start(fill: &Fill) -> State {
@@ -68,6 +70,7 @@ pub enum Cut {
 /// Stream bytes `[start, end]` (inclusive) of the fill's body to `sock`. `size` is the body
 /// size; if the range includes the last byte, that byte is sent only after the commit.
 /// `buf` is this request's read buffer (reads of up to `chunk` bytes), returned for reuse.
+/// Bytes that went out by sendfile are added to `by_sendfile`.
 #[allow(clippy::too_many_arguments)]
 pub async fn stream(
     fill: &Fill,
@@ -80,6 +83,7 @@ pub async fn stream(
     chunk: usize,
     send_stall: Duration,
     progress_stall: Duration,
+    by_sendfile: &mut u64,
 ) -> (Result<(), Cut>, Vec<u8>) {
     let file = match file.try_clone().and_then(monoio::fs::File::from_std) {
         Ok(f) => f,
@@ -112,6 +116,16 @@ pub async fn stream(
                 .is_err()
             {
                 return (Err(Cut::Stalled), buf);
+            }
+            continue;
+        }
+        let span = (limit - pos).min(sendfile::SPAN_BYTES);
+        if span >= sendfile::MIN_BYTES && sendfile::cached(&file, pos, span) {
+            let (from, to) = (pos, pos + span);
+            let res = sendfile::send(sock, &file, &mut pos, to, send_stall).await;
+            *by_sendfile += pos - from;
+            if let Err(e) = res {
+                return (Err(Cut::Client(e)), buf);
             }
             continue;
         }

@@ -15,7 +15,6 @@ pub mod follow;
 pub mod task;
 
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -290,9 +289,9 @@ impl Lease {
     }
 
     /// [`Lease::progress`] for the ingest's write jobs, which complete on their own.
-    pub fn publisher(&self) -> Rc<dyn Fn(u64)> {
+    pub fn publisher(&self) -> crate::store::ingest::OnWritten {
         let fill = self.fill.clone();
-        Rc::new(move |n| fill.publish(n))
+        Arc::new(move |n| fill.publish(n))
     }
 
     /// Every byte is written and the sha256 matches: followers may finish before the commit's

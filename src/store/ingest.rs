@@ -3,12 +3,14 @@
 //!
 //! An `Ingest` is an obligation: dropped uncommitted, it removes its temp file.
 //!
-//! Hashing runs off the event loop: each appended piece of [`HASH_OFFLOAD_MIN`] bytes or more
-//! is hashed on the blocking pool while the fill reads and writes the next one, so one cold
-//! pull uses two cores (the worker moves bytes, a hasher thread hashes them) instead of
-//! serialising both on the worker.
+//! Writing and hashing run off the event loop, on the blocking pool: each appended piece is
+//! one job there (`pwrite`, publish the written count, hash) while the fill reads the next
+//! piece from upstream. Measured on ext4 (kernel 6.18): an io_uring buffered write of
+//! 256 KiB pieces took 0.8–3.3 s per GiB (the kernel punts it to an io-wq worker), a plain
+//! `pwrite` 0.29 s, and a `pwrite` hop to the pool and back 0.7 s; overlapped with the
+//! upstream read, the hop is off the critical path.
 
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -16,24 +18,26 @@ use std::sync::Arc;
 use super::Store;
 use crate::digest::Digest;
 
+/// Told the written byte count as each write completes (the fill publishes it to followers);
+/// called on the blocking pool.
+pub type OnWritten = Arc<dyn Fn(u64) + Send + Sync>;
+
 pub struct Ingest {
     path: PathBuf,
-    /// The temp file, shared with followers: each reads through its own `dup` of it, which
-    /// keeps working after the rename into `blobs/`.
+    /// The temp file, shared with followers (each reads through its own `dup` of it, which
+    /// keeps working after the rename into `blobs/`) and with the piece jobs that write it.
     shared: Arc<std::fs::File>,
+    /// The same file on the event loop, for the commit's fsync.
     file: Rc<monoio::fs::File>,
-    /// The write of the last piece, in flight while the fill reads the next one.
-    writing: Option<WriteJob>,
+    /// The job writing and hashing the last piece, in flight while the fill reads the next.
+    job: Option<PieceJob>,
     /// Bytes handed to [`Ingest::append`]: where the next piece goes.
     accepted: u64,
     /// Pieces appended (for the fill's log line: average piece size).
     pieces: u64,
-    /// Told the written byte count as each write completes (the fill publishes it).
-    on_written: Option<Rc<dyn Fn(u64)>>,
-    /// `None` while a hash job holds it.
+    on_written: Option<OnWritten>,
+    /// `None` while a piece job holds it.
     hasher: Option<ring::digest::Context>,
-    /// The hash job of the last piece: gives back the context and the piece's buffer.
-    hashing: Option<HashJob>,
     written: u64,
     /// Set once the file is renamed into the store; Drop then leaves it alone.
     committed: bool,
@@ -41,12 +45,15 @@ pub struct Ingest {
     verified: bool,
 }
 
-type WriteJob = monoio::task::JoinHandle<(std::io::Result<()>, Vec<u8>)>;
-type HashJob =
-    monoio::task::JoinHandle<Result<(ring::digest::Context, Vec<u8>), monoio::blocking::JoinError>>;
+/// What a piece job gives back: the write's result, the hash context (updated when the
+/// write succeeded) and the piece's buffer, free for the next read.
+struct Piece {
+    res: std::io::Result<()>,
+    hasher: ring::digest::Context,
+    buf: Vec<u8>,
+}
 
-/// Pieces smaller than this are hashed inline (a thread hop costs more than hashing them).
-pub const HASH_OFFLOAD_MIN: usize = 64 * 1024;
+type PieceJob = monoio::task::JoinHandle<Result<Piece, monoio::blocking::JoinError>>;
 
 #[derive(Debug)]
 pub enum CommitError {
@@ -95,12 +102,11 @@ impl Ingest {
             path,
             shared,
             file: Rc::new(file),
-            writing: None,
+            job: None,
             accepted: 0,
             pieces: 0,
             on_written: None,
             hasher: Some(ring::digest::Context::new(&ring::digest::SHA256)),
-            hashing: None,
             written: 0,
             committed: false,
             verified: false,
@@ -112,7 +118,7 @@ impl Ingest {
     }
 
     /// Call `f` with the written byte count each time a write completes.
-    pub fn on_written(&mut self, f: Rc<dyn Fn(u64)>) {
+    pub fn on_written(&mut self, f: OnWritten) {
         self.on_written = Some(f);
     }
 
@@ -131,76 +137,51 @@ impl Ingest {
         self.accepted
     }
 
-    /// Append `buf` after what was accepted. Three stages overlap: this piece's write is
-    /// started and left in flight (the fill reads the next piece meanwhile), the previous
-    /// piece, now written, is hashed (on the blocking pool when large), and the piece before
-    /// that gives its buffer back for the next read. An error is that of the previous write
-    /// (the one that completed here); `buf` then comes back unwritten.
+    /// Append `buf` after what was accepted: the previous piece's job is completed, and this
+    /// piece's job (write, publish, hash) started and left in flight, so the fill reads the
+    /// next piece meanwhile. Returns the previous piece's buffer for that read. An error is
+    /// that of the previous write; `buf` then comes back unwritten.
     pub async fn append(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
-        let spare = match self.complete_write().await {
+        let spare = match self.complete().await {
             Err(e) => return (Err(e), buf),
-            Ok(None) => None,
-            Ok(Some(prev)) => self.hash(prev).await,
+            Ok(spare) => spare,
         };
         let cap = buf.capacity();
-        let (file, at) = (self.file.clone(), self.accepted);
+        let mut hasher = self.hasher.take().expect("no piece job in flight");
+        let (file, at, on_written) = (self.shared.clone(), self.accepted, self.on_written.clone());
         self.accepted += buf.len() as u64;
         self.pieces += 1;
-        let on_written = self.on_written.clone();
-        self.writing = Some(monoio::spawn(async move {
-            let (res, buf) = file.write_all_at(buf, at).await;
-            if let (Ok(()), Some(f)) = (&res, on_written) {
-                f(at + buf.len() as u64);
+        self.job = Some(monoio::spawn_blocking(move || {
+            let res = file.write_all_at(&buf, at);
+            if res.is_ok() {
+                if let Some(f) = on_written {
+                    f(at + buf.len() as u64);
+                }
+                hasher.update(&buf);
             }
-            (res, buf)
+            Piece { res, hasher, buf }
         }));
         (Ok(()), spare.unwrap_or_else(|| Vec::with_capacity(cap)))
     }
 
-    /// Wait for the write in flight and hash what it wrote: afterwards
-    /// `written() == accepted()`.
+    /// Wait for the piece in flight: afterwards `written() == accepted()` and every written
+    /// byte is hashed.
     pub async fn flush(&mut self) -> std::io::Result<()> {
-        if let Some(prev) = self.complete_write().await? {
-            self.hash(prev).await;
-        }
-        Ok(())
+        self.complete().await.map(drop)
     }
 
-    /// The write in flight, completed: its buffer.
-    async fn complete_write(&mut self) -> std::io::Result<Option<Vec<u8>>> {
-        let Some(job) = self.writing.take() else {
+    /// The piece job in flight, completed: its buffer.
+    async fn complete(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let Some(job) = self.job.take() else {
             return Ok(None);
         };
-        let (res, buf) = job.await;
-        res?;
-        self.written += buf.len() as u64;
-        Ok(Some(buf))
-    }
-
-    /// Hash a written piece after the one before it; returns a buffer free for reuse.
-    async fn hash(&mut self, buf: Vec<u8>) -> Option<Vec<u8>> {
-        let spare = self.settle().await;
-        let mut ctx = self.hasher.take().expect("settled");
-        if buf.len() < HASH_OFFLOAD_MIN {
-            ctx.update(&buf);
-            self.hasher = Some(ctx);
-            return Some(buf);
-        }
-        self.hashing = Some(monoio::spawn_blocking(move || {
-            ctx.update(&buf);
-            (ctx, buf)
-        }));
-        spare
-    }
-
-    /// Wait for the hash job in flight, if any; returns its buffer.
-    async fn settle(&mut self) -> Option<Vec<u8>> {
-        let job = self.hashing.take()?;
-        let (ctx, buf) = job
+        let piece = job
             .await
-            .expect("the hasher pool runs every job it is given");
-        self.hasher = Some(ctx);
-        Some(buf)
+            .expect("the blocking pool runs every job it is given");
+        self.hasher = Some(piece.hasher);
+        piece.res?;
+        self.written += piece.buf.len() as u64;
+        Ok(Some(piece.buf))
     }
 
     /// Check that what was written is `size` bytes (when known) and hashes to `expected` —
@@ -208,7 +189,6 @@ impl Ingest {
     /// before the fsync.
     pub async fn verify(&mut self, expected: Digest, size: Option<u64>) -> Result<(), CommitError> {
         self.flush().await.map_err(CommitError::Io)?;
-        self.settle().await;
         if let Some(expected) = size {
             if expected != self.written {
                 return Err(CommitError::Size {
@@ -220,7 +200,7 @@ impl Ingest {
         let hasher = self
             .hasher
             .replace(ring::digest::Context::new(&ring::digest::SHA256))
-            .expect("settled");
+            .expect("no piece job in flight");
         let got = Digest::from_ring(&hasher.finish());
         if got != expected {
             return Err(CommitError::Digest { got });
