@@ -8,8 +8,9 @@
 //! disk. [`cached`] asks the kernel first (`cachestat(2)`, Linux 6.5+) and callers read
 //! anything else through io_uring as before, which also brings it into the cache.
 //!
-//! Measured on the 2-core VM (bench/run.sh): one cold 1 GiB follower went from 2.1–2.8 to
-//! 1.6–2.0 CPU-seconds in ringcache; see the README's Benchmarks section for the scenarios.
+//! Measured on the 2-core VM: ringcache's CPU for one cold 1 GiB pull went from 2.1–3.1 to
+//! ~2.0 seconds, and the 32-client cold fan-out of bench/run.sh from 0.81× to 0.68× of the
+//! reference's wall time (README, Benchmarks).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
