@@ -961,10 +961,22 @@ fn main() {
     let proxies = [("reference", pr), ("ringcache", pc)];
     let gen = w.join("gen");
     let mut res = Results::default();
-    let mut seed = 1u64;
-    let mut next_seed = || {
-        seed += 1;
-        seed
+    let seed = std::cell::Cell::new(1u64);
+    let next_seed = || {
+        seed.set(seed.get() + 1);
+        seed.get()
+    };
+    // A fresh image for one system and repetition of a cold scenario (nothing accidentally
+    // warm).
+    let fresh = |what: &str, sys: &str, rep: usize, payloads: &[u64]| {
+        push_image(
+            po,
+            &gen,
+            &format!("bench/{what}-{sys}-{rep}"),
+            "v1",
+            payloads,
+            next_seed(),
+        )
     };
     // nginx serves the same bytes under the same URLs (the files the origin was pushed).
     let publish = |path: &str, file: &Path| {
@@ -981,14 +993,7 @@ fn main() {
         let label = format!("(a) cold {} MiB, 1 client", o.big / MIB);
         for rep in 0..o.reps {
             for (sys, port) in order(&proxies, rep) {
-                let img = push_image(
-                    po,
-                    &gen,
-                    &format!("bench/cold-{sys}-{rep}"),
-                    "v1",
-                    &[o.big - 2048],
-                    next_seed(),
-                );
+                let img = fresh("cold", sys, rep, &[o.big - 2048]);
                 let l = &img.layers[0];
                 ready(s.proc(sys));
                 let r = get_verified(
@@ -1023,14 +1028,7 @@ fn main() {
         let label = "(b) cold fan-out, 32 clients, 256 MiB".to_string();
         for rep in 0..o.reps {
             for (sys, port) in order(&proxies, rep) {
-                let img = push_image(
-                    po,
-                    &gen,
-                    &format!("bench/fan-{sys}-{rep}"),
-                    "v1",
-                    &[256 * MIB - 2048],
-                    next_seed(),
-                );
+                let img = fresh("fan", sys, rep, &[256 * MIB - 2048]);
                 let l = &img.layers[0];
                 ready(s.proc(sys));
                 let (wall, ttfbs) = fan_out(
@@ -1278,13 +1276,11 @@ fn main() {
     if o.only.contains('f') && Command::new("skopeo").arg("--version").output().is_ok() {
         for rep in 0..o.reps {
             for (sys, port) in order(&proxies, rep) {
-                let img = push_image(
-                    po,
-                    &gen,
-                    &format!("bench/skopeo-{sys}-{rep}"),
-                    "v1",
+                let img = fresh(
+                    "skopeo",
+                    sys,
+                    rep,
                     &[MIB, 4 * MIB, 16 * MIB, 256 * 1024, 64 * 1024],
-                    next_seed(),
                 );
                 for (i, phase) in ["cold", "warm"].iter().enumerate() {
                     ready(s.proc(sys));
@@ -1335,14 +1331,7 @@ fn main() {
         let label = "(e) 512 followers of a cold 16 MiB blob + 10,000 idle conns";
         for rep in 0..o.reps {
             for (sys, port) in order(&proxies, rep) {
-                let img = push_image(
-                    po,
-                    &gen,
-                    &format!("bench/mem-{sys}-{rep}"),
-                    "v1",
-                    &[16 * MIB - 2048],
-                    next_seed(),
-                );
+                let img = fresh("mem", sys, rep, &[16 * MIB - 2048]);
                 let l = &img.layers[0];
                 ready(s.proc(sys));
                 let idle: Vec<TcpStream> = (0..10_000)

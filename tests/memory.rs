@@ -44,12 +44,7 @@ fn wait_open(rc: &Ringcache, dbg: std::net::SocketAddr, n: usize) {
 #[test]
 fn idle_connections_hold_no_buffers_and_followers_share_a_bounded_budget() {
     let up = TestUpstream::start();
-    let rc = Ringcache::start_with_env(
-        &up.url(),
-        "",
-        &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")],
-    );
-    let dbg = rc.debug_addr();
+    let (rc, dbg) = Ringcache::start_with_debug(&up.url());
     let pid = rc.proc.child.id();
     let path = format!(
         "/v2/x/blobs/{}",

@@ -53,12 +53,7 @@ fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
 #[test]
 fn metrics_have_the_reference_names_and_exact_counts() {
     let up = TestUpstream::start();
-    let rc = Ringcache::start_with_env(
-        &up.url(),
-        "",
-        &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")],
-    );
-    let dbg = rc.debug_addr();
+    let (rc, dbg) = Ringcache::start_with_debug(&up.url());
     let a = up.add_blob(image::pseudo_random(1, 1000), Fault::None);
     let b = up.add_blob_with(Blob {
         data: Arc::new(image::pseudo_random(2, 5000)),
@@ -182,12 +177,7 @@ fn metrics_have_the_reference_names_and_exact_counts() {
 #[test]
 fn health_checks_and_manual_down_up() {
     let up = TestUpstream::start();
-    let rc = Ringcache::start_with_env(
-        &up.url(),
-        "",
-        &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")],
-    );
-    let dbg = rc.debug_addr();
+    let (rc, dbg) = Ringcache::start_with_debug(&up.url());
     assert_eq!(
         (
             http::get(dbg, "/debug/health").status,
@@ -222,8 +212,7 @@ fn health_checks_and_manual_down_up() {
 
     // Upstream failing: the health check says so.
     let dead = format!("http://127.0.0.1:{}", support::free_port());
-    let rc = Ringcache::start_with_env(&dead, "", &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")]);
-    let dbg = rc.debug_addr();
+    let (rc, dbg) = Ringcache::start_with_debug(&dead);
     assert_eq!(http::get(rc.addr, "/v2/x/manifests/v1").status, 503);
     let r = http::get(dbg, "/debug/health");
     assert_eq!(r.status, 503);
@@ -353,12 +342,7 @@ fn sighup_reloads_credentials_limits_and_log_level_and_reports_the_rest() {
 fn large_hits_go_by_sendfile_when_cached_and_by_reads_when_not() {
     use std::os::fd::AsRawFd;
     let up = TestUpstream::start();
-    let rc = Ringcache::start_with_env(
-        &up.url(),
-        "",
-        &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")],
-    );
-    let dbg = rc.debug_addr();
+    let (rc, dbg) = Ringcache::start_with_debug(&up.url());
     let size = 6 * 1024 * 1024 + 123;
     let data = image::pseudo_random(61, size);
     let digest = up.add_blob(data.clone(), Fault::None);

@@ -90,15 +90,7 @@ fn ready_status_watchdog_and_stopping_on_a_notify_socket() {
     assert!(ready.contains("STATUS=serving on"), "{ready}");
     // READY means every worker accepts: a request now is served.
     let line = rc.wait_log("listening on ", Duration::from_secs(1));
-    let addr: std::net::SocketAddr = line
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = support::addr_after(&line, "listening on ");
     assert_eq!(http::get(addr, "/v2/").status, 200);
     // WATCHDOG=1 at half of WATCHDOG_USEC (200 ms): five pings well inside 3 s.
     let start = Instant::now();

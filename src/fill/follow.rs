@@ -119,9 +119,8 @@ pub async fn stream(
             }
             continue;
         }
-        let span = (limit - pos).min(sendfile::SPAN_BYTES);
-        if span >= sendfile::MIN_BYTES && sendfile::cached(&file, pos, span) {
-            let (from, to) = (pos, pos + span);
+        if let Some(to) = sendfile::span(&file, pos, limit) {
+            let from = pos;
             let res = sendfile::send(sock, &file, &mut pos, to, send_stall).await;
             *by_sendfile += pos - from;
             if let Err(e) = res {

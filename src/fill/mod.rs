@@ -283,12 +283,8 @@ impl Lease {
         });
     }
 
-    /// `written` bytes are now in the file.
-    pub fn progress(&self, written: u64) {
-        self.fill.publish(written);
-    }
-
-    /// [`Lease::progress`] for the ingest's write jobs, which complete on their own.
+    /// Publishes to followers that `n` bytes are now in the file (called by the ingest's write
+    /// jobs as each completes; never with a smaller count than before).
     pub fn publisher(&self) -> crate::store::ingest::OnWritten {
         let fill = self.fill.clone();
         Arc::new(move |n| fill.publish(n))
@@ -372,7 +368,7 @@ mod tests {
         }
         assert_eq!(lease.fill().followers(), 4);
         lease.filling(file(), Some(3), None);
-        lease.progress(3);
+        (lease.publisher())(3);
         lease.committed(3);
         assert_eq!(fills.inflight(), 0);
         // After commit the map no longer has it, and the index (re-checked) does.
@@ -441,7 +437,7 @@ mod tests {
             panic!()
         };
         lease.filling(file(), None, None);
-        lease.progress(10);
-        lease.progress(5);
+        (lease.publisher())(10);
+        (lease.publisher())(5);
     }
 }

@@ -166,7 +166,6 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
         tally(&worker.counters().bypassed);
         return lease.bypass();
     }
-    lease.progress(ingest.written());
     crate::failpoint::hit("fill-before-verify").await;
     // Verified content may go out to followers now; the fsync and rename follow.
     let pieces = ingest.pieces();

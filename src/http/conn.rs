@@ -220,12 +220,10 @@ impl<'a> Exchange<'a> {
     ) -> std::io::Result<()> {
         let mut pos = start;
         while pos <= end {
-            let span = (end + 1 - pos).min(sendfile::SPAN_BYTES);
-            if end + 1 - pos >= sendfile::MIN_BYTES && sendfile::cached(file, pos, span) {
+            if let Some(to) = sendfile::span(file, pos, end + 1) {
                 self.flush_head().await?;
                 let from = pos;
-                let res =
-                    sendfile::send(self.sock, file, &mut pos, from + span, self.send_stall).await;
+                let res = sendfile::send(self.sock, file, &mut pos, to, self.send_stall).await;
                 self.body_bytes += pos - from;
                 self.sendfile_bytes += pos - from;
                 res?;
@@ -256,14 +254,12 @@ impl<'a> Exchange<'a> {
         let (res, slice) = file.read_at(buf.slice_mut(at..at + want), pos).await;
         buf = slice.into_inner();
         let n = match res {
-            Ok(0) => Err(std::io::ErrorKind::UnexpectedEof.into()),
-            other => other,
-        };
-        let n = match n {
-            Ok(n) => n,
-            Err(e) => {
+            Ok(n) if n > 0 => n,
+            other => {
                 self.put_buf(buf);
-                return Err(e);
+                return Err(other
+                    .err()
+                    .unwrap_or_else(|| std::io::ErrorKind::UnexpectedEof.into()));
             }
         };
         match monoio::time::timeout(self.send_stall, self.sock.write_all(buf.slice(0..at + n)))

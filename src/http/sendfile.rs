@@ -20,10 +20,10 @@ use monoio::net::TcpStream;
 
 /// Bodies (or what is left of them) smaller than this go through a buffer: one write with the
 /// head beats a head write plus a sendfile.
-pub const MIN_BYTES: u64 = 64 * 1024;
+const MIN_BYTES: u64 = 64 * 1024;
 
 /// The most one residency check and one run of sendfile calls cover.
-pub const SPAN_BYTES: u64 = 4 << 20;
+const SPAN_BYTES: u64 = 4 << 20;
 
 /// `cachestat(2)` (the same number on every architecture that has it: the generic table).
 const SYS_CACHESTAT: libc::c_long = 451;
@@ -90,6 +90,13 @@ pub fn cached(file: &impl AsRawFd, pos: u64, len: u64) -> bool {
         return false;
     }
     stat.nr_cache >= range.len.div_ceil(page)
+}
+
+/// Where a run of sendfile from `pos` should stop, when `[pos, end)` is worth sending that
+/// way (at least [`MIN_BYTES`]) and its next [`SPAN_BYTES`] are [`cached`]; `None`: read it.
+pub fn span(file: &impl AsRawFd, pos: u64, end: u64) -> Option<u64> {
+    let span = (end - pos).min(SPAN_BYTES);
+    (span >= MIN_BYTES && cached(file, pos, span)).then_some(pos + span)
 }
 
 /// Send `[*pos, end)` of `file` to `sock` with sendfile, advancing `*pos` as bytes go out (so

@@ -12,7 +12,6 @@
 
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use super::Store;
@@ -28,7 +27,7 @@ pub struct Ingest {
     /// keeps working after the rename into `blobs/`) and with the piece jobs that write it.
     shared: Arc<std::fs::File>,
     /// The same file on the event loop, for the commit's fsync.
-    file: Rc<monoio::fs::File>,
+    file: monoio::fs::File,
     /// The job writing and hashing the last piece, in flight while the fill reads the next.
     job: Option<PieceJob>,
     /// Bytes handed to [`Ingest::append`]: where the next piece goes.
@@ -101,7 +100,7 @@ impl Ingest {
         Ok(Ingest {
             path,
             shared,
-            file: Rc::new(file),
+            file,
             job: None,
             accepted: 0,
             pieces: 0,

@@ -254,16 +254,7 @@ impl Ringcache {
             .envs(env.iter().copied());
         let proc = Proc::spawn(cmd);
         let line = proc.wait_log("listening on ", Duration::from_secs(20));
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap();
-        let addr: SocketAddr = strip_ansi(addr)
-            .parse()
-            .unwrap_or_else(|e| panic!("{line}: {e}"));
+        let addr = addr_after(&line, "listening on ");
         Ringcache {
             proc,
             addr,
@@ -272,24 +263,38 @@ impl Ringcache {
         }
     }
 
+    /// Start in a temp root with the debug listener on a free port: the server and the
+    /// debug listener's address.
+    pub fn start_with_debug(upstream: &str) -> (Ringcache, SocketAddr) {
+        let rc =
+            Ringcache::start_with_env(upstream, "", &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")]);
+        let dbg = rc.debug_addr();
+        (rc, dbg)
+    }
+
     /// The debug listener's address, from its start line (needs `REGISTRY_HTTP_DEBUG_ADDR`).
     pub fn debug_addr(&self) -> SocketAddr {
         let line = self
             .proc
             .wait_log("debug listener", Duration::from_secs(10));
-        line.split(") on ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        addr_after(&line, ") on ")
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+}
+
+/// The socket address that follows `marker` in a log line.
+pub fn addr_after(line: &str, marker: &str) -> SocketAddr {
+    let word = line
+        .split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address after {marker:?} in {line}"));
+    strip_ansi(word)
+        .parse()
+        .unwrap_or_else(|e| panic!("{line}: {e}"))
 }
 
 pub fn strip_ansi(s: &str) -> String {
