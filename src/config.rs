@@ -53,6 +53,9 @@ pub struct Config {
     pub high_water_percent: u64,
     /// ...down to this share.
     pub low_water_percent: u64,
+    /// `ringcache.storage.direct_writes`: fills write with `O_DIRECT` where the filesystem
+    /// takes it (default true; see `store::ingest`).
+    pub direct_writes: bool,
     /// How often changed access times, links and tags are appended to the state journal.
     pub state_interval: Duration,
     /// Keys of the reference schema that were present but are not used by ringcache.
@@ -208,6 +211,7 @@ impl Config {
             drain_timeout: Duration::from_secs(30),
             size_max_bytes: None,
             high_water_percent: 95,
+            direct_writes: true,
             low_water_percent: 90,
             state_interval: Duration::from_secs(10),
             ignored_keys: ignored,
@@ -314,6 +318,7 @@ impl Config {
                     "size_max": self.size_max_bytes.map_or("0".to_string(), format_size),
                     "high_water_percent": self.high_water_percent,
                     "low_water_percent": self.low_water_percent,
+                    "direct_writes": self.direct_writes,
                 },
                 "state": {"interval": format_duration(self.state_interval)},
                 "upstream": {"ca_file": self.upstream.ca_file.as_ref().map(|p| p.display().to_string())},
@@ -357,6 +362,7 @@ const RINGCACHE_KEYS: &[&str] = &[
     "storage.size_max",
     "storage.high_water_percent",
     "storage.low_water_percent",
+    "storage.direct_writes",
     "limits.request_line_bytes_max",
     "limits.header_line_bytes_max",
     "limits.head_bytes_max",
@@ -453,6 +459,7 @@ fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), ConfigError>
                                 config.low_water_percent = n;
                             }
                         }
+                        "direct_writes" => config.direct_writes = boolean(&key, v2)?,
                         _ => return Err(err(&key, "unknown key")),
                     }
                 }
@@ -602,6 +609,15 @@ fn uint(key: &str, v: &Value) -> Result<u64, ConfigError> {
             .parse()
             .map_err(|_| err(key, "must be a non-negative integer")),
         _ => Err(err(key, "must be a non-negative integer")),
+    }
+}
+
+fn boolean(key: &str, v: &Value) -> Result<bool, ConfigError> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) if s == "true" => Ok(true),
+        Value::String(s) if s == "false" => Ok(false),
+        _ => Err(err(key, "must be true or false")),
     }
 }
 

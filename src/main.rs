@@ -197,7 +197,7 @@ fn reload(shared: &Shared, path: Option<&PathBuf>) {
         *shared.live.limits.write().unwrap() = new.limits.clone();
         applied.push("ringcache.limits");
     }
-    let checks: [(&str, bool); 12] = [
+    let checks: [(&str, bool); 13] = [
         ("http.addr", new.http_addr != old.http_addr),
         ("http.debug.addr", new.debug_addr != old.debug_addr),
         ("log.formatter", new.log_json != old.log_json),
@@ -227,6 +227,10 @@ fn reload(shared: &Shared, path: Option<&PathBuf>) {
                 old.high_water_percent,
                 old.low_water_percent,
             ),
+        ),
+        (
+            "ringcache.storage.direct_writes",
+            new.direct_writes != old.direct_writes,
         ),
         (
             "ringcache.state.interval",
@@ -265,8 +269,9 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let tls = ringcache::http::client::tls_config(config.upstream.ca_file.as_deref())
         .map_err(|e| anyhow::anyhow!("upstream TLS setup: {e}"))?;
-    let store = ringcache::store::Store::open(&config.root_dir)
+    let mut store = ringcache::store::Store::open(&config.root_dir)
         .with_context(|| format!("opening the store at {}", config.root_dir.display()))?;
+    store.direct_ingest = config.direct_writes;
     ringcache::service::raise_nofile_limit();
     // Sockets passed by systemd (socket activation), else our own SO_REUSEPORT listeners.
     let listeners: Vec<Vec<std::net::TcpListener>> =

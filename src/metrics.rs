@@ -74,6 +74,8 @@ pub struct Counters {
     pub bypassed: AtomicU64,
     /// Body bytes sent by sendfile from the page cache (the rest went through a buffer).
     sendfile_bytes: AtomicU64,
+    /// Body bytes followers copied from their fill's recent blocks in memory.
+    memory_bytes: AtomicU64,
     pub connections_open: AtomicU64,
 }
 
@@ -135,6 +137,12 @@ impl Counters {
     pub fn sent_by_sendfile(&self, bytes: u64) {
         if bytes > 0 {
             add(&self.sendfile_bytes, bytes);
+        }
+    }
+
+    pub fn sent_from_memory(&self, bytes: u64) {
+        if bytes > 0 {
+            add(&self.memory_bytes, bytes);
         }
     }
 }
@@ -268,6 +276,12 @@ pub fn render(workers: &[Counters], g: &Gauges) -> String {
         "counter",
         "Body bytes sent by sendfile straight from the page cache (the rest were read into a buffer first: not cached, or small).",
         sum(&|c| get(&c.sendfile_bytes)),
+    );
+    line(
+        "ringcache_fill_memory_bytes_total",
+        "counter",
+        "Body bytes followers of a fill copied from its most recent blocks in memory (the rest came from the file).",
+        sum(&|c| get(&c.memory_bytes)),
     );
     line(
         "ringcache_evictions_total",

@@ -440,7 +440,7 @@ async fn follow_fill(
         chunk,
         send_stall,
         stall,
-        &mut x.sendfile_bytes,
+        (&mut x.sendfile_bytes, &mut x.memory_bytes),
     )
     .await;
     x.put_buf(buf);
@@ -769,10 +769,12 @@ async fn manifest_by_tag_get(
     if !store.index.contains(&digest) {
         let mut ingest =
             Ingest::create(store).or_err(Kind::Unavailable, Side::Store, "create ingest file")?;
-        let (res, body_back) = ingest.append(body).await;
-        res.or_err(Kind::Unavailable, Side::Store, "write manifest")?;
+        ingest
+            .append(&body)
+            .await
+            .or_err(Kind::Unavailable, Side::Store, "write manifest")?;
         let n = ingest
-            .commit(store, digest, Some(body_back.len() as u64))
+            .commit(store, digest, Some(body.len() as u64))
             .await
             .or_err(Kind::Unavailable, Side::Store, "commit manifest")?;
         store

@@ -335,14 +335,20 @@ fn sighup_reloads_credentials_limits_and_log_level_and_reports_the_rest() {
     );
 }
 
-/// Large bodies leave by sendfile when their pages are in the page cache, and through a read
-/// buffer when they are not (sendfile would block the worker on the disk): both give the same
-/// bytes, Range included, and the counter says which path carried them.
+/// Fills write with O_DIRECT: the follower of a cold pull copies what was just written from
+/// the fill's blocks in memory, and the committed file is not in the page cache. Large hits
+/// leave by sendfile when their pages are in the page cache, and through a read buffer when
+/// they are not (sendfile would block the worker on the disk; the reads bring the pages in):
+/// all give the same bytes, Range included, and the counters say which path carried them.
 #[test]
-fn large_hits_go_by_sendfile_when_cached_and_by_reads_when_not() {
+fn fills_bypass_the_page_cache_and_large_hits_go_by_sendfile_once_cached() {
     use std::os::fd::AsRawFd;
     let up = TestUpstream::start();
-    let (rc, dbg) = Ringcache::start_with_debug(&up.url());
+    // On the build's filesystem: a tmpfs (which /tmp may be) is nothing but page cache.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let env = [("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")];
+    let rc = Ringcache::start_env(&up.url(), "", &dir.path().join("data"), &env);
+    let dbg = rc.debug_addr();
     let size = 6 * 1024 * 1024 + 123;
     let data = image::pseudo_random(61, size);
     let digest = up.add_blob(data.clone(), Fault::None);
@@ -355,19 +361,37 @@ fn large_hits_go_by_sendfile_when_cached_and_by_reads_when_not() {
         // Counted just before the access-log line.
         rc.proc
             .wait_count(&["ringcache::access"], requests, Duration::from_secs(10));
-        let sent = scrape(dbg)["ringcache_sendfile_bytes_total"];
-        (r, sent)
+        let m = scrape(dbg);
+        (
+            r,
+            m["ringcache_sendfile_bytes_total"],
+            m["ringcache_fill_memory_bytes_total"],
+        )
     };
-    let (r, _) = get(None);
+    let (r, _, memory) = get(None);
     assert_eq!((r.status, r.body == data), (200, true));
+    // The fill keeps its last blocks (at least the last 4 MiB) for its followers.
+    assert!(
+        memory >= (4 << 20) as f64,
+        "follower copied {memory} bytes from memory"
+    );
     rc.proc
         .wait_count(&["fill committed"], 1, Duration::from_secs(10));
-    let (_, before) = get(Some("bytes=0-0"));
-    // Just written and committed: in the page cache, the whole body by sendfile.
-    let (r, after) = get(None);
+    let (_, before, _) = get(Some("bytes=0-0"));
+    // Written around the page cache: the first hit reads the file (no more than one page per
+    // block was written through the cache)...
+    let (r, first, _) = get(None);
     assert_eq!((r.status, r.body == data), (200, true));
-    assert_eq!(after - before, size as f64, "a cached hit goes by sendfile");
-    let (r, again) = get(Some("bytes=100-5000000"));
+    assert!(
+        first - before < size as f64,
+        "a fill's file is not in the page cache ({} of {size} by sendfile)",
+        first - before
+    );
+    // ... which brings it in: the next one goes by sendfile, whole.
+    let (r, after, _) = get(None);
+    assert_eq!((r.status, r.body == data), (200, true));
+    assert_eq!(after - first, size as f64, "a cached hit goes by sendfile");
+    let (r, again, _) = get(Some("bytes=100-5000000"));
     assert_eq!(r.status, 206);
     assert!(r.body == data[100..=5_000_000]);
     assert_eq!(again - after, (5_000_000 - 100 + 1) as f64);
@@ -378,7 +402,7 @@ fn large_hits_go_by_sendfile_when_cached_and_by_reads_when_not() {
     // SAFETY: fadvise on a descriptor we hold; no pointers.
     let rc_ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     assert_eq!(rc_, 0);
-    let (r, evicted) = get(None);
+    let (r, evicted, _) = get(None);
     assert_eq!((r.status, r.body == data), (200, true));
     assert!(
         evicted - again < size as f64,

@@ -4,10 +4,10 @@
 //! body that fails verification is never delivered complete: on `Failed` the follower stops
 //! and its connection is cut short.
 //!
-//! A slow client slows only itself (it reads the file at its own pace; the fill does not wait
-//! for it). What was just written is normally still in the page cache and goes out by
-//! sendfile, with no buffer; anything else is read into one buffer from the worker's pool
-//! ([`crate::buffers`]).
+//! A slow client slows only itself (it reads at its own pace; the fill does not wait for it).
+//! What was just written is copied from the fill's recent blocks in memory into the
+//! follower's buffer from the worker's pool ([`crate::buffers`]); older bytes go out by
+//! sendfile where the page cache has them, and are read from the file otherwise.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,7 +70,8 @@ pub enum Cut {
 /// Stream bytes `[start, end]` (inclusive) of the fill's body to `sock`. `size` is the body
 /// size; if the range includes the last byte, that byte is sent only after the commit.
 /// `buf` is this request's read buffer (reads of up to `chunk` bytes), returned for reuse.
-/// Bytes that went out by sendfile are added to `by_sendfile`.
+/// Bytes that went out by sendfile are added to `sent.0`, those copied from the fill's
+/// recent blocks to `sent.1`.
 #[allow(clippy::too_many_arguments)]
 pub async fn stream(
     fill: &Fill,
@@ -83,8 +84,9 @@ pub async fn stream(
     chunk: usize,
     send_stall: Duration,
     progress_stall: Duration,
-    by_sendfile: &mut u64,
+    sent: (&mut u64, &mut u64),
 ) -> (Result<(), Cut>, Vec<u8>) {
+    let (by_sendfile, from_memory) = sent;
     let file = match file.try_clone().and_then(monoio::fs::File::from_std) {
         Ok(f) => f,
         Err(e) => return (Err(Cut::Read(e)), buf),
@@ -119,31 +121,35 @@ pub async fn stream(
             }
             continue;
         }
-        if let Some(to) = sendfile::span(&file, pos, limit) {
-            let from = pos;
-            let res = sendfile::send(sock, &file, &mut pos, to, send_stall).await;
-            *by_sendfile += pos - from;
-            if let Err(e) = res {
-                return (Err(Cut::Client(e)), buf);
-            }
-            continue;
-        }
         let want = ((limit - pos) as usize).min(chunk);
         buf.clear();
-        buf.reserve(want);
-        let slice = monoio::buf::IoBufMut::slice_mut(buf, 0..want);
-        let (res, slice) = file.read_at(slice, pos).await;
-        buf = slice.into_inner();
-        let n = match res {
-            Ok(0) => {
-                return (
-                    Err(Cut::Read(std::io::ErrorKind::UnexpectedEof.into())),
-                    buf,
-                )
+        let mut n = fill.copy_recent(pos, want, &mut buf);
+        *from_memory += n as u64;
+        if n == 0 {
+            if let Some(to) = sendfile::span(&file, pos, limit) {
+                let from = pos;
+                let res = sendfile::send(sock, &file, &mut pos, to, send_stall).await;
+                *by_sendfile += pos - from;
+                if let Err(e) = res {
+                    return (Err(Cut::Client(e)), buf);
+                }
+                continue;
             }
-            Ok(n) => n,
-            Err(e) => return (Err(Cut::Read(e)), buf),
-        };
+            buf.reserve(want);
+            let slice = monoio::buf::IoBufMut::slice_mut(buf, 0..want);
+            let (res, slice) = file.read_at(slice, pos).await;
+            buf = slice.into_inner();
+            n = match res {
+                Ok(0) => {
+                    return (
+                        Err(Cut::Read(std::io::ErrorKind::UnexpectedEof.into())),
+                        buf,
+                    )
+                }
+                Ok(n) => n,
+                Err(e) => return (Err(Cut::Read(e)), buf),
+            };
+        }
         let (res, back) =
             match monoio::time::timeout(send_stall, sock.write_all(buf.slice(0..n))).await {
                 Ok((res, slice)) => (res, slice.into_inner()),

@@ -7,8 +7,10 @@
 //! the published byte count, waking on progress, and holds the final byte back until the fill
 //! is `Committed`, so a body that fails verification is never delivered complete.
 //!
-//! Only three things cross cores in ringcache; this map is one. Bytes never cross through it:
-//! followers on other workers read the same file through the page cache.
+//! Only three things cross cores in ringcache; this map is one. Bytes cross through it only
+//! as the fill's few most recent blocks ([`crate::store::ingest::Recent`], written, in
+//! memory, read-only): followers copy what was just written from there, and older bytes from
+//! the file.
 
 pub mod bypass;
 pub mod follow;
@@ -23,6 +25,7 @@ use event_listener::Event;
 use crate::digest::Digest;
 use crate::error::Kind;
 use crate::limits::SHARDS;
+use crate::store::ingest::Recent;
 
 /// The state of one fill. Transitions: `Pending → Filling → Committed | Failed`, or
 /// `Pending → Failed`; each transition asserts where it starts from.
@@ -60,6 +63,8 @@ pub struct Fill {
     /// Bytes of the body written to the temp file. Published after each write with Release;
     /// never decreases.
     written: AtomicU64,
+    /// The fill's most recent blocks (set once, when the body starts).
+    recent: std::sync::OnceLock<Arc<Recent>>,
     /// Set once the whole body is written and hashed to the digest — before the fsync and
     /// rename of the commit: followers may send the last byte from then on (what they send is
     /// verified; the commit's durability is the store's business, not the client's).
@@ -80,6 +85,7 @@ impl Fill {
             repo: repo.to_string(),
             state: Mutex::new(State::Pending),
             written: AtomicU64::new(0),
+            recent: Default::default(),
             verified: Default::default(),
             event: Event::new(),
             followers: AtomicUsize::new(0),
@@ -93,6 +99,12 @@ impl Fill {
 
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Acquire)
+    }
+
+    /// Append to `out` up to `want` bytes of the body at `pos` (below [`Fill::written`]) from
+    /// the fill's recent blocks in memory; 0 if they no longer hold it (read the file).
+    pub fn copy_recent(&self, pos: u64, want: usize, out: &mut Vec<u8>) -> usize {
+        self.recent.get().map_or(0, |r| r.copy_at(pos, want, out))
     }
 
     fn publish(&self, written: u64) {
@@ -269,13 +281,16 @@ impl Lease {
         &self.fill
     }
 
-    /// Upstream answered 200: the body is coming into `file`.
+    /// Upstream answered 200: the body is coming into `file` (its latest blocks in
+    /// `recent`).
     pub fn filling(
         &self,
         file: Arc<std::fs::File>,
+        recent: Arc<Recent>,
         size: Option<u64>,
         media_type: Option<Arc<str>>,
     ) {
+        let _ = self.fill.recent.set(recent);
         self.fill.transition(State::Filling {
             file,
             size,
@@ -367,7 +382,7 @@ mod tests {
             ));
         }
         assert_eq!(lease.fill().followers(), 4);
-        lease.filling(file(), Some(3), None);
+        lease.filling(file(), Arc::default(), Some(3), None);
         (lease.publisher())(3);
         lease.committed(3);
         assert_eq!(fills.inflight(), 0);
@@ -436,7 +451,7 @@ mod tests {
         let Joined::Lead(lease, _) = fills.join_or_lead(Digest::of(b"d"), "r", || false) else {
             panic!()
         };
-        lease.filling(file(), None, None);
+        lease.filling(file(), Arc::default(), None, None);
         (lease.publisher())(10);
         (lease.publisher())(5);
     }

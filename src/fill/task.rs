@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use super::Lease;
 use crate::error::Kind;
-use crate::limits::{CHUNK_BYTES, FILL_RESUMES_MAX, FILL_RESUME_BACKOFF, MANIFEST_BYTES_MAX};
-use crate::store::ingest::CommitError;
+use crate::limits::{FILL_RESUMES_MAX, FILL_RESUME_BACKOFF, MANIFEST_BYTES_MAX};
+use crate::store::ingest::{CommitError, BLOCK_BYTES};
 use crate::store::{Entry, Ingest};
 use crate::upstream::status_error;
 use crate::worker::Worker;
@@ -83,9 +83,14 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
             return lease.bypass();
         }
     };
-    lease.filling(ingest.shared_file(), size, media_type.clone());
+    lease.filling(
+        ingest.shared_file(),
+        ingest.recent(),
+        size,
+        media_type.clone(),
+    );
     ingest.on_written(lease.publisher());
-    let mut buf = Vec::with_capacity(CHUNK_BYTES);
+    let mut buf = Vec::with_capacity(BLOCK_BYTES);
     let mut resumes = 0;
     // Bytes of the current response to drop before appending: upstream ignored our Range and
     // sent the body from its start. What we drop is what we already have; the sha256 at commit
@@ -111,7 +116,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                 }
                 let n = piece.len() as u64;
                 let t1 = std::time::Instant::now();
-                let (res, back) = ingest.append(piece).await;
+                let res = ingest.append(&piece).await;
                 append_us += t1.elapsed().as_micros();
                 worker.counters().pulled_bytes[ty as usize].fetch_add(n, Ordering::Relaxed);
                 if let Err(e) = res {
@@ -120,7 +125,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                     tally(&worker.counters().bypassed);
                     return lease.bypass();
                 }
-                buf = back;
+                buf = piece;
             }
             Ok(None) if size.is_none_or(|s| ingest.accepted() == s) => break,
             Ok(None) | Err(_) if size.is_some() => {
@@ -150,7 +155,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                         Err(e) => tracing::info!(%digest, error = %e, "resume attempt failed"),
                     }
                 }
-                buf = Vec::with_capacity(CHUNK_BYTES);
+                buf = Vec::with_capacity(BLOCK_BYTES);
             }
             Ok(None) => unreachable!("without a declared size the body ends when upstream says"),
             Err(e) => {

@@ -47,6 +47,8 @@ pub struct Exchange<'a> {
     pub body_bytes: u64,
     /// Of `body_bytes`, those sent by sendfile straight from the page cache.
     pub sendfile_bytes: u64,
+    /// Body bytes a follower copied from its fill's recent blocks in memory.
+    pub memory_bytes: u64,
     pub send_stall: Duration,
     /// Hit, miss, coalesced... (set by the proxy; for counters and the access log).
     pub cache: crate::metrics::Cache,
@@ -79,6 +81,7 @@ impl<'a> Exchange<'a> {
             status: 0,
             body_bytes: 0,
             sendfile_bytes: 0,
+            memory_bytes: 0,
             send_stall,
             cache: Default::default(),
             ty: None,
@@ -403,6 +406,7 @@ async fn exchange(
         x.body_bytes,
     );
     worker.counters().sent_by_sendfile(x.sendfile_bytes);
+    worker.counters().sent_from_memory(x.memory_bytes);
     // The access log: one line per request; the target is escaped (control characters
     // from clients never reach the log raw).
     tracing::info!(

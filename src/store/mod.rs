@@ -31,6 +31,9 @@ pub struct Store {
     pub index: Index,
     /// Disk-full, read-only and I/O incidents, logged once per class per minute.
     pub incidents: incident::Incidents,
+    /// Fills write with `O_DIRECT` where the filesystem takes it (`ringcache.storage
+    /// .direct_writes`; see [`ingest`]).
+    pub direct_ingest: bool,
 }
 
 impl Store {
@@ -81,6 +84,7 @@ impl Store {
             root: root.to_path_buf(),
             index,
             incidents: Default::default(),
+            direct_ingest: true,
         })
     }
 
