@@ -173,7 +173,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
     }
     crate::failpoint::hit("fill-before-verify").await;
     // Verified content may go out to followers now; the fsync and rename follow.
-    let pieces = ingest.pieces();
+    let (pieces, (writing, hashing)) = (ingest.pieces(), ingest.busy());
     let result = match ingest.verify(digest, size).await {
         Ok(()) => {
             lease.verified();
@@ -191,11 +191,13 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                 entry.link(&repo);
             }
             worker.shared.note(crate::expiry::Event::Committed(digest));
-            // upstream_ms / store_ms: time waiting on upstream reads and on the store's writes
-            // (a disk-bound fill shows a large store_ms).
+            // upstream_ms / store_ms: time waiting on upstream reads and on the store's jobs
+            // (a disk-bound fill shows a large store_ms); write_ms / hash_ms: what those jobs
+            // took, in all.
             tracing::info!(%digest, repo = %fill.repo, bytes = n, pieces, followers = fill.followers(),
                 ms = started.elapsed().as_millis() as u64, upstream_ms = (read_us / 1000) as u64,
-                store_ms = (append_us / 1000) as u64, "fill committed");
+                store_ms = (append_us / 1000) as u64, write_ms = writing.as_millis() as u64,
+                hash_ms = hashing.as_millis() as u64, "fill committed");
             lease.committed(n);
         }
         Err(CommitError::Io(e)) => {

@@ -32,6 +32,7 @@ use std::path::PathBuf;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::Store;
 use crate::digest::Digest;
@@ -42,7 +43,7 @@ pub const ALIGN: usize = 4096;
 /// Largest block: the fill's upstream read size.
 pub const BLOCK_BYTES: usize = 1024 * 1024;
 /// Written blocks a fill keeps in memory for its followers (besides those not written yet).
-pub const RECENT_KEEP: usize = 4;
+pub const RECENT_KEEP: usize = 16;
 /// Bytes of blocks alive in the process past which fills keep only unwritten blocks.
 pub const BLOCKS_BUDGET: usize = 64 * 1024 * 1024;
 /// Freed block allocations kept for reuse (touched memory is cheaper than fresh).
@@ -218,6 +219,8 @@ pub struct Ingest {
     accepted: u64,
     /// Blocks written (for the fill's log line: average write size).
     pieces: u64,
+    /// Time the write and the hash jobs took, in all (for the fill's log line).
+    busy: (Duration, Duration),
     on_written: Option<OnWritten>,
     /// `None` while a hash job holds it.
     hasher: Option<ring::digest::Context>,
@@ -230,10 +233,11 @@ pub struct Ingest {
 
 type Job<T> = monoio::task::JoinHandle<Result<T, monoio::blocking::JoinError>>;
 
-/// One block's jobs: the write gives back the written end; the hash, the hash context.
+/// One block's jobs: the write gives back the written end; the hash, the hash context; each,
+/// how long it took.
 struct Flight {
-    write: Job<std::io::Result<u64>>,
-    hash: Job<ring::digest::Context>,
+    write: Job<std::io::Result<(u64, Duration)>>,
+    hash: Job<(ring::digest::Context, Duration)>,
 }
 
 #[derive(Debug)]
@@ -302,6 +306,7 @@ impl Ingest {
             flight: None,
             accepted: 0,
             pieces: 0,
+            busy: Default::default(),
             on_written: None,
             hasher: Some(ring::digest::Context::new(&ring::digest::SHA256)),
             written: 0,
@@ -352,6 +357,11 @@ impl Ingest {
         self.pieces
     }
 
+    /// Time the blocks' writes and hashes took so far (each in all, on the pool).
+    pub fn busy(&self) -> (Duration, Duration) {
+        self.busy
+    }
+
     /// Bytes handed to [`Ingest::append`] (written, or being written).
     pub fn accepted(&self) -> u64 {
         self.accepted
@@ -383,17 +393,19 @@ impl Ingest {
                 self.on_written.clone(),
             );
             monoio::spawn_blocking(move || {
+                let t = std::time::Instant::now();
                 write_block(&block, &writer, direct.as_deref())?;
                 if let Some(f) = on_written {
                     f(block.end());
                 }
-                Ok(block.end())
+                Ok((block.end(), t.elapsed()))
             })
         };
         let mut hasher = self.hasher.take().expect("no hash job in flight");
         let hash = monoio::spawn_blocking(move || {
+            let t = std::time::Instant::now();
             hasher.update(block.bytes());
-            hasher
+            (hasher, t.elapsed())
         });
         self.flight = Some(Flight { write, hash });
     }
@@ -403,9 +415,11 @@ impl Ingest {
         let Some(f) = self.flight.take() else {
             return Ok(());
         };
-        let hasher = f.hash.await.expect("the blocking pool runs every job");
+        let (hasher, hashing) = f.hash.await.expect("the blocking pool runs every job");
         self.hasher = Some(hasher);
-        let end = f.write.await.expect("the blocking pool runs every job")?;
+        self.busy.1 += hashing;
+        let (end, writing) = f.write.await.expect("the blocking pool runs every job")?;
+        self.busy.0 += writing;
         self.written = end;
         self.recent.evict(self.written, RECENT_KEEP);
         Ok(())
