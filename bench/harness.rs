@@ -1060,7 +1060,8 @@ fn main() {
     }
 
     // Warm content for (c) and (d): one big image, one 1 KiB image; primed through both
-    // proxies (untimed), published for nginx.
+    // proxies (untimed: the fill, then one hit, so that "warm" means cached and recently read
+    // for every system — ringcache's fills write around the page cache), published for nginx.
     let need_warm = o.only.contains('c') || o.only.contains('d');
     let (big, small) = if need_warm {
         let big = push_image(
@@ -1098,7 +1099,9 @@ fn main() {
             let path = format!("/v2/{}/blobs/{}", img.name, l.digest);
             publish(&path, &l.path);
             let mpath = gen.join(format!("m-{}.json", img.name.replace('/', "_")));
-            for (_, port) in proxies {
+            for (sys, port) in proxies {
+                get_verified(port, &path, &l.digest, l.size);
+                wait_stored(&w, sys, &l.digest);
                 get_verified(port, &path, &l.digest, l.size);
                 let r = request(
                     port,

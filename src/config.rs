@@ -820,6 +820,10 @@ mod tests {
                 "ringcache.limits.head_timeout",
             ),
             ("proxy: {username: u}", "proxy.password"),
+            (
+                "ringcache: {storage: {direct_writes: sometimes}}",
+                "ringcache.storage.direct_writes",
+            ),
         ];
         for (yaml, key) in cases {
             let e = Config::from_yaml(yaml).unwrap_err();
@@ -838,6 +842,7 @@ mod tests {
             ("RINGCACHE_WORKERS", "3"),
             ("RINGCACHE_STORAGE_SIZE_MAX", "10GiB"),
             ("RINGCACHE_LIMITS_HEAD_TIMEOUT", "5s"),
+            ("RINGCACHE_STORAGE_DIRECT_WRITES", "false"),
             ("PATH", "/usr/bin"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
@@ -848,6 +853,7 @@ mod tests {
         assert_eq!(c.workers, 3);
         assert_eq!(c.size_max_bytes, Some(10 << 30));
         assert_eq!(c.limits.head_timeout, Duration::from_secs(5));
+        assert!(!c.direct_writes);
         let bad = Config::from_yaml_env("", [("RINGCACHE_WROKERS".to_string(), "1".to_string())])
             .unwrap_err();
         assert_eq!(bad.key, "RINGCACHE_WROKERS");
@@ -860,9 +866,14 @@ mod tests {
     #[test]
     fn ringcache_section() {
         let c = Config::from_yaml(
-            "ringcache:\n  workers: 3\n  tags: {fresh_for: 5s}\n  limits: {headers_max: 50, keepalive_idle: 1m}\n",
+            "ringcache:\n  workers: 3\n  tags: {fresh_for: 5s}\n  limits: {headers_max: 50, keepalive_idle: 1m}\n  storage: {direct_writes: false}\n",
         )
         .unwrap();
+        assert!(!c.direct_writes);
+        assert!(
+            Config::from_yaml("").unwrap().direct_writes,
+            "on by default"
+        );
         assert_eq!(c.workers, 3);
         assert_eq!(c.tags_fresh_for, Duration::from_secs(5));
         assert_eq!(c.limits.headers_max, 50);

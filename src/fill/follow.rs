@@ -19,6 +19,7 @@ use monoio::net::TcpStream;
 use super::{Fill, State};
 use crate::error::Kind;
 use crate::http::sendfile;
+use crate::limits::CHUNK_BYTES;
 
 /// Wait until the fill has an answer from upstream: its state then, never `Pending`.
 pub async fn start(fill: &Fill) -> State {
@@ -122,6 +123,22 @@ pub async fn stream(
             continue;
         }
         let want = ((limit - pos) as usize).min(chunk);
+        // A stream with a large buffer sends a recent block's bytes without copying them (it
+        // may keep one block alive meanwhile, instead of filling its buffer); the many small
+        // ones copy, so stalled followers never pin blocks.
+        if chunk >= CHUNK_BYTES {
+            if let Some(piece) = fill.recent_piece(pos, want) {
+                let n = piece.len();
+                match monoio::time::timeout(send_stall, sock.write_all(piece)).await {
+                    Ok((Ok(_), _)) => {}
+                    Ok((Err(e), _)) => return (Err(Cut::Client(e)), buf),
+                    Err(_) => return (Err(Cut::Client(std::io::ErrorKind::TimedOut.into())), buf),
+                }
+                *from_memory += n as u64;
+                pos += n as u64;
+                continue;
+            }
+        }
         buf.clear();
         let mut n = fill.copy_recent(pos, want, &mut buf);
         *from_memory += n as u64;

@@ -107,6 +107,12 @@ impl Fill {
         self.recent.get().map_or(0, |r| r.copy_at(pos, want, out))
     }
 
+    /// [`Fill::copy_recent`] without the copy: the bytes to send as they are (the block is
+    /// kept in memory until the send is done with it).
+    pub fn recent_piece(&self, pos: u64, want: usize) -> Option<crate::store::ingest::Piece> {
+        self.recent.get()?.piece_at(pos, want)
+    }
+
     fn publish(&self, written: u64) {
         let before = self.written.swap(written, Ordering::AcqRel);
         assert!(written >= before, "published byte count went backwards");

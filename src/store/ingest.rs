@@ -152,6 +152,35 @@ impl Drop for Block {
     }
 }
 
+/// Bytes of a block, to send without copying them.
+pub struct Piece {
+    block: Arc<Block>,
+    from: usize,
+    len: usize,
+}
+
+impl Piece {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+// SAFETY: the bytes live in the block's allocation, which the `Arc` keeps alive and in place
+// for as long as the `Piece` exists, and which no one writes once shared.
+unsafe impl monoio::buf::IoBuf for Piece {
+    fn read_ptr(&self) -> *const u8 {
+        self.block.bytes()[self.from..].as_ptr()
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.len
+    }
+}
+
 /// A fill's most recent blocks, shared with its followers (see the module docs).
 #[derive(Default)]
 pub struct Recent {
@@ -173,6 +202,22 @@ impl Recent {
         let n = want.min(block.len - from);
         out.extend_from_slice(&block.bytes()[from..from + n]);
         n
+    }
+
+    /// Up to `want` bytes of the body at `pos`, if a recent block has them, to send as they
+    /// are: the block stays alive (and in memory) until the send is done with it.
+    pub fn piece_at(&self, pos: u64, want: usize) -> Option<Piece> {
+        let block = {
+            let blocks = self.blocks.lock().unwrap();
+            blocks
+                .iter()
+                .rev()
+                .find(|b| b.at <= pos && pos < b.end())?
+                .clone()
+        };
+        let from = (pos - block.at) as usize;
+        let len = want.min(block.len - from);
+        Some(Piece { block, from, len })
     }
 
     /// Blocks held now.
@@ -518,6 +563,85 @@ impl Drop for Ingest {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    /// Pieces of every awkward size, with and without `O_DIRECT`: the file is the body, the
+    /// published count only grows and ends at the size, the hash is the body's, and the last
+    /// blocks stay readable in memory.
+    #[test]
+    fn pieces_of_any_size_land_whole_with_and_without_direct_writes() {
+        // More blocks than a fill keeps, so the first ones are evicted.
+        let mut sizes = vec![
+            1,
+            4095,
+            5000,
+            4096,
+            BLOCK_BYTES,
+            300_000,
+            2 * BLOCK_BYTES + 17,
+        ];
+        sizes.extend([BLOCK_BYTES - 1; RECENT_KEEP]);
+        sizes.push(3);
+        let body: Vec<u8> = (0..sizes.iter().sum::<usize>() as u32)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let digest = Digest::of(&body);
+        for direct in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(2)))
+                .build()
+                .unwrap();
+            let published = Arc::new(AtomicU64::new(0));
+            let (ingest, recent) = rt.block_on(async {
+                let mut ingest = Ingest::create_with(&store, direct).unwrap();
+                assert_eq!(ingest.is_direct(), direct, "tmp takes O_DIRECT");
+                let p = published.clone();
+                ingest.on_written(Arc::new(move |n| {
+                    assert!(
+                        n >= p.swap(n, Ordering::SeqCst),
+                        "published count went back"
+                    );
+                }));
+                let mut at = 0;
+                for &n in &sizes {
+                    ingest.append(&body[at..at + n]).await.unwrap();
+                    at += n;
+                }
+                ingest
+                    .verify(digest, Some(body.len() as u64))
+                    .await
+                    .unwrap();
+                let recent = ingest.recent();
+                (ingest, recent)
+            });
+            assert_eq!(published.load(Ordering::SeqCst), body.len() as u64);
+            assert_eq!(
+                std::fs::read(&ingest.path).unwrap(),
+                body,
+                "direct: {direct}"
+            );
+            assert!(!recent.is_empty() && recent.len() <= RECENT_KEEP);
+            let mut out = Vec::new();
+            let pos = body.len() as u64 - 10;
+            // Up to the end of the block that holds `pos` (the last piece is 3 bytes).
+            assert_eq!(recent.copy_at(pos, 100, &mut out), 7);
+            assert_eq!(recent.copy_at(pos + 7, 100, &mut out), 3);
+            assert_eq!(out, body[body.len() - 10..]);
+            assert_eq!(
+                recent.copy_at(0, 100, &mut Vec::new()),
+                0,
+                "evicted: in the file"
+            );
+            drop(ingest);
         }
     }
 }
