@@ -20,6 +20,7 @@ use super::{Fill, State};
 use crate::error::Kind;
 use crate::http::sendfile;
 use crate::limits::CHUNK_BYTES;
+use crate::store::ingest;
 
 /// Wait until the fill has an answer from upstream: its state then, never `Pending`.
 pub async fn start(fill: &Fill) -> State {
@@ -122,11 +123,11 @@ pub async fn stream(
             }
             continue;
         }
-        let want = ((limit - pos) as usize).min(chunk);
-        // A stream with a large buffer sends a recent block's bytes without copying them (it
-        // may keep one block alive meanwhile, instead of filling its buffer); the many small
-        // ones copy, so stalled followers never pin blocks.
-        if chunk >= CHUNK_BYTES {
+        // A recent block's bytes go out as they are (no copy, and the follower's buffer stays
+        // untouched) while the blocks alive are within their budget; the follower keeps that
+        // one block alive until the send is done. Past the budget, it copies into its buffer.
+        if ingest::blocks_within_budget() {
+            let want = ((limit - pos) as usize).min(CHUNK_BYTES);
             if let Some(piece) = fill.recent_piece(pos, want) {
                 let n = piece.len();
                 match monoio::time::timeout(send_stall, sock.write_all(piece)).await {
@@ -139,6 +140,7 @@ pub async fn stream(
                 continue;
             }
         }
+        let want = ((limit - pos) as usize).min(chunk);
         buf.clear();
         let mut n = fill.copy_recent(pos, want, &mut buf);
         *from_memory += n as u64;

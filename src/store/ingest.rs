@@ -43,18 +43,25 @@ pub const ALIGN: usize = 4096;
 /// Largest block: the fill's upstream read size.
 pub const BLOCK_BYTES: usize = 1024 * 1024;
 /// Written blocks a fill keeps in memory for its followers (besides those not written yet).
-pub const RECENT_KEEP: usize = 16;
+pub const RECENT_KEEP: usize = 8;
 /// Bytes of blocks alive in the process past which fills keep only unwritten blocks.
 pub const BLOCKS_BUDGET: usize = 64 * 1024 * 1024;
 /// Freed block allocations kept for reuse (touched memory is cheaper than fresh).
-const SPARE_MAX: usize = 8;
+const SPARE_MAX: usize = 2;
 
 /// Told the written byte count as each write completes (the fill publishes it to followers);
 /// called on the blocking pool.
 pub type OnWritten = Arc<dyn Fn(u64) + Send + Sync>;
 
-/// Bytes of blocks alive (in flight, recent, or held by a follower copying from one).
+/// Bytes of blocks alive (in flight, recent, or held by a follower sending from one).
 static BLOCKS_LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether the blocks alive are within [`BLOCKS_BUDGET`]: a follower may then keep one alive
+/// while it sends from it ([`Recent::piece_at`]); past it, followers copy into their own
+/// buffers, so followers stalled on old blocks never hold more than the budget.
+pub fn blocks_within_budget() -> bool {
+    BLOCKS_LIVE.load(Ordering::Relaxed) <= BLOCKS_BUDGET
+}
 /// Freed allocations, reused before new ones.
 static SPARE: Mutex<Vec<Alloc>> = Mutex::new(Vec::new());
 
