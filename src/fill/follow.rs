@@ -5,9 +5,10 @@
 //! and its connection is cut short.
 //!
 //! A slow client slows only itself (it reads at its own pace; the fill does not wait for it).
-//! What was just written is copied from the fill's recent blocks in memory into the
-//! follower's buffer from the worker's pool ([`crate::buffers`]); older bytes go out by
-//! sendfile where the page cache has them, and are read from the file otherwise.
+//! What was just written goes out from the fill's recent blocks in memory: sent as they are
+//! while the blocks alive are within their budget, else copied into the follower's buffer
+//! from the worker's pool ([`crate::buffers`]). Older bytes go out by sendfile where the page
+//! cache has them, and are read from the file otherwise.
 
 use std::sync::Arc;
 use std::time::Duration;
