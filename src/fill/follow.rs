@@ -124,12 +124,13 @@ pub async fn stream(
             }
             continue;
         }
-        // A recent block's bytes go out as they are (no copy, and the follower's buffer stays
-        // untouched) while the blocks alive are within their budget; the follower keeps that
-        // one block alive until the send is done. Past the budget, it copies into its buffer.
-        if ingest::blocks_within_budget() {
-            let want = ((limit - pos) as usize).min(CHUNK_BYTES);
-            if let Some(piece) = fill.recent_piece(pos, want) {
+        let want = ((limit - pos) as usize).min(chunk);
+        buf.clear();
+        let n = match fill.recent_piece(pos, ((limit - pos) as usize).min(CHUNK_BYTES)) {
+            // A recent block's bytes go out as they are (no copy, and the follower's buffer
+            // stays untouched) while the blocks alive are within their budget; the follower
+            // keeps that one block alive until the send is done.
+            Some(piece) if ingest::blocks_within_budget() => {
                 let n = piece.len();
                 match monoio::time::timeout(send_stall, sock.write_all(piece)).await {
                     Ok((Ok(_), _)) => {}
@@ -140,36 +141,39 @@ pub async fn stream(
                 pos += n as u64;
                 continue;
             }
-        }
-        let want = ((limit - pos) as usize).min(chunk);
-        buf.clear();
-        let mut n = fill.copy_recent(pos, want, &mut buf);
-        *from_memory += n as u64;
-        if n == 0 {
-            if let Some(to) = sendfile::span(&file, pos, limit) {
-                let from = pos;
-                let res = sendfile::send(sock, &file, &mut pos, to, send_stall).await;
-                *by_sendfile += pos - from;
-                if let Err(e) = res {
-                    return (Err(Cut::Client(e)), buf);
-                }
-                continue;
+            // Past the budget: copied into the follower's buffer.
+            Some(piece) => {
+                let n = piece.len().min(want);
+                buf.extend_from_slice(&piece.bytes()[..n]);
+                *from_memory += n as u64;
+                n
             }
-            buf.reserve(want);
-            let slice = monoio::buf::IoBufMut::slice_mut(buf, 0..want);
-            let (res, slice) = file.read_at(slice, pos).await;
-            buf = slice.into_inner();
-            n = match res {
-                Ok(0) => {
-                    return (
-                        Err(Cut::Read(std::io::ErrorKind::UnexpectedEof.into())),
-                        buf,
-                    )
+            None => {
+                if let Some(to) = sendfile::span(&file, pos, limit) {
+                    let from = pos;
+                    let res = sendfile::send(sock, &file, &mut pos, to, send_stall).await;
+                    *by_sendfile += pos - from;
+                    if let Err(e) = res {
+                        return (Err(Cut::Client(e)), buf);
+                    }
+                    continue;
                 }
-                Ok(n) => n,
-                Err(e) => return (Err(Cut::Read(e)), buf),
-            };
-        }
+                buf.reserve(want);
+                let slice = monoio::buf::IoBufMut::slice_mut(buf, 0..want);
+                let (res, slice) = file.read_at(slice, pos).await;
+                buf = slice.into_inner();
+                match res {
+                    Ok(0) => {
+                        return (
+                            Err(Cut::Read(std::io::ErrorKind::UnexpectedEof.into())),
+                            buf,
+                        )
+                    }
+                    Ok(n) => n,
+                    Err(e) => return (Err(Cut::Read(e)), buf),
+                }
+            }
+        };
         let (res, back) =
             match monoio::time::timeout(send_stall, sock.write_all(buf.slice(0..n))).await {
                 Ok((res, slice)) => (res, slice.into_inner()),

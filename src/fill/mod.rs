@@ -101,14 +101,8 @@ impl Fill {
         self.written.load(Ordering::Acquire)
     }
 
-    /// Append to `out` up to `want` bytes of the body at `pos` (below [`Fill::written`]) from
-    /// the fill's recent blocks in memory; 0 if they no longer hold it (read the file).
-    pub fn copy_recent(&self, pos: u64, want: usize, out: &mut Vec<u8>) -> usize {
-        self.recent.get().map_or(0, |r| r.copy_at(pos, want, out))
-    }
-
-    /// [`Fill::copy_recent`] without the copy: the bytes to send as they are (the block is
-    /// kept in memory until the send is done with it).
+    /// Up to `want` bytes of the body at `pos` (below [`Fill::written`]) from the fill's
+    /// recent blocks in memory; `None` if they no longer hold it (read the file).
     pub fn recent_piece(&self, pos: u64, want: usize) -> Option<crate::store::ingest::Piece> {
         self.recent.get()?.piece_at(pos, want)
     }

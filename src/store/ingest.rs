@@ -62,6 +62,7 @@ static BLOCKS_LIVE: AtomicUsize = AtomicUsize::new(0);
 pub fn blocks_within_budget() -> bool {
     BLOCKS_LIVE.load(Ordering::Relaxed) <= BLOCKS_BUDGET
 }
+
 /// Freed allocations, reused before new ones.
 static SPARE: Mutex<Vec<Alloc>> = Mutex::new(Vec::new());
 
@@ -73,11 +74,7 @@ struct Alloc(NonNull<u8>);
 unsafe impl Send for Alloc {}
 
 impl Alloc {
-    const LAYOUT: std::alloc::Layout =
-        match std::alloc::Layout::from_size_align(BLOCK_BYTES + ALIGN, ALIGN) {
-            Ok(l) => l,
-            Err(_) => panic!("bad block layout"),
-        };
+    const SIZE: usize = BLOCK_BYTES + ALIGN;
 
     /// A spare allocation, or a fresh mapping: blocks are mapped and unmapped on their own,
     /// not taken from the heap, which would keep their pages after a burst of fills.
@@ -89,7 +86,7 @@ impl Alloc {
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                Self::LAYOUT.size(),
+                Self::SIZE,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -97,7 +94,8 @@ impl Alloc {
             )
         };
         if p == libc::MAP_FAILED {
-            std::alloc::handle_alloc_error(Self::LAYOUT);
+            let layout = std::alloc::Layout::from_size_align(Self::SIZE, ALIGN);
+            std::alloc::handle_alloc_error(layout.expect("a valid layout"));
         }
         // Mappings are page-aligned, which covers ALIGN.
         Alloc(NonNull::new(p.cast()).expect("mmap does not return null"))
@@ -110,7 +108,7 @@ impl Alloc {
         } else {
             drop(spare);
             // SAFETY: mapped in `get` with this size, and owned here.
-            unsafe { libc::munmap(self.0.as_ptr().cast(), Self::LAYOUT.size()) };
+            unsafe { libc::munmap(self.0.as_ptr().cast(), Self::SIZE) };
         }
     }
 }
@@ -134,7 +132,7 @@ impl Block {
     /// `data` (at most [`BLOCK_BYTES`]) at file offset `at`.
     fn new(at: u64, data: &[u8]) -> Block {
         assert!(data.len() <= BLOCK_BYTES, "a block holds one piece");
-        BLOCKS_LIVE.fetch_add(Alloc::LAYOUT.size(), Ordering::Relaxed);
+        BLOCKS_LIVE.fetch_add(Alloc::SIZE, Ordering::Relaxed);
         let mem = Alloc::get();
         let skew = (at % ALIGN as u64) as usize;
         // SAFETY: `skew + len <= ALIGN + BLOCK_BYTES`, the allocation's size; `data` is not
@@ -156,10 +154,6 @@ impl Block {
         unsafe { std::slice::from_raw_parts(p.as_ptr().add(self.skew), self.len) }
     }
 
-    pub fn at(&self) -> u64 {
-        self.at
-    }
-
     pub fn end(&self) -> u64 {
         self.at + self.len as u64
     }
@@ -170,7 +164,7 @@ impl Drop for Block {
         if let Some(m) = self.mem.take() {
             m.put();
         }
-        BLOCKS_LIVE.fetch_sub(Alloc::LAYOUT.size(), Ordering::Relaxed);
+        BLOCKS_LIVE.fetch_sub(Alloc::SIZE, Ordering::Relaxed);
     }
 }
 
@@ -182,6 +176,10 @@ pub struct Piece {
 }
 
 impl Piece {
+    pub fn bytes(&self) -> &[u8] {
+        &self.block.bytes()[self.from..self.from + self.len]
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -195,7 +193,7 @@ impl Piece {
 // for as long as the `Piece` exists, and which no one writes once shared.
 unsafe impl monoio::buf::IoBuf for Piece {
     fn read_ptr(&self) -> *const u8 {
-        self.block.bytes()[self.from..].as_ptr()
+        self.bytes().as_ptr()
     }
 
     fn bytes_init(&self) -> usize {
@@ -210,24 +208,8 @@ pub struct Recent {
 }
 
 impl Recent {
-    /// Append to `out` up to `want` bytes of the body at `pos`, if a recent block has them;
-    /// returns how many (0: none held here, read the file).
-    pub fn copy_at(&self, pos: u64, want: usize, out: &mut Vec<u8>) -> usize {
-        let block = {
-            let blocks = self.blocks.lock().unwrap();
-            match blocks.iter().rev().find(|b| b.at <= pos && pos < b.end()) {
-                Some(b) => b.clone(),
-                None => return 0,
-            }
-        };
-        let from = (pos - block.at) as usize;
-        let n = want.min(block.len - from);
-        out.extend_from_slice(&block.bytes()[from..from + n]);
-        n
-    }
-
-    /// Up to `want` bytes of the body at `pos`, if a recent block has them, to send as they
-    /// are: the block stays alive (and in memory) until the send is done with it.
+    /// Up to `want` bytes of the body at `pos`, if a recent block has them (`None`: read the
+    /// file): the block stays alive (and in memory) while the `Piece` does.
     pub fn piece_at(&self, pos: u64, want: usize) -> Option<Piece> {
         let block = {
             let blocks = self.blocks.lock().unwrap();
@@ -300,10 +282,9 @@ pub struct Ingest {
 
 type Job<T> = monoio::task::JoinHandle<Result<T, monoio::blocking::JoinError>>;
 
-/// One block's jobs: the write gives back the written end; the hash, the hash context; each,
-/// how long it took.
+/// One block's jobs: the write's result; the hash context; each, how long it took.
 struct Flight {
-    write: Job<std::io::Result<(u64, Duration)>>,
+    write: Job<std::io::Result<Duration>>,
     hash: Job<(ring::digest::Context, Duration)>,
 }
 
@@ -465,7 +446,7 @@ impl Ingest {
                 if let Some(f) = on_written {
                     f(block.end());
                 }
-                Ok((block.end(), t.elapsed()))
+                Ok(t.elapsed())
             })
         };
         let mut hasher = self.hasher.take().expect("no hash job in flight");
@@ -485,9 +466,9 @@ impl Ingest {
         let (hasher, hashing) = f.hash.await.expect("the blocking pool runs every job");
         self.hasher = Some(hasher);
         self.busy.1 += hashing;
-        let (end, writing) = f.write.await.expect("the blocking pool runs every job")?;
-        self.busy.0 += writing;
-        self.written = end;
+        self.busy.0 += f.write.await.expect("the blocking pool runs every job")?;
+        // Blocks are written one at a time: the one just done ends what was accepted.
+        self.written = self.accepted;
         self.recent.evict(self.written, RECENT_KEEP);
         Ok(())
     }
@@ -652,17 +633,15 @@ mod tests {
                 "direct: {direct}"
             );
             assert!(!recent.is_empty() && recent.len() <= RECENT_KEEP);
-            let mut out = Vec::new();
             let pos = body.len() as u64 - 10;
             // Up to the end of the block that holds `pos` (the last piece is 3 bytes).
-            assert_eq!(recent.copy_at(pos, 100, &mut out), 7);
-            assert_eq!(recent.copy_at(pos + 7, 100, &mut out), 3);
-            assert_eq!(out, body[body.len() - 10..]);
-            assert_eq!(
-                recent.copy_at(0, 100, &mut Vec::new()),
-                0,
-                "evicted: in the file"
+            let (a, b) = (
+                recent.piece_at(pos, 100).unwrap(),
+                recent.piece_at(pos + 7, 100).unwrap(),
             );
+            assert_eq!((a.len(), b.len()), (7, 3));
+            assert_eq!([a.bytes(), b.bytes()].concat(), body[body.len() - 10..]);
+            assert!(recent.piece_at(0, 100).is_none(), "evicted: in the file");
             drop(ingest);
         }
     }
