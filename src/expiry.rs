@@ -151,6 +151,8 @@ pub fn run(shared: Arc<Shared>, events: Receiver<Event>, journal: Journal, state
             x.fired(digest, now_ms());
         }
         x.enforce_cap();
+        // Memory, too: spare fill blocks go once fills have stopped.
+        crate::store::ingest::trim_spares();
         if last_flush.elapsed() >= interval {
             x.flush();
             last_flush = Instant::now();

@@ -452,7 +452,7 @@ async fn follow_fill(
         Err(follow::Cut::Bypass { sent }) => {
             x.cache = Cache::Bypass;
             x.body_bytes += sent;
-            bypass::serve_rest(w, x, src, &file, start, end, size, sent).await
+            bypass::serve_rest(w, x, src, fill, &file, start, end, size, sent).await
         }
         Err(cut) => Err(
             Error::new(Kind::BadGateway, Side::Upstream, "follower cut short")

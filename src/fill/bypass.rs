@@ -4,13 +4,15 @@
 //! its range with `Range: bytes=<pos>-<end>` if it was mid-body.
 //!
 //! The integrity rule still holds without the store: a follower sending a whole body hashes
-//! it (the prefix it already sent is re-read from its own descriptor of the temp file, which
-//! stays readable after the unlink) and holds the last byte back until the sha256 matches.
+//! it (the prefix it already sent is taken again from the fill's recent blocks, or re-read
+//! from its own descriptor of the temp file, which stays readable after the unlink) and holds
+//! the last byte back until the sha256 matches.
 //! Partial (Range) responses are relayed as upstream sends them.
 
 use monoio::buf::IoBuf;
 use monoio::io::AsyncWriteRentExt;
 
+use super::Fill;
 use crate::digest::Digest;
 use crate::error::{Error, Kind, OrErr, Result, Side};
 use crate::http::client::Response;
@@ -112,6 +114,7 @@ pub async fn serve_rest(
     w: &Worker,
     x: &mut Exchange<'_>,
     src: &Source<'_>,
+    fill: &Fill,
     file: &std::fs::File,
     start: u64,
     end: u64,
@@ -121,7 +124,7 @@ pub async fn serve_rest(
     let pos = start + sent;
     let whole = start == 0 && end + 1 == size;
     let hasher = if whole {
-        Some((hash_prefix(file, pos).await?, src.digest))
+        Some((hash_prefix(fill, file, pos).await?, src.digest))
     } else {
         None
     };
@@ -132,8 +135,10 @@ pub async fn serve_rest(
     relay(x, resp, end + 1 - pos, skip, hasher).await
 }
 
-/// sha256 of the first `len` bytes of `file`, read through a descriptor of our own.
-async fn hash_prefix(file: &std::fs::File, len: u64) -> Result<ring::digest::Context> {
+/// sha256 of the first `len` bytes of the fill's body: from its recent blocks where they
+/// still hold them (the newest bytes may never have reached the file: the store failed), else
+/// from `file`, read through a descriptor of our own.
+async fn hash_prefix(fill: &Fill, file: &std::fs::File, len: u64) -> Result<ring::digest::Context> {
     let file = file
         .try_clone()
         .and_then(monoio::fs::File::from_std)
@@ -143,6 +148,11 @@ async fn hash_prefix(file: &std::fs::File, len: u64) -> Result<ring::digest::Con
     let mut pos = 0;
     while pos < len {
         let want = ((len - pos) as usize).min(CHUNK_BYTES);
+        if let Some(piece) = fill.recent_piece(pos, want) {
+            ctx.update(piece.bytes());
+            pos += piece.len() as u64;
+            continue;
+        }
         buf.clear();
         let (res, slice) = file
             .read_at(monoio::buf::IoBufMut::slice_mut(buf, 0..want), pos)

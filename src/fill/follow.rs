@@ -1,14 +1,15 @@
-//! Followers (data path step 6): every client of a fill streams the temp file up to the
-//! published byte count, waking when more is written. The final byte of the body is held back
+//! Followers (data path step 6): every client of a fill streams the body up to the
+//! published byte count, waking when more is received. The final byte of the body is held back
 //! until the fill has verified the body (size and sha256; before the commit's fsync), so a
 //! body that fails verification is never delivered complete: on `Failed` the follower stops
 //! and its connection is cut short.
 //!
-//! A slow client slows only itself (it reads at its own pace; the fill does not wait for it).
-//! What was just written goes out from the fill's recent blocks in memory: sent as they are
-//! while the blocks alive are within their budget, else copied into the follower's buffer
-//! from the worker's pool ([`crate::buffers`]). Older bytes go out by sendfile where the page
-//! cache has them, and are read from the file otherwise.
+//! A slow client slows only itself: the fill waits for its furthest follower at most
+//! [`super::PACE_WAIT`] per block ([`Fill::pace`]), and leaves a slower one behind. The
+//! newest bytes go out from the fill's recent blocks in memory, a block's rest at a time: sent
+//! as they are while the blocks alive are within their budget, else copied into the
+//! follower's buffer from the worker's pool ([`crate::buffers`]). Older bytes go out by
+//! sendfile where the page cache has them, and are read from the file otherwise.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,6 @@ use monoio::net::TcpStream;
 use super::{Fill, State};
 use crate::error::Kind;
 use crate::http::sendfile;
-use crate::limits::CHUNK_BYTES;
 use crate::store::ingest;
 
 /// Wait until the fill has an answer from upstream: its state then, never `Pending`.
@@ -94,6 +94,7 @@ pub async fn stream(
         Ok(f) => f,
         Err(e) => return (Err(Cut::Read(e)), buf),
     };
+    let _streaming = fill.streaming();
     let mut pos = start;
     let includes_last = end + 1 == size;
     while pos <= end {
@@ -126,7 +127,7 @@ pub async fn stream(
         }
         let want = ((limit - pos) as usize).min(chunk);
         buf.clear();
-        let n = match fill.recent_piece(pos, ((limit - pos) as usize).min(CHUNK_BYTES)) {
+        let n = match fill.recent_piece(pos, (limit - pos) as usize) {
             // A recent block's bytes go out as they are (no copy, and the follower's buffer
             // stays untouched) while the blocks alive are within their budget; the follower
             // keeps that one block alive until the send is done.
@@ -139,6 +140,7 @@ pub async fn stream(
                 }
                 *from_memory += n as u64;
                 pos += n as u64;
+                fill.advanced(pos);
                 continue;
             }
             // Past the budget: copied into the follower's buffer.
@@ -156,6 +158,7 @@ pub async fn stream(
                     if let Err(e) = res {
                         return (Err(Cut::Client(e)), buf);
                     }
+                    fill.advanced(pos);
                     continue;
                 }
                 buf.reserve(want);
@@ -189,6 +192,7 @@ pub async fn stream(
             return (Err(Cut::Client(e)), buf);
         }
         pos += n as u64;
+        fill.advanced(pos);
     }
     (Ok(()), buf)
 }

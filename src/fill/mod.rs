@@ -8,9 +8,10 @@
 //! is `Committed`, so a body that fails verification is never delivered complete.
 //!
 //! Only three things cross cores in ringcache; this map is one. Bytes cross through it only
-//! as the fill's few most recent blocks ([`crate::store::ingest::Recent`], written, in
-//! memory, read-only): followers copy what was just written from there, and older bytes from
-//! the file.
+//! as the fill's few most recent blocks ([`crate::store::ingest::Recent`], in memory,
+//! read-only, published as soon as they are received, before their write): followers send
+//! the newest bytes from there, and older bytes from the file. The fill paces itself to its
+//! furthest follower ([`Fill::pace`]), briefly, so that one stays within those blocks.
 
 pub mod bypass;
 pub mod follow;
@@ -60,8 +61,8 @@ pub struct Fill {
     /// The repository the fill fetches under (upstream confirms the digest there).
     pub repo: String,
     state: Mutex<State>,
-    /// Bytes of the body written to the temp file. Published after each write with Release;
-    /// never decreases.
+    /// Bytes of the body readable by followers (in the fill's recent blocks or the temp
+    /// file). Published as the ingest accepts each block, with Release; never decreases.
     written: AtomicU64,
     /// The fill's most recent blocks (set once, when the body starts).
     recent: std::sync::OnceLock<Arc<Recent>>,
@@ -73,6 +74,12 @@ pub struct Fill {
     event: Event,
     /// Followers that joined (the first requester included).
     followers: AtomicUsize,
+    /// Followers streaming the body now (see [`Fill::pace`]).
+    streaming: AtomicUsize,
+    /// The furthest body offset a follower has sent up to.
+    front: AtomicU64,
+    /// Notified as `front` moves and as followers stop streaming (the fill may be pacing).
+    paced: Event,
     /// Further repositories upstream confirmed this digest in while the fill ran; linked at
     /// commit.
     links: Mutex<Vec<String>>,
@@ -89,6 +96,9 @@ impl Fill {
             verified: Default::default(),
             event: Event::new(),
             followers: AtomicUsize::new(0),
+            streaming: AtomicUsize::new(0),
+            front: AtomicU64::new(0),
+            paced: Event::new(),
             links: Mutex::new(Vec::new()),
         }
     }
@@ -105,6 +115,48 @@ impl Fill {
     /// recent blocks in memory; `None` if they no longer hold it (read the file).
     pub fn recent_piece(&self, pos: u64, want: usize) -> Option<crate::store::ingest::Piece> {
         self.recent.get()?.piece_at(pos, want)
+    }
+
+    /// Called by the fill before it takes another block: wait (at most [`PACE_WAIT`]) while
+    /// followers are streaming and even the furthest ahead of them is behind the newest
+    /// [`PACE_BLOCKS`] recent blocks. The fill stays within its followers' reach in memory
+    /// while any of them keeps up, and leaves slower ones behind: they read the file.
+    pub async fn pace(&self) {
+        self.pace_for(PACE_WAIT).await
+    }
+
+    async fn pace_for(&self, most: std::time::Duration) {
+        let Some(recent) = self.recent.get() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + most;
+        loop {
+            let listener = self.paced.listen();
+            if self.streaming.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            match recent.start_of_newest(PACE_BLOCKS) {
+                Some(from) if self.front.load(Ordering::Acquire) < from => {}
+                _ => return,
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || monoio::time::timeout(left, listener).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A follower sent the body up to `pos`.
+    fn advanced(&self, pos: u64) {
+        if self.front.fetch_max(pos, Ordering::AcqRel) < pos {
+            self.paced.notify(1);
+        }
+    }
+
+    /// Count a follower as streaming until the guard drops.
+    fn streaming(&self) -> Streaming<'_> {
+        self.streaming.fetch_add(1, Ordering::AcqRel);
+        Streaming(self)
     }
 
     fn publish(&self, written: u64) {
@@ -163,6 +215,23 @@ impl Fill {
             *self.state.lock().unwrap(),
             State::Committed { .. } | State::Failed(_) | State::Bypass
         )
+    }
+}
+
+/// How far behind the newest block the furthest follower may be before the fill waits for it
+/// (in blocks; half of what a fill keeps, so it is still in memory after the next ones).
+pub const PACE_BLOCKS: usize = crate::store::ingest::RECENT_KEEP / 2;
+/// The longest a fill waits for its followers before it takes the next block: a follower
+/// that is slower than the fill falls behind after this, and reads from the file.
+pub const PACE_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// A follower streaming the body (see [`Fill::pace`]).
+struct Streaming<'a>(&'a Fill);
+
+impl Drop for Streaming<'_> {
+    fn drop(&mut self) {
+        self.0.streaming.fetch_sub(1, Ordering::AcqRel);
+        self.0.paced.notify(1);
     }
 }
 
@@ -298,9 +367,10 @@ impl Lease {
         });
     }
 
-    /// Publishes to followers that `n` bytes are now in the file (called by the ingest's write
-    /// jobs as each completes; never with a smaller count than before).
-    pub fn publisher(&self) -> crate::store::ingest::OnWritten {
+    /// Publishes to followers that `n` bytes are now readable, from the fill's recent blocks
+    /// or the file (called by the ingest as it accepts blocks; never with a smaller count than
+    /// before).
+    pub fn publisher(&self) -> crate::store::ingest::OnAccepted {
         let fill = self.fill.clone();
         Arc::new(move |n| fill.publish(n))
     }
@@ -442,6 +512,77 @@ mod tests {
             panic!()
         };
         lease.committed(0);
+    }
+
+    /// The fill waits for the furthest of its streaming followers once that one is behind the
+    /// newest [`PACE_BLOCKS`] blocks, and goes on as soon as it moves up or stops streaming.
+    #[test]
+    fn the_fill_paces_itself_to_its_furthest_follower() {
+        use crate::store::ingest::{Ingest, RECENT_KEEP};
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(2)))
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let fills = Fills::new(1);
+            let Joined::Lead(lease, fill) = fills.join_or_lead(Digest::of(b"p"), "r", || false)
+            else {
+                panic!()
+            };
+            let mut ingest = Ingest::create_with(&store, false).unwrap();
+            lease.filling(ingest.shared_file(), ingest.recent(), None, None);
+            async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
+                let limit = Duration::from_secs(30);
+                monoio::time::timeout(limit, f)
+                    .await
+                    .expect("a bounded wait")
+            }
+            // Start a pace (with no time limit to speak of) and see it wait.
+            async fn waiting(fill: Arc<Fill>) -> monoio::task::JoinHandle<()> {
+                let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let d = done.clone();
+                let task = monoio::spawn(async move {
+                    fill.pace_for(Duration::from_secs(600)).await;
+                    d.store(true, Ordering::SeqCst);
+                });
+                for _ in 0..10 {
+                    monoio::time::sleep(Duration::ZERO).await;
+                }
+                assert!(
+                    !done.load(Ordering::SeqCst),
+                    "the fill waits for its follower"
+                );
+                task
+            }
+            // No follower streaming: the fill never waits, however far ahead it is.
+            for _ in 0..RECENT_KEEP {
+                bounded(fill.pace_for(Duration::from_secs(600))).await;
+                ingest.append(&[7u8; 1000]).await.unwrap();
+            }
+            // A follower streaming from 0, behind the newest blocks: the fill waits...
+            let streaming = fill.streaming();
+            let task = waiting(fill.clone()).await;
+            // ...until it moves within reach (the oldest of the newest PACE_BLOCKS blocks).
+            fill.advanced(((RECENT_KEEP - PACE_BLOCKS) * 1000) as u64);
+            // Goes on once the follower is near.
+            bounded(task).await;
+            // Behind again, then gone: the fill goes on when it stops streaming.
+            for _ in 0..PACE_BLOCKS + 1 {
+                ingest.append(&[7u8; 1000]).await.unwrap();
+            }
+            let task = waiting(fill.clone()).await;
+            drop(streaming);
+            // Goes on once no follower streams.
+            bounded(task).await;
+            // A follower that does not move holds the fill only for the longest wait.
+            let _stalled = fill.streaming();
+            bounded(fill.pace_for(Duration::from_millis(1))).await;
+            lease.failed(Kind::BadGateway);
+        });
     }
 
     #[test]

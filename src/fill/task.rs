@@ -89,7 +89,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
         size,
         media_type.clone(),
     );
-    ingest.on_written(lease.publisher());
+    ingest.on_accepted(lease.publisher());
     let mut buf = Vec::with_capacity(BLOCK_BYTES);
     let mut resumes = 0;
     // Bytes of the current response to drop before appending: upstream ignored our Range and
@@ -97,7 +97,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
     // covers the whole file, so a changed prefix upstream can never be committed.
     let mut skip = 0u64;
     // Where the fill's time goes, for its log line.
-    let (mut read_us, mut append_us) = (0u128, 0u128);
+    let (mut read_us, mut pace_us, mut append_us) = (0u128, 0u128, 0u128);
     loop {
         let t0 = std::time::Instant::now();
         let got = resp.chunk(buf).await;
@@ -116,6 +116,8 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                 }
                 let n = piece.len() as u64;
                 let t1 = std::time::Instant::now();
+                fill.pace().await;
+                pace_us += t1.elapsed().as_micros();
                 let res = ingest.append(&piece).await;
                 append_us += t1.elapsed().as_micros();
                 worker.counters().pulled_bytes[ty as usize].fetch_add(n, Ordering::Relaxed);
@@ -165,20 +167,23 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
             }
         }
     }
-    if let Err(e) = ingest.flush().await {
-        store.incidents.report("write", &e);
-        tracing::debug!(%digest, error = %e, "writing the ingest file failed; bypassing the store");
-        tally(&worker.counters().bypassed);
-        return lease.bypass();
-    }
     crate::failpoint::hit("fill-before-verify").await;
-    // Verified content may go out to followers now; the fsync and rename follow.
-    let (pieces, (writing, hashing)) = (ingest.pieces(), ingest.busy());
-    let result = match ingest.verify(digest, size).await {
-        Ok(()) => {
-            lease.verified();
-            ingest.commit(store, digest, size).await
+    // Verified content may go out to followers now; the last writes, the fsync and the rename
+    // follow.
+    let pieces = ingest.pieces();
+    let verified = ingest.verify(digest, size).await;
+    if verified.is_ok() {
+        lease.verified();
+        if let Err(e) = ingest.flush().await {
+            store.incidents.report("write", &e);
+            tracing::debug!(%digest, error = %e, "writing the ingest file failed; bypassing the store");
+            tally(&worker.counters().bypassed);
+            return lease.bypass();
         }
+    }
+    let (writing, hashing) = ingest.busy();
+    let result = match verified {
+        Ok(()) => ingest.commit(store, digest, size).await,
         Err(e) => Err(e),
     };
     match result {
@@ -191,12 +196,12 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                 entry.link(&repo);
             }
             worker.shared.note(crate::expiry::Event::Committed(digest));
-            // upstream_ms / store_ms: time waiting on upstream reads and on the store's jobs
-            // (a disk-bound fill shows a large store_ms); write_ms / hash_ms: what those jobs
-            // took, in all.
+            // upstream_ms / store_ms / paced_ms: time waiting on upstream reads, on the store's
+            // jobs (a disk-bound fill shows a large store_ms) and on followers (Fill::pace);
+            // write_ms / hash_ms: what the store's jobs took, in all.
             tracing::info!(%digest, repo = %fill.repo, bytes = n, pieces, followers = fill.followers(),
                 ms = started.elapsed().as_millis() as u64, upstream_ms = (read_us / 1000) as u64,
-                store_ms = (append_us / 1000) as u64, write_ms = writing.as_millis() as u64,
+                store_ms = ((append_us - pace_us) / 1000) as u64, paced_ms = (pace_us / 1000) as u64, write_ms = writing.as_millis() as u64,
                 hash_ms = hashing.as_millis() as u64, "fill committed");
             lease.committed(n);
         }

@@ -419,6 +419,7 @@ async fn exchange(
         us = elapsed.as_micros() as u64,
         cache = %x.cache.as_str(),
         upstream_ms = x.upstream_ms.unwrap_or(0),
+        memory_bytes = x.memory_bytes,
         "request"
     );
     // Draining: answer what was asked, then close.

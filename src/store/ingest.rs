@@ -4,11 +4,12 @@
 //! An `Ingest` is an obligation: dropped uncommitted, it removes its temp file.
 //!
 //! **Blocks.** Each piece the fill receives (one upstream read, up to [`BLOCK_BYTES`]) is
-//! copied into a [`Block`] of aligned memory and handed to two jobs on the blocking pool,
-//! one writing it and one hashing it, in parallel with each other and with the fill's next
-//! upstream read; the written byte count is published (the followers' limit) as each write
-//! completes. While a block is being written, upstream's bytes wait in the socket, so the
-//! next read, and the next write, is larger: writes grow when the disk is the slower side.
+//! copied into a [`Block`] of aligned memory, joins the fill's [`Recent`] blocks and counts as
+//! accepted: followers may send it from memory at once. Its write and its hash are queued
+//! for two pool jobs (a writer and a hasher per fill, each taking its blocks in order), which
+//! run in parallel with each other and with the fill's next upstream reads. At most
+//! [`IN_FLIGHT`] blocks wait for either job; past that the fill waits, and upstream's bytes
+//! wait in the socket.
 //!
 //! **Direct writes.** Blocks are written with `O_DIRECT` where the filesystem takes it: the
 //! fill does not go through the page cache, so it pays neither for allocating page-cache pages
@@ -21,16 +22,17 @@
 //! 1 MiB writes took 0.9 s of wall time and 0.3 s of CPU. Where `O_DIRECT` is refused, every
 //! write is an ordinary one and nothing else changes.
 //!
-//! **Recent blocks.** Followers take what was just written from the fill's [`Recent`]
-//! blocks in memory ([`RECENT_KEEP`] per fill, within a process-wide [`BLOCKS_BUDGET`]), and
-//! only what is older from the file. A block joins `Recent` before its write and leaves only
-//! once it is in the file, so every published byte is always in one or the other.
+//! **Recent blocks.** Followers take the newest bytes from the fill's [`Recent`] blocks in
+//! memory ([`RECENT_KEEP`] per fill, within a process-wide [`BLOCKS_BUDGET`]), and only what
+//! is older from the file. A block joins `Recent` before it is accepted and leaves only once
+//! it is in the file, so every accepted byte is always in one or the other, even after a
+//! write fails (the bypass path hashes what a follower already sent from there).
 
 use std::collections::VecDeque;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,16 +44,25 @@ use crate::digest::Digest;
 pub const ALIGN: usize = 4096;
 /// Largest block: the fill's upstream read size.
 pub const BLOCK_BYTES: usize = 1024 * 1024;
-/// Written blocks a fill keeps in memory for its followers (besides those not written yet).
+/// Blocks a fill keeps in memory for its followers: those not yet written, and the newest
+/// written ones up to this many in all.
 pub const RECENT_KEEP: usize = 8;
-/// Bytes of blocks alive in the process past which fills keep only unwritten blocks.
+/// Blocks a fill may have accepted that are not yet written, or not yet hashed (the depth of
+/// its pipeline).
+pub const IN_FLIGHT: usize = 4;
+/// Bytes of blocks alive in the process past which fills keep only unwritten blocks, and
+/// queue one block at a time.
 pub const BLOCKS_BUDGET: usize = 64 * 1024 * 1024;
-/// Freed block allocations kept for reuse (touched memory is cheaper than fresh).
-const SPARE_MAX: usize = 2;
+/// Freed block allocations kept for reuse while fills run: a fresh mapping costs a page fault
+/// and a cleared page every 4 KiB (measured: 6 % of a cold GiB's CPU with only 2 kept).
+const SPARE_MAX: usize = RECENT_KEEP + IN_FLIGHT + 4;
+/// Spare allocations are unmapped once no block has been made for this long
+/// ([`trim_spares`]), so an idle server holds none.
+pub const SPARE_IDLE: Duration = Duration::from_secs(1);
 
-/// Told the written byte count as each write completes (the fill publishes it to followers);
-/// called on the blocking pool.
-pub type OnWritten = Arc<dyn Fn(u64) + Send + Sync>;
+/// Told the accepted byte count as it grows (the fill publishes it to followers); called on
+/// the fill's event loop.
+pub type OnAccepted = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// Bytes of blocks alive (in flight, recent, or held by a follower sending from one).
 static BLOCKS_LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -65,6 +76,20 @@ pub fn blocks_within_budget() -> bool {
 
 /// Freed allocations, reused before new ones.
 static SPARE: Mutex<Vec<Alloc>> = Mutex::new(Vec::new());
+/// When the last block was made ([`crate::store::index::now_ms`]).
+static LAST_MADE_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Unmap the spare block allocations if no block was made in the last [`SPARE_IDLE`] (called
+/// now and then by the expiry thread).
+pub fn trim_spares() {
+    let idle = crate::store::index::now_ms().saturating_sub(LAST_MADE_MS.load(Ordering::Relaxed));
+    if idle >= SPARE_IDLE.as_millis() as u64 {
+        let spare = std::mem::take(&mut *SPARE.lock().unwrap());
+        for a in spare {
+            a.unmap();
+        }
+    }
+}
 
 /// One mapping of [`BLOCK_BYTES`] plus [`ALIGN`] (room for a block's skew), aligned to
 /// [`ALIGN`].
@@ -79,6 +104,7 @@ impl Alloc {
     /// A spare allocation, or a fresh mapping: blocks are mapped and unmapped on their own,
     /// not taken from the heap, which would keep their pages after a burst of fills.
     fn get() -> Alloc {
+        LAST_MADE_MS.store(crate::store::index::now_ms(), Ordering::Relaxed);
         if let Some(a) = SPARE.lock().unwrap().pop() {
             return a;
         }
@@ -107,9 +133,13 @@ impl Alloc {
             spare.push(self);
         } else {
             drop(spare);
-            // SAFETY: mapped in `get` with this size, and owned here.
-            unsafe { libc::munmap(self.0.as_ptr().cast(), Self::SIZE) };
+            self.unmap();
         }
+    }
+
+    fn unmap(self) {
+        // SAFETY: mapped in `get` with this size, and owned here.
+        unsafe { libc::munmap(self.0.as_ptr().cast(), Self::SIZE) };
     }
 }
 
@@ -224,6 +254,13 @@ impl Recent {
         Some(Piece { block, from, len })
     }
 
+    /// Where the oldest of the newest `n` blocks starts (`None`: fewer than `n` are held).
+    pub fn start_of_newest(&self, n: usize) -> Option<u64> {
+        let blocks = self.blocks.lock().unwrap();
+        let i = blocks.len().checked_sub(n.max(1))?;
+        Some(blocks[i].at)
+    }
+
     /// Blocks held now.
     pub fn len(&self) -> usize {
         self.blocks.lock().unwrap().len()
@@ -237,8 +274,9 @@ impl Recent {
         self.blocks.lock().unwrap().push_back(b);
     }
 
-    /// Drop the oldest blocks that are wholly in the file (`written`), beyond `keep` of them
-    /// (or all of them while blocks past the process budget are alive).
+    /// Drop the oldest blocks that are wholly in the file (`written`) while more than `keep`
+    /// are held (or while blocks past the process budget are alive): blocks not yet written
+    /// always stay.
     fn evict(&self, written: u64, keep: usize) {
         let mut blocks = self.blocks.lock().unwrap();
         while blocks.front().is_some_and(|b| b.end() <= written)
@@ -254,7 +292,7 @@ pub struct Ingest {
     /// The temp file for followers: read-only, buffered (each follower reads through its own
     /// `dup` of it, which keeps working after the rename into `blobs/`).
     reader: Arc<std::fs::File>,
-    /// Ordinary writes: the last block's unaligned tail, and every write where `O_DIRECT` is
+    /// Ordinary writes: the blocks' unaligned ends, and every write where `O_DIRECT` is
     /// refused.
     writer: Arc<std::fs::File>,
     /// `O_DIRECT` writes, where the filesystem takes them.
@@ -262,30 +300,136 @@ pub struct Ingest {
     /// The same file on the event loop, for the commit's fsync.
     file: monoio::fs::File,
     recent: Arc<Recent>,
-    /// The write and hash jobs of the last block handed over.
-    flight: Option<Flight>,
-    /// Bytes handed to [`Ingest::append`].
+    /// The blocks on their way to the file and through the hash.
+    pipe: Arc<Pipeline>,
+    /// Bytes handed to [`Ingest::append`]: in a block, so readable by followers.
     accepted: u64,
-    /// Blocks written (for the fill's log line: average write size).
+    /// Blocks made (for the fill's log line: average piece size).
     pieces: u64,
-    /// Time the write and the hash jobs took, in all (for the fill's log line).
-    busy: (Duration, Duration),
-    on_written: Option<OnWritten>,
-    /// `None` while a hash job holds it.
-    hasher: Option<ring::digest::Context>,
-    written: u64,
+    on_accepted: Option<OnAccepted>,
     /// Set once the file is renamed into the store; Drop then leaves it alone.
     committed: bool,
     /// Set once size and sha256 are checked.
     verified: bool,
 }
 
-type Job<T> = monoio::task::JoinHandle<Result<T, monoio::blocking::JoinError>>;
+/// One stage of the pipeline (writing, or hashing): its blocks in order, worked through by at
+/// most one pool job at a time.
+#[derive(Default)]
+struct Stage {
+    queue: VecDeque<Arc<Block>>,
+    /// A pool job is working through `queue`.
+    running: bool,
+    /// Bytes through this stage: the end of the last block it finished.
+    done: u64,
+    /// Time its jobs spent on blocks, in all.
+    busy: Duration,
+}
 
-/// One block's jobs: the write's result; the hash context; each, how long it took.
-struct Flight {
-    write: Job<std::io::Result<Duration>>,
-    hash: Job<(ring::digest::Context, Duration)>,
+impl Stage {
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && !self.running
+    }
+}
+
+struct Stages {
+    write: Stage,
+    hash: Stage,
+    /// The hash context, while no hash job holds it.
+    hasher: Option<ring::digest::Context>,
+    /// The first write error (as kind, OS code, text); writing stops there.
+    failed: Option<(std::io::ErrorKind, Option<i32>, String)>,
+    /// The ingest was dropped: jobs stop at their next block.
+    abandoned: bool,
+}
+
+/// What the fill's event loop and the pool jobs share.
+struct Pipeline {
+    stages: Mutex<Stages>,
+    /// Notified as a block leaves a stage and as a job ends.
+    event: event_listener::Event,
+}
+
+impl Pipeline {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stages> {
+        self.stages.lock().unwrap()
+    }
+
+    /// The first write error, again.
+    fn failure(&self) -> Option<std::io::Error> {
+        let st = self.lock();
+        let (kind, code, text) = st.failed.as_ref()?;
+        Some(match code {
+            Some(c) => std::io::Error::from_raw_os_error(*c),
+            None => std::io::Error::new(*kind, text.clone()),
+        })
+    }
+}
+
+/// Blocks a pool job takes in a row before it gives its thread back to the other fills' jobs
+/// (the event loop then starts another).
+const JOB_BLOCKS: usize = 8;
+
+/// Write the queued blocks in order (up to [`JOB_BLOCKS`]), evicting from `recent` what is
+/// in the file; stop at the first error.
+fn write_job(
+    pipe: Arc<Pipeline>,
+    writer: Arc<std::fs::File>,
+    direct: Option<Arc<std::fs::File>>,
+    recent: Arc<Recent>,
+) {
+    for _ in 0..JOB_BLOCKS {
+        let block = match pipe.lock() {
+            st if st.abandoned || st.failed.is_some() => break,
+            st => match st.write.queue.front() {
+                Some(b) => b.clone(),
+                None => break,
+            },
+        };
+        let t = std::time::Instant::now();
+        let res = write_block(&block, &writer, direct.as_deref());
+        let mut st = pipe.lock();
+        st.write.busy += t.elapsed();
+        match res {
+            Ok(()) => {
+                st.write.queue.pop_front();
+                st.write.done = block.end();
+                recent.evict(st.write.done, RECENT_KEEP);
+            }
+            Err(e) => st.failed = Some((e.kind(), e.raw_os_error(), e.to_string())),
+        }
+        drop(st);
+        pipe.event.notify(usize::MAX);
+    }
+    pipe.lock().write.running = false;
+    pipe.event.notify(usize::MAX);
+}
+
+/// Hash the queued blocks in order (up to [`JOB_BLOCKS`]).
+fn hash_job(pipe: Arc<Pipeline>) {
+    let mut ctx = pipe.lock().hasher.take().expect("one hash job at a time");
+    for _ in 0..JOB_BLOCKS {
+        let block = match pipe.lock() {
+            st if st.abandoned => break,
+            st => match st.hash.queue.front() {
+                Some(b) => b.clone(),
+                None => break,
+            },
+        };
+        let t = std::time::Instant::now();
+        ctx.update(block.bytes());
+        let mut st = pipe.lock();
+        st.hash.busy += t.elapsed();
+        st.hash.queue.pop_front();
+        st.hash.done = block.end();
+        drop(st);
+        pipe.event.notify(usize::MAX);
+    }
+    let mut st = pipe.lock();
+    st.hasher = Some(ctx);
+    st.hash.running = false;
+    drop(st);
+    pipe.event.notify(usize::MAX);
 }
 
 #[derive(Debug)]
@@ -351,13 +495,19 @@ impl Ingest {
             writer: Arc::new(writer),
             path,
             recent: Arc::default(),
-            flight: None,
+            pipe: Arc::new(Pipeline {
+                stages: Mutex::new(Stages {
+                    write: Stage::default(),
+                    hash: Stage::default(),
+                    hasher: Some(ring::digest::Context::new(&ring::digest::SHA256)),
+                    failed: None,
+                    abandoned: false,
+                }),
+                event: event_listener::Event::new(),
+            }),
             accepted: 0,
             pieces: 0,
-            busy: Default::default(),
-            on_written: None,
-            hasher: Some(ring::digest::Context::new(&ring::digest::SHA256)),
-            written: 0,
+            on_accepted: None,
             committed: false,
             verified: false,
         };
@@ -390,112 +540,137 @@ impl Ingest {
         self.direct.is_some()
     }
 
-    /// Call `f` with the written byte count each time a write completes.
-    pub fn on_written(&mut self, f: OnWritten) {
-        self.on_written = Some(f);
+    /// Call `f` with the accepted byte count each time it grows (on the event loop).
+    pub fn on_accepted(&mut self, f: OnAccepted) {
+        self.on_accepted = Some(f);
     }
 
-    /// Bytes whose write has completed (what followers may read).
+    /// Bytes whose write has completed.
     pub fn written(&self) -> u64 {
-        self.written
+        self.pipe.lock().write.done
     }
 
-    /// Blocks written so far.
+    /// Blocks made so far.
     pub fn pieces(&self) -> u64 {
         self.pieces
     }
 
     /// Time the blocks' writes and hashes took so far (each in all, on the pool).
     pub fn busy(&self) -> (Duration, Duration) {
-        self.busy
+        let st = self.pipe.lock();
+        (st.write.busy, st.hash.busy)
     }
 
-    /// Bytes handed to [`Ingest::append`] (written, or being written).
+    /// Bytes handed to [`Ingest::append`]: readable from [`Recent`] or the file, being or
+    /// done being written and hashed.
     pub fn accepted(&self) -> u64 {
         self.accepted
     }
 
-    /// Append `data` after what was accepted: the previous block's jobs are completed, and
-    /// this data's (a block each [`BLOCK_BYTES`]) started and left in flight, so the fill
-    /// reads the next piece meanwhile. An error is that of a write.
+    /// Start a pool job for each stage that has blocks and none working on them.
+    fn kick(&self) {
+        let (write, hash) = {
+            let mut st = self.pipe.lock();
+            let write = !st.write.running && !st.write.queue.is_empty() && st.failed.is_none();
+            let hash = !st.hash.running && !st.hash.queue.is_empty();
+            st.write.running |= write;
+            st.hash.running |= hash;
+            (write, hash)
+        };
+        if write {
+            let (pipe, writer, direct, recent) = (
+                self.pipe.clone(),
+                self.writer.clone(),
+                self.direct.clone(),
+                self.recent.clone(),
+            );
+            drop(monoio::spawn_blocking(move || {
+                write_job(pipe, writer, direct, recent)
+            }));
+        }
+        if hash {
+            let pipe = self.pipe.clone();
+            drop(monoio::spawn_blocking(move || hash_job(pipe)));
+        }
+    }
+
+    /// Wait (keeping the stages' jobs going) until `done` holds.
+    async fn wait_until(&self, done: impl Fn(&Stages) -> bool) {
+        loop {
+            let listener = self.pipe.event.listen();
+            self.kick();
+            if done(&self.pipe.lock()) {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Append `data` after what was accepted, a block each [`BLOCK_BYTES`]: once the
+    /// pipeline has room (fewer than [`IN_FLIGHT`] blocks not yet written or not yet hashed;
+    /// none, past the process's [`BLOCKS_BUDGET`]), the block
+    /// joins [`Recent`], its write and hash are queued, and it counts as accepted (told to
+    /// `on_accepted`): followers may send it right away. The fill reads the next piece while
+    /// the pool writes and hashes. An error is that of an earlier write.
     pub async fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
         for piece in data.chunks(BLOCK_BYTES) {
-            self.complete().await?;
+            // Room: fewer than IN_FLIGHT blocks queued, or none while the blocks alive in the
+            // process are past their budget (then every fill has one block in flight at most).
+            self.wait_until(|st| {
+                let queued = st.write.queue.len().max(st.hash.queue.len());
+                st.failed.is_some() || queued == 0 || (queued < IN_FLIGHT && blocks_within_budget())
+            })
+            .await;
+            if let Some(e) = self.pipe.failure() {
+                return Err(e);
+            }
             let block = Arc::new(Block::new(self.accepted, piece));
+            self.recent.push(block.clone());
+            {
+                let mut st = self.pipe.lock();
+                st.write.queue.push_back(block.clone());
+                st.hash.queue.push_back(block);
+            }
             self.accepted += piece.len() as u64;
-            self.start(block);
+            self.pieces += 1;
+            self.kick();
+            if let Some(f) = &self.on_accepted {
+                f(self.accepted);
+            }
         }
         Ok(())
     }
 
-    /// Start `block`'s write and hash jobs (none may be in flight).
-    fn start(&mut self, block: Arc<Block>) {
-        debug_assert_eq!(block.at, self.written);
-        self.recent.push(block.clone());
-        self.pieces += 1;
-        let write = {
-            let block = block.clone();
-            let (writer, direct, on_written) = (
-                self.writer.clone(),
-                self.direct.clone(),
-                self.on_written.clone(),
-            );
-            monoio::spawn_blocking(move || {
-                let t = std::time::Instant::now();
-                write_block(&block, &writer, direct.as_deref())?;
-                if let Some(f) = on_written {
-                    f(block.end());
-                }
-                Ok(t.elapsed())
-            })
-        };
-        let mut hasher = self.hasher.take().expect("no hash job in flight");
-        let hash = monoio::spawn_blocking(move || {
-            let t = std::time::Instant::now();
-            hasher.update(block.bytes());
-            (hasher, t.elapsed())
-        });
-        self.flight = Some(Flight { write, hash });
-    }
-
-    /// Wait for the jobs in flight, then let `Recent` drop what is in the file.
-    async fn complete(&mut self) -> std::io::Result<()> {
-        let Some(f) = self.flight.take() else {
-            return Ok(());
-        };
-        let (hasher, hashing) = f.hash.await.expect("the blocking pool runs every job");
-        self.hasher = Some(hasher);
-        self.busy.1 += hashing;
-        self.busy.0 += f.write.await.expect("the blocking pool runs every job")?;
-        // Blocks are written one at a time: the one just done ends what was accepted.
-        self.written = self.accepted;
-        self.recent.evict(self.written, RECENT_KEEP);
-        Ok(())
-    }
-
-    /// Wait for the jobs in flight: afterwards `written() == accepted()` and every written
-    /// byte is hashed.
+    /// Wait until every accepted block is in the file: afterwards `written() == accepted()`.
+    /// An error is that of a write.
     pub async fn flush(&mut self) -> std::io::Result<()> {
-        self.complete().await
+        self.wait_until(|st| st.failed.is_some() || st.write.idle())
+            .await;
+        match self.pipe.failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
-    /// Check that what was written is `size` bytes (when known) and hashes to `expected` —
+    /// Check that what was accepted is `size` bytes (when known) and hashes to `expected` —
     /// the first half of [`Ingest::commit`], callable on its own so followers can finish
-    /// before the fsync.
+    /// while the last writes, the fsync and the rename are still to come.
     pub async fn verify(&mut self, expected: Digest, size: Option<u64>) -> Result<(), CommitError> {
-        self.flush().await.map_err(CommitError::Io)?;
+        self.wait_until(|st| st.hash.idle()).await;
         if let Some(expected) = size {
-            if expected != self.written {
+            if expected != self.accepted {
                 return Err(CommitError::Size {
                     expected,
-                    got: self.written,
+                    got: self.accepted,
                 });
             }
         }
         let hasher = self
+            .pipe
+            .lock()
             .hasher
             .replace(ring::digest::Context::new(&ring::digest::SHA256))
-            .expect("no hash job in flight");
+            .expect("no hash job running");
         let got = Digest::from_ring(&hasher.finish());
         if got != expected {
             return Err(CommitError::Digest { got });
@@ -504,9 +679,9 @@ impl Ingest {
         Ok(())
     }
 
-    /// Verify (unless [`Ingest::verify`] already did) and commit: fsync, rename into
-    /// `blobs/`, fsync the directory. On any error nothing is committed and the temp file is
-    /// removed (Drop).
+    /// Verify (unless [`Ingest::verify`] already did), wait for the writes, and commit: fsync,
+    /// rename into `blobs/`, fsync the directory. On any error nothing is committed and the
+    /// temp file is removed (Drop).
     pub async fn commit(
         mut self,
         store: &Store,
@@ -516,6 +691,7 @@ impl Ingest {
         if !self.verified {
             self.verify(expected, size).await?;
         }
+        self.flush().await.map_err(CommitError::Io)?;
         crate::failpoint::hit("commit-before-fsync").await;
         self.file.sync_all().await.map_err(CommitError::Io)?;
         crate::failpoint::hit("commit-before-rename").await;
@@ -530,7 +706,7 @@ impl Ingest {
             .map_err(CommitError::Io)?;
         let dir = monoio::fs::File::from_std(dir).map_err(CommitError::Io)?;
         dir.sync_all().await.map_err(CommitError::Io)?;
-        Ok(self.written)
+        Ok(self.accepted)
     }
 }
 
@@ -564,6 +740,8 @@ fn write_block(
 
 impl Drop for Ingest {
     fn drop(&mut self) {
+        // Jobs still running stop at their next block (they hold their own descriptors).
+        self.pipe.lock().abandoned = true;
         if !self.committed {
             let _ = std::fs::remove_file(&self.path);
         }
@@ -573,7 +751,6 @@ impl Drop for Ingest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU64;
 
     /// Pieces of every awkward size, with and without `O_DIRECT`: the file is the body, the
     /// published count only grows and ends at the size, the hash is the body's, and the last
@@ -608,7 +785,7 @@ mod tests {
                 let mut ingest = Ingest::create_with(&store, direct).unwrap();
                 assert_eq!(ingest.is_direct(), direct, "tmp takes O_DIRECT");
                 let p = published.clone();
-                ingest.on_written(Arc::new(move |n| {
+                ingest.on_accepted(Arc::new(move |n| {
                     assert!(
                         n >= p.swap(n, Ordering::SeqCst),
                         "published count went back"
@@ -618,11 +795,19 @@ mod tests {
                 for &n in &sizes {
                     ingest.append(&body[at..at + n]).await.unwrap();
                     at += n;
+                    // What is accepted is published and readable at once, written or not.
+                    assert_eq!(published.load(Ordering::SeqCst), at as u64);
+                    let last = at as u64 - 1;
+                    let p = ingest.recent().piece_at(last, 1).expect("the newest byte");
+                    assert_eq!(p.bytes(), &body[at - 1..at]);
+                    assert!(ingest.written() <= ingest.accepted());
                 }
                 ingest
                     .verify(digest, Some(body.len() as u64))
                     .await
                     .unwrap();
+                ingest.flush().await.unwrap();
+                assert_eq!(ingest.written(), body.len() as u64);
                 let recent = ingest.recent();
                 (ingest, recent)
             });
