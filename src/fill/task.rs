@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::Lease;
 use crate::error::Kind;
 use crate::limits::{FILL_RESUMES_MAX, FILL_RESUME_BACKOFF, MANIFEST_BYTES_MAX};
-use crate::store::ingest::{CommitError, BLOCK_BYTES};
+use crate::store::ingest::CommitError;
 use crate::store::{Entry, Ingest};
 use crate::upstream::status_error;
 use crate::worker::Worker;
@@ -90,44 +90,46 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
         media_type.clone(),
     );
     ingest.on_accepted(lease.publisher());
-    let mut buf = Vec::with_capacity(BLOCK_BYTES);
     let mut resumes = 0;
     // Bytes of the current response to drop before appending: upstream ignored our Range and
     // sent the body from its start. What we drop is what we already have; the sha256 at commit
     // covers the whole file, so a changed prefix upstream can never be committed.
     let mut skip = 0u64;
     // Where the fill's time goes, for its log line.
-    let (mut read_us, mut pace_us, mut append_us) = (0u128, 0u128, 0u128);
+    let (mut read_us, mut pace_us, mut store_us) = (0u128, 0u128, 0u128);
     loop {
+        // Room for one more block in the store's pipeline, and the furthest follower near
+        // enough; then upstream's next read lands straight in the block.
         let t0 = std::time::Instant::now();
-        let got = resp.chunk(buf).await;
-        read_us += t0.elapsed().as_micros();
+        let ready = ingest.ready().await;
+        store_us += t0.elapsed().as_micros();
+        if let Err(e) = ready {
+            store.incidents.report("write", &e);
+            tracing::debug!(%digest, error = %e, "writing the ingest file failed; bypassing the store");
+            tally(&worker.counters().bypassed);
+            return lease.bypass();
+        }
+        let t1 = std::time::Instant::now();
+        fill.pace().await;
+        pace_us += t1.elapsed().as_micros();
+        let t2 = std::time::Instant::now();
+        let got = resp.chunk_into(ingest.open_block()).await;
+        read_us += t2.elapsed().as_micros();
         match got {
-            Ok(Some(mut piece)) => {
+            Ok(Some(mut block)) => {
                 if skip > 0 {
-                    let drop = (skip as usize).min(piece.len());
-                    piece.drain(..drop);
+                    let drop = (skip as usize).min(block.len());
+                    block.drop_front(drop);
                     skip -= drop as u64;
                 }
-                if ingest.accepted() + piece.len() as u64 > cap.min(size.unwrap_or(u64::MAX)) {
+                if ingest.accepted() + block.len() as u64 > cap.min(size.unwrap_or(u64::MAX)) {
                     tracing::warn!(%digest, "upstream sent more than it declared or than the cap");
                     tally(&worker.shared.tallies.failed_upstream_body);
                     return lease.failed(Kind::BadGateway);
                 }
-                let n = piece.len() as u64;
-                let t1 = std::time::Instant::now();
-                fill.pace().await;
-                pace_us += t1.elapsed().as_micros();
-                let res = ingest.append(&piece).await;
-                append_us += t1.elapsed().as_micros();
-                worker.counters().pulled_bytes[ty as usize].fetch_add(n, Ordering::Relaxed);
-                if let Err(e) = res {
-                    store.incidents.report("write", &e);
-                    tracing::debug!(%digest, error = %e, "writing the ingest file failed; bypassing the store");
-                    tally(&worker.counters().bypassed);
-                    return lease.bypass();
-                }
-                buf = piece;
+                worker.counters().pulled_bytes[ty as usize]
+                    .fetch_add(block.len() as u64, Ordering::Relaxed);
+                ingest.accept(block);
             }
             Ok(None) if size.is_none_or(|s| ingest.accepted() == s) => break,
             Ok(None) | Err(_) if size.is_some() => {
@@ -157,7 +159,6 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                         Err(e) => tracing::info!(%digest, error = %e, "resume attempt failed"),
                     }
                 }
-                buf = Vec::with_capacity(BLOCK_BYTES);
             }
             Ok(None) => unreachable!("without a declared size the body ends when upstream says"),
             Err(e) => {
@@ -201,7 +202,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
             // write_ms / hash_ms: what the store's jobs took, in all.
             tracing::info!(%digest, repo = %fill.repo, bytes = n, pieces, followers = fill.followers(),
                 ms = started.elapsed().as_millis() as u64, upstream_ms = (read_us / 1000) as u64,
-                store_ms = ((append_us - pace_us) / 1000) as u64, paced_ms = (pace_us / 1000) as u64, write_ms = writing.as_millis() as u64,
+                store_ms = (store_us / 1000) as u64, paced_ms = (pace_us / 1000) as u64, write_ms = writing.as_millis() as u64,
                 hash_ms = hashing.as_millis() as u64, "fill committed");
             lease.committed(n);
         }

@@ -147,15 +147,45 @@ pub enum Stream {
     Tls(Box<ClientTlsStream<TcpStream>>),
 }
 
+/// Where body bytes are read to: a `Vec` (grown as needed), or a fill's block (fixed room,
+/// so upstream's bytes land where they are written and sent from, with no copy).
+pub trait Sink: IoBufMut + monoio::buf::IoBuf {
+    /// Bytes in it.
+    fn filled(&self) -> usize;
+    /// Bytes it takes without growing.
+    fn room(&self) -> usize;
+    /// Make room for `n` more bytes (a block has at most `room()`).
+    fn make_room(&mut self, n: usize);
+    fn push_slice(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn filled(&self) -> usize {
+        self.len()
+    }
+
+    fn room(&self) -> usize {
+        self.capacity() - self.len()
+    }
+
+    fn make_room(&mut self, n: usize) {
+        self.reserve(n);
+    }
+
+    fn push_slice(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
 impl Stream {
     /// Append at most `want` bytes to `buf` (growing it as needed). Ok(0) is end of stream.
-    async fn read_append(
+    async fn read_append<B: Sink>(
         &mut self,
-        mut buf: Vec<u8>,
+        mut buf: B,
         want: usize,
-    ) -> (std::io::Result<usize>, Vec<u8>) {
-        let len = buf.len();
-        buf.reserve(want);
+    ) -> (std::io::Result<usize>, B) {
+        let len = buf.filled();
+        buf.make_room(want);
         let slice = buf.slice_mut(len..len + want);
         let (res, slice) = match self {
             Stream::Plain(s) => s.read(slice).await,
@@ -231,6 +261,13 @@ impl Response {
     /// when the body has ended, after which the connection goes back to the pool.
     pub async fn chunk(&mut self, mut out: Vec<u8>) -> Result<Option<Vec<u8>>> {
         out.clear();
+        self.chunk_into(out).await
+    }
+
+    /// Append the next piece of body to `out` (at most its `room()`); `None` when the body has
+    /// ended, after which the connection goes back to the pool.
+    pub async fn chunk_into<B: Sink>(&mut self, mut out: B) -> Result<Option<B>> {
+        let before = out.filled();
         loop {
             match &mut self.body {
                 BodyState::Done => {
@@ -242,15 +279,13 @@ impl Response {
                 }
                 BodyState::Length { left } => {
                     if !self.buf.is_empty() {
-                        let n = (self.buf.len() as u64)
-                            .min(*left)
-                            .min(out.capacity() as u64) as usize;
-                        out.extend_from_slice(&self.buf[..n]);
+                        let n = (self.buf.len() as u64).min(*left).min(out.room() as u64) as usize;
+                        out.push_slice(&self.buf[..n]);
                         self.buf.drain(..n);
                         *left -= n as u64;
                         return Ok(Some(out));
                     }
-                    let want = (*left).min(out.capacity() as u64) as usize;
+                    let want = (*left).min(out.room() as u64) as usize;
                     let left_before = *left;
                     let (n, back) = self.read_raw(out, want).await?;
                     out = back;
@@ -278,7 +313,7 @@ impl Response {
                         }
                         continue;
                     }
-                    let room = out.capacity() - out.len();
+                    let room = out.room();
                     let input = &self.buf[..];
                     let step = dec
                         .step(&input[..input.len().min(room.max(64))])
@@ -294,9 +329,9 @@ impl Response {
                             end,
                             consumed,
                         } => {
-                            out.extend_from_slice(&self.buf[start..end]);
+                            out.push_slice(&self.buf[start..end]);
                             self.buf.drain(..consumed);
-                            if !out.is_empty() {
+                            if out.filled() > before {
                                 return Ok(Some(out));
                             }
                         }
@@ -311,13 +346,13 @@ impl Response {
                 }
                 BodyState::Close => {
                     if !self.buf.is_empty() {
-                        let n = self.buf.len().min(out.capacity());
-                        out.extend_from_slice(&self.buf[..n]);
+                        let n = self.buf.len().min(out.room());
+                        out.push_slice(&self.buf[..n]);
                         self.buf.drain(..n);
                         return Ok(Some(out));
                     }
-                    let cap = out.capacity();
-                    let (n, back) = self.read_raw(out, cap).await?;
+                    let room = out.room();
+                    let (n, back) = self.read_raw(out, room).await?;
                     out = back;
                     if n == 0 {
                         self.body = BodyState::Done;
@@ -369,7 +404,7 @@ impl Response {
 
     /// Raw read from the connection, appending at most `want` bytes to `out`: a
     /// length-delimited body never pulls the next response's bytes into a buffer we hand out.
-    async fn read_raw(&mut self, out: Vec<u8>, want: usize) -> Result<(usize, Vec<u8>)> {
+    async fn read_raw<B: Sink>(&mut self, out: B, want: usize) -> Result<(usize, B)> {
         let Some(conn) = self.conn.as_mut() else {
             return Err(Error::upstream(
                 Kind::BadGateway,

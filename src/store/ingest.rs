@@ -159,33 +159,111 @@ pub struct Block {
 unsafe impl Sync for Block {}
 
 impl Block {
-    /// `data` (at most [`BLOCK_BYTES`]) at file offset `at`.
-    fn new(at: u64, data: &[u8]) -> Block {
-        assert!(data.len() <= BLOCK_BYTES, "a block holds one piece");
+    /// An empty block for the bytes at file offset `at`.
+    fn open(at: u64) -> Block {
         BLOCKS_LIVE.fetch_add(Alloc::SIZE, Ordering::Relaxed);
-        let mem = Alloc::get();
-        let skew = (at % ALIGN as u64) as usize;
-        // SAFETY: `skew + len <= ALIGN + BLOCK_BYTES`, the allocation's size; `data` is not
-        // in it.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), mem.0.as_ptr().add(skew), data.len());
-        }
         Block {
-            mem: Some(mem),
-            skew,
-            len: data.len(),
+            mem: Some(Alloc::get()),
+            skew: (at % ALIGN as u64) as usize,
+            len: 0,
             at,
         }
     }
 
-    pub fn bytes(&self) -> &[u8] {
+    /// Where the block's bytes start.
+    fn base(&self) -> *mut u8 {
         let p = self.mem.as_ref().expect("a live block has memory").0;
-        // SAFETY: these bytes were written by `new`.
-        unsafe { std::slice::from_raw_parts(p.as_ptr().add(self.skew), self.len) }
+        // SAFETY: `skew < ALIGN`, inside the allocation.
+        unsafe { p.as_ptr().add(self.skew) }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the first `len` bytes past `base` were written (`OpenBlock`), and the
+        // allocation holds `skew + BLOCK_BYTES >= skew + len` bytes.
+        unsafe { std::slice::from_raw_parts(self.base(), self.len) }
     }
 
     pub fn end(&self) -> u64 {
         self.at + self.len as u64
+    }
+}
+
+/// A block being filled (see [`Ingest::open_block`]): upstream's bytes are read straight into
+/// it, then it is accepted, and from then on shared and never written again.
+pub struct OpenBlock(Block);
+
+impl OpenBlock {
+    pub fn len(&self) -> usize {
+        self.0.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+
+    /// Drop the first `n` bytes (upstream resent what we have).
+    pub fn drop_front(&mut self, n: usize) {
+        let len = self.0.len;
+        let n = n.min(len);
+        // SAFETY: the first `len` bytes past `base` are initialised and owned by this block.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(self.0.base(), len) };
+        bytes.copy_within(n.., 0);
+        self.0.len = len - n;
+    }
+}
+
+// SAFETY: the pointer is into the block's own mapping, which does not move while it lives;
+// `len` bytes past it are initialised.
+unsafe impl monoio::buf::IoBuf for OpenBlock {
+    fn read_ptr(&self) -> *const u8 {
+        self.0.base()
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.0.len
+    }
+}
+
+// SAFETY: as for `IoBuf`; the mapping holds `BLOCK_BYTES` past `base`.
+unsafe impl monoio::buf::IoBufMut for OpenBlock {
+    fn write_ptr(&mut self) -> *mut u8 {
+        self.0.base()
+    }
+
+    fn bytes_total(&mut self) -> usize {
+        BLOCK_BYTES
+    }
+
+    unsafe fn set_init(&mut self, pos: usize) {
+        self.0.len = pos;
+    }
+}
+
+impl crate::http::client::Sink for OpenBlock {
+    fn filled(&self) -> usize {
+        self.0.len
+    }
+
+    fn room(&self) -> usize {
+        BLOCK_BYTES - self.0.len
+    }
+
+    fn make_room(&mut self, n: usize) {
+        assert!(n <= self.room(), "a block does not grow");
+    }
+
+    fn push_slice(&mut self, bytes: &[u8]) {
+        assert!(bytes.len() <= self.room(), "a block does not grow");
+        // SAFETY: `len + bytes.len() <= BLOCK_BYTES` past `base`, inside the allocation;
+        // `bytes` is not in it (the block is borrowed mutably).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.0.base().add(self.0.len),
+                bytes.len(),
+            );
+        }
+        self.0.len += bytes.len();
     }
 }
 
@@ -606,39 +684,62 @@ impl Ingest {
         }
     }
 
-    /// Append `data` after what was accepted, a block each [`BLOCK_BYTES`]: once the
-    /// pipeline has room (fewer than [`IN_FLIGHT`] blocks not yet written or not yet hashed;
-    /// none, past the process's [`BLOCKS_BUDGET`]), the block
-    /// joins [`Recent`], its write and hash are queued, and it counts as accepted (told to
-    /// `on_accepted`): followers may send it right away. The fill reads the next piece while
-    /// the pool writes and hashes. An error is that of an earlier write.
+    /// Append `data` after what was accepted, a block each [`BLOCK_BYTES`]
+    /// ([`Ingest::ready`], [`Ingest::open_block`], [`Ingest::accept`]; the fill reads upstream
+    /// straight into its blocks instead). An error is that of an earlier write.
     pub async fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
         for piece in data.chunks(BLOCK_BYTES) {
-            // Room: fewer than IN_FLIGHT blocks queued, or none while the blocks alive in the
-            // process are past their budget (then every fill has one block in flight at most).
-            self.wait_until(|st| {
-                let queued = st.write.queue.len().max(st.hash.queue.len());
-                st.failed.is_some() || queued == 0 || (queued < IN_FLIGHT && blocks_within_budget())
-            })
-            .await;
-            if let Some(e) = self.pipe.failure() {
-                return Err(e);
-            }
-            let block = Arc::new(Block::new(self.accepted, piece));
-            self.recent.push(block.clone());
-            {
-                let mut st = self.pipe.lock();
-                st.write.queue.push_back(block.clone());
-                st.hash.queue.push_back(block);
-            }
-            self.accepted += piece.len() as u64;
-            self.pieces += 1;
-            self.kick();
-            if let Some(f) = &self.on_accepted {
-                f(self.accepted);
-            }
+            self.ready().await?;
+            let mut block = self.open_block();
+            crate::http::client::Sink::push_slice(&mut block, piece);
+            self.accept(block);
         }
         Ok(())
+    }
+
+    /// Wait until the pipeline has room for another block: fewer than [`IN_FLIGHT`] not yet
+    /// written or not yet hashed (none, past the process's [`BLOCKS_BUDGET`]). An error is
+    /// that of an earlier write.
+    pub async fn ready(&mut self) -> std::io::Result<()> {
+        // Room: fewer than IN_FLIGHT blocks queued, or none while the blocks alive in the
+        // process are past their budget (then every fill has one block in flight at most).
+        self.wait_until(|st| {
+            let queued = st.write.queue.len().max(st.hash.queue.len());
+            st.failed.is_some() || queued == 0 || (queued < IN_FLIGHT && blocks_within_budget())
+        })
+        .await;
+        match self.pipe.failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// An empty block for the bytes after those accepted (call [`Ingest::ready`] first).
+    pub fn open_block(&self) -> OpenBlock {
+        OpenBlock(Block::open(self.accepted))
+    }
+
+    /// Accept `block` (from [`Ingest::open_block`], with nothing accepted since): it joins
+    /// [`Recent`], its write and hash are queued, and its bytes count as accepted (told to
+    /// `on_accepted`): followers may send them right away.
+    pub fn accept(&mut self, block: OpenBlock) {
+        let block = Arc::new(block.0);
+        assert_eq!(block.at, self.accepted, "blocks are accepted in order");
+        if block.len == 0 {
+            return;
+        }
+        self.recent.push(block.clone());
+        self.accepted = block.end();
+        {
+            let mut st = self.pipe.lock();
+            st.write.queue.push_back(block.clone());
+            st.hash.queue.push_back(block);
+        }
+        self.pieces += 1;
+        self.kick();
+        if let Some(f) = &self.on_accepted {
+            f(self.accepted);
+        }
     }
 
     /// Wait until every accepted block is in the file: afterwards `written() == accepted()`.
