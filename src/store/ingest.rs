@@ -42,14 +42,15 @@ use crate::digest::Digest;
 /// Alignment of direct writes (file offset, length and memory): a multiple of every common
 /// logical block size (512, 4096).
 pub const ALIGN: usize = 4096;
-/// Largest block: the fill's upstream read size.
-pub const BLOCK_BYTES: usize = 1024 * 1024;
+/// Largest block: the fill's upstream read size. Measured on a cold GiB: 2 MiB takes half
+/// the jobs and writes of 1 MiB (6 % faster); 4 MiB was no faster and held more memory.
+pub const BLOCK_BYTES: usize = 2 * 1024 * 1024;
 /// Blocks a fill keeps in memory for its followers: those not yet written, and the newest
 /// written ones up to this many in all.
-pub const RECENT_KEEP: usize = 8;
+pub const RECENT_KEEP: usize = 4;
 /// Blocks a fill may have accepted that are not yet written, or not yet hashed (the depth of
 /// its pipeline).
-pub const IN_FLIGHT: usize = 4;
+pub const IN_FLIGHT: usize = 2;
 /// Bytes of blocks alive in the process past which fills keep only unwritten blocks, and
 /// queue one block at a time.
 pub const BLOCKS_BUDGET: usize = 64 * 1024 * 1024;
