@@ -379,8 +379,8 @@ async fn send_range_head(
     Ok((!x.head_only && length > 0).then_some((start, end)))
 }
 
-/// Follow a fill: send the head as soon as upstream's size is known, stream what is written,
-/// and the last byte after the commit.
+/// Follow a fill: send the head as soon as upstream's size is known, stream what is received,
+/// and the last byte once the body is verified.
 async fn follow_fill(
     w: &Rc<Worker>,
     req: &Request,

@@ -129,9 +129,11 @@ pub async fn stream(
         buf.clear();
         let n = match fill.recent_piece(pos, (limit - pos) as usize) {
             // A recent block's bytes go out as they are (no copy, and the follower's buffer
-            // stays untouched) while the blocks alive are within their budget; the follower
-            // keeps that one block alive until the send is done.
-            Some(piece) if ingest::blocks_within_budget() => {
+            // stays untouched) to a follower near the front, while the blocks alive are within
+            // their budget: it keeps that one block alive until the send is done, and the fill
+            // keeps it anyway meanwhile. One further behind copies, so that it holds no block
+            // the fill has let go.
+            Some(piece) if ingest::blocks_within_budget() && fill.near_front(pos) => {
                 let n = piece.len();
                 match monoio::time::timeout(send_stall, sock.write_all(piece)).await {
                     Ok((Ok(_), _)) => {}
@@ -143,7 +145,7 @@ pub async fn stream(
                 fill.advanced(pos);
                 continue;
             }
-            // Past the budget: copied into the follower's buffer.
+            // Behind, or past the budget: copied into the follower's buffer.
             Some(piece) => {
                 let n = piece.len().min(want);
                 buf.extend_from_slice(&piece.bytes()[..n]);

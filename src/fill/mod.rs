@@ -66,8 +66,8 @@ pub struct Fill {
     written: AtomicU64,
     /// The fill's most recent blocks (set once, when the body starts).
     recent: std::sync::OnceLock<Arc<Recent>>,
-    /// Set once the whole body is written and hashed to the digest — before the fsync and
-    /// rename of the commit: followers may send the last byte from then on (what they send is
+    /// Set once the whole body is received and hashes to the digest — before the last
+    /// writes, the fsync and the rename of the commit: followers may send the last byte from then on (what they send is
     /// verified; the commit's durability is the store's business, not the client's).
     verified: std::sync::atomic::AtomicBool,
     /// Notified on every published change of `written` or `state`.
@@ -144,6 +144,15 @@ impl Fill {
                 return;
             }
         }
+    }
+
+    /// Whether `pos` is within the newest [`PACE_BLOCKS`] recent blocks (where the fill waits
+    /// for its furthest follower).
+    pub fn near_front(&self, pos: u64) -> bool {
+        self.recent
+            .get()
+            .and_then(|r| r.start_of_newest(PACE_BLOCKS))
+            .is_none_or(|from| pos >= from)
     }
 
     /// A follower sent the body up to `pos`.
@@ -375,8 +384,8 @@ impl Lease {
         Arc::new(move |n| fill.publish(n))
     }
 
-    /// Every byte is written and the sha256 matches: followers may finish before the commit's
-    /// fsync and rename.
+    /// Every byte is received and the sha256 matches: followers may finish before the last
+    /// writes, the commit's fsync and the rename.
     pub fn verified(&self) {
         self.fill.verified.store(true, Ordering::Release);
         self.fill.event.notify(usize::MAX);
@@ -563,11 +572,14 @@ mod tests {
                 bounded(fill.pace_for(Duration::from_secs(600))).await;
                 ingest.append(&[7u8; 1000]).await.unwrap();
             }
+            // Only the newest PACE_BLOCKS blocks count as near the front.
+            let front = ((RECENT_KEEP - PACE_BLOCKS) * 1000) as u64;
+            assert!(fill.near_front(front) && !fill.near_front(front - 1));
             // A follower streaming from 0, behind the newest blocks: the fill waits...
             let streaming = fill.streaming();
             let task = waiting(fill.clone()).await;
             // ...until it moves within reach (the oldest of the newest PACE_BLOCKS blocks).
-            fill.advanced(((RECENT_KEEP - PACE_BLOCKS) * 1000) as u64);
+            fill.advanced(front);
             // Goes on once the follower is near.
             bounded(task).await;
             // Behind again, then gone: the fill goes on when it stops streaming.

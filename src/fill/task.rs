@@ -1,6 +1,6 @@
-//! The fill task (data path steps 6–7): GET the content upstream, append each piece to the
-//! ingest file while hashing it, publish the byte count, then verify and commit. Owned by its
-//! [`Lease`], not by any client.
+//! The fill task (data path steps 6–7): GET the content upstream, read each piece straight
+//! into an ingest block and publish it (the ingest writes and hashes behind), then verify and
+//! commit. Owned by its [`Lease`], not by any client.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
