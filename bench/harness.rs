@@ -26,8 +26,15 @@ struct Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // nginx's workers outlive a killed master (and keep its port): the master goes first
+        // (it would respawn a killed worker), then the workers it had.
+        let children: Vec<u32> = pids(self).into_iter().skip(1).collect();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for pid in children {
+            // SAFETY: kill(2) on a process id; no memory is involved.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
     }
 }
 
