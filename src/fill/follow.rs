@@ -95,6 +95,9 @@ pub async fn stream(
         Err(e) => return (Err(Cut::Read(e)), buf),
     };
     let _streaming = fill.streaming();
+    // Where this follower stands from the start: one whose range begins past what the fill
+    // has (a resumed download) is ahead of it, and must not hold the fill back.
+    fill.advanced(start);
     let mut pos = start;
     let includes_last = end + 1 == size;
     while pos <= end {

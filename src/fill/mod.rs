@@ -155,7 +155,7 @@ impl Fill {
             .is_none_or(|from| pos >= from)
     }
 
-    /// A follower sent the body up to `pos`.
+    /// A follower sent the body up to `pos` (or starts streaming there).
     fn advanced(&self, pos: u64) {
         if self.front.fetch_max(pos, Ordering::AcqRel) < pos {
             self.paced.notify(1);
