@@ -18,7 +18,7 @@ use monoio::buf::IoBuf;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
-use super::{Fill, State};
+use super::{Fill, State, PACE_BLOCKS};
 use crate::error::Kind;
 use crate::http::sendfile;
 use crate::store::ingest;
@@ -136,7 +136,7 @@ pub async fn stream(
             // their budget: it keeps that one block alive until the send is done, and the fill
             // keeps it anyway meanwhile. One further behind copies, so that it holds no block
             // the fill has let go.
-            Some(piece) if ingest::blocks_within_budget() && fill.near_front(pos) => {
+            Some(piece) if ingest::blocks_within_budget() && piece.newer() < PACE_BLOCKS => {
                 let n = piece.len();
                 match monoio::time::timeout(send_stall, sock.write_all(piece)).await {
                     Ok((Ok(_), _)) => {}

@@ -67,8 +67,9 @@ pub struct Fill {
     /// The fill's most recent blocks (set once, when the body starts).
     recent: std::sync::OnceLock<Arc<Recent>>,
     /// Set once the whole body is received and hashes to the digest — before the last
-    /// writes, the fsync and the rename of the commit: followers may send the last byte from then on (what they send is
-    /// verified; the commit's durability is the store's business, not the client's).
+    /// writes, the fsync and the rename of the commit: followers may send the last byte from
+    /// then on (what they send is verified; the commit's durability is the store's business,
+    /// not the client's).
     verified: std::sync::atomic::AtomicBool,
     /// Notified on every published change of `written` or `state`.
     event: Event,
@@ -144,15 +145,6 @@ impl Fill {
                 return;
             }
         }
-    }
-
-    /// Whether `pos` is within the newest [`PACE_BLOCKS`] recent blocks (where the fill waits
-    /// for its furthest follower).
-    pub fn near_front(&self, pos: u64) -> bool {
-        self.recent
-            .get()
-            .and_then(|r| r.start_of_newest(PACE_BLOCKS))
-            .is_none_or(|from| pos >= from)
     }
 
     /// A follower sent the body up to `pos` (or starts streaming there).
@@ -574,7 +566,8 @@ mod tests {
             }
             // Only the newest PACE_BLOCKS blocks count as near the front.
             let front = ((RECENT_KEEP - PACE_BLOCKS) * 1000) as u64;
-            assert!(fill.near_front(front) && !fill.near_front(front - 1));
+            let newer = |pos| fill.recent_piece(pos, 1).unwrap().newer();
+            assert!(newer(front) < PACE_BLOCKS && newer(front - 1) >= PACE_BLOCKS);
             // A follower streaming from 0, behind the newest blocks: the fill waits...
             let streaming = fill.streaming();
             let task = waiting(fill.clone()).await;

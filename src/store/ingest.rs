@@ -282,9 +282,16 @@ pub struct Piece {
     block: Arc<Block>,
     from: usize,
     len: usize,
+    /// Blocks the fill holds that are newer than this one.
+    newer: usize,
 }
 
 impl Piece {
+    /// Blocks the fill holds that are newer than this piece's (0: the newest).
+    pub fn newer(&self) -> usize {
+        self.newer
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.block.bytes()[self.from..self.from + self.len]
     }
@@ -320,17 +327,23 @@ impl Recent {
     /// Up to `want` bytes of the body at `pos`, if a recent block has them (`None`: read the
     /// file): the block stays alive (and in memory) while the `Piece` does.
     pub fn piece_at(&self, pos: u64, want: usize) -> Option<Piece> {
-        let block = {
+        let (newer, block) = {
             let blocks = self.blocks.lock().unwrap();
-            blocks
+            let (newer, b) = blocks
                 .iter()
                 .rev()
-                .find(|b| b.at <= pos && pos < b.end())?
-                .clone()
+                .enumerate()
+                .find(|(_, b)| b.at <= pos && pos < b.end())?;
+            (newer, b.clone())
         };
         let from = (pos - block.at) as usize;
         let len = want.min(block.len - from);
-        Some(Piece { block, from, len })
+        Some(Piece {
+            block,
+            from,
+            len,
+            newer,
+        })
     }
 
     /// Where the oldest of the newest `n` blocks starts (`None`: fewer than `n` are held).
@@ -399,8 +412,6 @@ struct Stage {
     queue: VecDeque<Arc<Block>>,
     /// A pool job is working through `queue`.
     running: bool,
-    /// Bytes through this stage: the end of the last block it finished.
-    done: u64,
     /// Time its jobs spent on blocks, in all.
     busy: Duration,
 }
@@ -414,6 +425,8 @@ impl Stage {
 struct Stages {
     write: Stage,
     hash: Stage,
+    /// Bytes in the file: the end of the last block written.
+    written: u64,
     /// The hash context, while no hash job holds it.
     hasher: Option<ring::digest::Context>,
     /// The first write error (as kind, OS code, text); writing stops there.
@@ -472,8 +485,8 @@ fn write_job(
         match res {
             Ok(()) => {
                 st.write.queue.pop_front();
-                st.write.done = block.end();
-                recent.evict(st.write.done, RECENT_KEEP);
+                st.written = block.end();
+                recent.evict(st.written, RECENT_KEEP);
             }
             Err(e) => st.failed = Some((e.kind(), e.raw_os_error(), e.to_string())),
         }
@@ -500,7 +513,6 @@ fn hash_job(pipe: Arc<Pipeline>) {
         let mut st = pipe.lock();
         st.hash.busy += t.elapsed();
         st.hash.queue.pop_front();
-        st.hash.done = block.end();
         drop(st);
         pipe.event.notify(usize::MAX);
     }
@@ -578,6 +590,7 @@ impl Ingest {
                 stages: Mutex::new(Stages {
                     write: Stage::default(),
                     hash: Stage::default(),
+                    written: 0,
                     hasher: Some(ring::digest::Context::new(&ring::digest::SHA256)),
                     failed: None,
                     abandoned: false,
@@ -626,7 +639,7 @@ impl Ingest {
 
     /// Bytes whose write has completed.
     pub fn written(&self) -> u64 {
-        self.pipe.lock().write.done
+        self.pipe.lock().written
     }
 
     /// Blocks made so far.
