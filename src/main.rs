@@ -300,7 +300,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
                 config.root_dir.display()
             )
         })?;
-    let (events, events_rx) = std::sync::mpsc::sync_channel(ringcache::expiry::EVENTS_MAX);
+    let (events, events_rx) = ringcache::expiry::events();
     let shared = Arc::new(Shared {
         fills: ringcache::fill::Fills::new(ringcache::limits::FILLS_INFLIGHT_MAX),
         tags: Default::default(),

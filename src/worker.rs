@@ -24,7 +24,7 @@ pub struct Shared {
     pub tls: Arc<rustls::ClientConfig>,
     pub drain: Drain,
     /// To the expiry thread: commits, links, tags (never on the hit path).
-    pub events: std::sync::mpsc::SyncSender<crate::expiry::Event>,
+    pub events: crate::expiry::EventSender,
     /// Each worker's event-loop heartbeat, for the systemd watchdog.
     pub heartbeats: Arc<crate::service::Heartbeats>,
     /// Per-worker counters, indexed by worker id (each written only by its worker).
@@ -47,8 +47,8 @@ pub struct Shared {
 impl Shared {
     /// Tell the expiry thread something (dropped, with a debug line, if its queue is full).
     pub fn note(&self, ev: crate::expiry::Event) {
-        if let Err(e) = self.events.try_send(ev) {
-            tracing::debug!(error = %e, "expiry queue full; event dropped");
+        if !self.events.try_send(ev) {
+            tracing::debug!("expiry queue full; event dropped");
         }
     }
 

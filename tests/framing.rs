@@ -170,3 +170,57 @@ fn slow_heads_and_idle_connections_are_closed() {
     assert_eq!(status_of(&resp), 200);
     assert!(closed, "idle keep-alive connection must be closed");
 }
+
+#[test]
+fn long_heads_are_read_whole_up_to_the_limit_and_pipelined_bytes_after_them_kept() {
+    let up = TestUpstream::start();
+    let rc = Ringcache::start(&up.url(), "");
+    // A head is read into 4 KiB first and grows to the 32 KiB limit: one of ~20 KiB (each line
+    // within the 8 KiB line limit) is answered, in one write and in pieces.
+    let long = |lines: usize, each: usize| {
+        let mut h = String::from("GET /v2/ HTTP/1.1\r\nHost: a\r\n");
+        for i in 0..lines {
+            h.push_str(&format!("X-{i}: {}\r\n", "v".repeat(each)));
+        }
+        h.push_str("\r\n");
+        h
+    };
+    let head = long(5, 4000);
+    let mut s = http::connect(rc.addr);
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    for piece in head.as_bytes().chunks(1500) {
+        s.write_all(piece).unwrap();
+        s.flush().unwrap();
+    }
+    assert_eq!(http::read_response(&mut r, false).unwrap().status, 200);
+
+    // In one write, pipelined: the bytes past a long head are the next request.
+    let two = format!("{head}GET /nope HTTP/1.1\r\nHost: a\r\n\r\n{head}");
+    s.write_all(two.as_bytes()).unwrap();
+    for want in [200, 404, 200] {
+        assert_eq!(http::read_response(&mut r, false).unwrap().status, want);
+    }
+
+    // Past the limit (every line within its own): 431, then the connection ends (reset,
+    // as the rest of the head was never read).
+    let mut s = http::connect(rc.addr);
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(long(5, 7000).as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    let ended = loop {
+        let mut buf = [0u8; 4096];
+        match std::io::Read::read(&mut s, &mut buf) {
+            Ok(0) => break true,
+            Ok(n) => resp.extend_from_slice(&buf[..n]),
+            Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    };
+    assert_eq!(status_of(&resp), 431, "{}", String::from_utf8_lossy(&resp));
+    assert!(ended, "closed after a head past the limit");
+    // A client that connects and closes without a byte costs nothing and breaks nothing.
+    for _ in 0..50 {
+        drop(http::connect(rc.addr));
+    }
+    assert_eq!(http::get(rc.addr, "/v2/").status, 200);
+}

@@ -25,6 +25,10 @@ use crate::worker::Worker;
 
 /// Header slots on the stack for one parse; `limits.headers_max` (≤ this) of them are used.
 pub const HEADER_SLOTS_MAX: usize = 1024;
+/// A request head is read into this much first, and the buffer doubles while a longer head
+/// arrives, up to `limits.head_bytes_max`: the head buffer is held for the whole exchange (the
+/// parsed head points into it), and the heads clients send are well under 4 KiB.
+pub const HEAD_FIRST_BYTES: usize = 4 * 1024;
 
 /// One request's response side, handed to the proxy.
 pub struct Exchange<'a> {
@@ -317,7 +321,46 @@ async fn idle(worker: &Worker, sock: &TcpStream) -> bool {
         return false;
     }
     let _slot = worker.idle.enter(sock.as_raw_fd());
-    sock.readable(false).await.is_ok()
+    // Bounded by events: each turn waits for readiness, and only a spurious wake repeats.
+    loop {
+        if sock.readable(false).await.is_err() {
+            return false;
+        }
+        match peek(sock.as_raw_fd()) {
+            Peek::Bytes => return true,
+            Peek::Closed => return false,
+            Peek::NotYet => continue,
+        }
+    }
+}
+
+enum Peek {
+    Bytes,
+    Closed,
+    NotYet,
+}
+
+/// Whether a readable socket has bytes, or only its end (or an error): a peer that closes,
+/// or 10,000 idle connections closed at once, then costs no head buffer and no read.
+fn peek(fd: std::os::fd::RawFd) -> Peek {
+    let mut byte = 0u8;
+    // SAFETY: a one-byte buffer we own; MSG_PEEK leaves the byte in the socket.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        1.. => Peek::Bytes,
+        0 => Peek::Closed,
+        _ => match std::io::Error::last_os_error().kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Peek::NotYet,
+            _ => Peek::Closed,
+        },
+    }
 }
 
 /// Read one request head and answer it. Returns whether the connection stays open, and the
@@ -454,7 +497,7 @@ async fn read_head(
 ) -> (Result<Option<Head>, Error>, Vec<u8>) {
     let deadline = Instant::now() + limits.head_timeout;
     if buf.capacity() == 0 {
-        buf = pool.head(limits.head_bytes_max);
+        buf = pool.head(HEAD_FIRST_BYTES.min(limits.head_bytes_max));
     }
     loop {
         if !buf.is_empty() {
@@ -464,9 +507,13 @@ async fn read_head(
                 Err(e) => return (Err(e), buf),
             }
         }
+        // Below the limit here (a longer partial head is refused by the parser). A full
+        // buffer doubles, up to the limit.
         let len = buf.len();
-        let want = limits.head_bytes_max - len;
-        buf.reserve(want);
+        if len == buf.capacity() {
+            buf.reserve(len.max(HEAD_FIRST_BYTES).min(limits.head_bytes_max - len));
+        }
+        let want = (buf.capacity() - len).min(limits.head_bytes_max - len);
         let timeout = deadline.saturating_duration_since(Instant::now());
         match monoio::time::timeout(timeout, sock.read(buf.slice_mut(len..len + want))).await {
             Ok((Ok(0), slice)) => return (Ok(None), slice.into_inner()),
@@ -504,5 +551,45 @@ pub fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+
+    /// Wait (at most 5 s) for the socket to be readable.
+    fn readable(s: &std::net::TcpStream) {
+        let mut p = libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own.
+        let n = unsafe { libc::poll(&mut p, 1, 5000) };
+        assert_eq!(n, 1, "readable in time");
+    }
+
+    #[test]
+    fn peek_tells_bytes_from_a_close_and_leaves_the_bytes() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut server, _) = l.accept().unwrap();
+        assert!(matches!(peek(server.as_raw_fd()), Peek::NotYet));
+        client.write_all(b"G").unwrap();
+        readable(&server);
+        assert!(matches!(peek(server.as_raw_fd()), Peek::Bytes));
+        let mut b = [0u8; 4];
+        assert_eq!(
+            std::io::Read::read(&mut server, &mut b).unwrap(),
+            1,
+            "peek kept it"
+        );
+        assert_eq!(b[0], b'G');
+        drop(client);
+        readable(&server);
+        assert!(matches!(peek(server.as_raw_fd()), Peek::Closed));
     }
 }
