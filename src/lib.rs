@@ -44,8 +44,8 @@
 //! 6. **miss** — [`fill::Fills::join_or_lead`]: one fill task per digest writes and hashes the
 //!    upstream body ([`fill::task`]; each piece is copied into an aligned block, published to
 //!    followers at once, then written with `O_DIRECT` (around the page cache) and hashed by
-//!    two jobs on the blocking pool, a few blocks deep, while the fill reads on from upstream,
-//!    [`store::ingest`]); every requester follows the fill up to the received count
+//!    two jobs on the job pool ([`jobs`]), a few blocks deep, while the fill reads on from
+//!    upstream, [`store::ingest`]); every requester follows the fill up to the received count
 //!    ([`fill::follow`]): the newest bytes from the fill's recent blocks in memory, older
 //!    bytes from the temp file. The fill paces itself, briefly, to its furthest follower.
 //! 7. **commit** — size and sha256 checked, fsync, rename, fsync the directory, index
@@ -77,6 +77,7 @@ pub mod expiry;
 pub mod failpoint;
 pub mod fill;
 pub mod http;
+pub mod jobs;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;

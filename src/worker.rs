@@ -356,8 +356,9 @@ pub fn spawn(
     ready: std::sync::mpsc::Sender<usize>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut handles = Vec::new();
-    // The blocking pool: fills write and hash their pieces there (store::ingest), a thread
-    // per worker.
+    // The job pool: fills write and hash their pieces there (store::ingest), a thread per
+    // worker. monoio's own pool stays attached for whatever of monoio needs one.
+    crate::jobs::set_threads(listeners.len());
     let hashers = monoio::blocking::DefaultThreadPool::new(listeners.len().max(1));
     for (id, mine) in listeners.into_iter().enumerate() {
         let shared = shared.clone();

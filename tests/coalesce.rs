@@ -43,6 +43,13 @@ fn thirty_two_clients_one_cold_64mib_blob_one_upstream_get() {
     let want = digest.trim_start_matches("sha256:").to_string();
     for c in clients {
         let (status, len, hex, complete) = c.join().unwrap();
+        if !complete {
+            // The cut's cause is in the server's log.
+            let l = rc.proc.log.lock().unwrap().clone();
+            for line in l.lines().filter(|l| !l.contains("fill joined")) {
+                eprintln!("LOG {line}");
+            }
+        }
         assert_eq!((status, len, complete), (200, 64 * 1024 * 1024, true));
         assert_eq!(hex, want);
     }

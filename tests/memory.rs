@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use support::upstream::{Blob, TestUpstream};
-use support::{http, image, Ringcache};
+use support::{http, image, wait_metric, Ringcache};
 
 /// A `/proc/<pid>/status` figure in KiB (`VmRSS`, `VmHWM`).
 fn status_kib(pid: u32, key: &str) -> u64 {
@@ -24,26 +24,9 @@ fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS")
 }
 
-/// Wait (bounded) until the server reports `n` open connections on /metrics.
-fn wait_open(rc: &Ringcache, dbg: std::net::SocketAddr, n: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let body = String::from_utf8(http::get(dbg, "/metrics").body).unwrap();
-        let open = body
-            .lines()
-            .find_map(|l| l.strip_prefix("ringcache_connections_open "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0) as usize;
-        if open >= n {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{open} of {n} connections open"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-        let _ = rc;
-    }
+/// Wait (bounded) until the server reports `n` open connections or more.
+fn wait_open(dbg: std::net::SocketAddr, n: usize) {
+    wait_metric(dbg, "ringcache_connections_open", |v| v as usize >= n);
 }
 
 #[test]
@@ -78,7 +61,7 @@ fn idle_connections_hold_no_buffers_and_followers_share_a_bounded_budget() {
             got += n;
         }
     }
-    wait_open(&rc, dbg, N);
+    wait_open(dbg, N);
     let grown = rss_kib(pid).saturating_sub(before);
     eprintln!("{N} idle connections: RSS +{grown} KiB");
     // Each idle connection is a small task, a readiness poll and a slot in the worker's idle
@@ -94,7 +77,7 @@ fn idle_connections_hold_no_buffers_and_followers_share_a_bounded_budget() {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
     let before = rss_kib(pid);
     drop(conns);
-    wait_open(&rc, dbg, 0);
+    wait_metric(dbg, "ringcache_connections_open", |v| v == 0.0);
     let grown = status_kib(pid, "VmHWM").saturating_sub(before);
     eprintln!("{N} connections closing: peak RSS +{grown} KiB");
     assert!(

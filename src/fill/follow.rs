@@ -156,7 +156,9 @@ pub async fn stream(
                 n
             }
             None => {
-                if let Some(to) = sendfile::span(&file, pos, limit) {
+                // Only what the file holds: a span past its end would find the end's page
+                // cached and send less than asked.
+                if let Some(to) = sendfile::span(&file, pos, fill.in_file(limit).max(pos)) {
                     let from = pos;
                     let res = sendfile::send(sock, &file, &mut pos, to, send_stall).await;
                     *by_sendfile += pos - from;

@@ -6,6 +6,12 @@
 //! head deadline) → `Serving` (proxy writes the response) → `Idle`, or `Closing` after
 //! `Connection: close`, a framing error, a write refused without reading its body, or a
 //! response cut short.
+//!
+//! A connection closed while the client may still be sending (a bad head, a body not read,
+//! pipelined requests not answered) *lingers*: our side is shut for writing (the answer goes
+//! out, then FIN) and what arrives is read and dropped until the client closes, for at most
+//! [`LINGER_TIME`] and [`LINGER_BYTES`]. Closing with unread bytes would send a reset, and a
+//! reset can throw away the answer before the client reads it.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -29,6 +35,21 @@ pub const HEADER_SLOTS_MAX: usize = 1024;
 /// arrives, up to `limits.head_bytes_max`: the head buffer is held for the whole exchange (the
 /// parsed head points into it), and the heads clients send are well under 4 KiB.
 pub const HEAD_FIRST_BYTES: usize = 4 * 1024;
+/// How long a closing connection keeps reading what the client still sends.
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+/// How much a closing connection reads and drops at most.
+pub const LINGER_BYTES: usize = 8 * 1024 * 1024;
+
+/// What a connection does after an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Keep-alive: wait for the next request.
+    Keep,
+    /// Close now: the client is done sending (or gone).
+    Close,
+    /// Close once the client stops sending: it may still be (see [`linger`]).
+    Linger,
+}
 
 /// One request's response side, handed to the proxy.
 pub struct Exchange<'a> {
@@ -301,11 +322,19 @@ pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::Sock
             pool.give_head(buf);
             return;
         }
-        let (keep, back) = Box::pin(exchange(&worker, &mut sock, peer, buf, &limits)).await;
+        let (next, back) = Box::pin(exchange(&worker, &mut sock, peer, buf, &limits)).await;
         buf = back;
-        if !keep {
-            pool.give_head(buf);
-            return;
+        match next {
+            Next::Keep => {}
+            Next::Close => {
+                pool.give_head(buf);
+                return;
+            }
+            Next::Linger => {
+                // Boxed, like the exchange: the idle task stays small.
+                Box::pin(linger(&mut sock, buf, pool)).await;
+                return;
+            }
         }
         if buf.is_empty() {
             pool.give_head(std::mem::take(&mut buf));
@@ -363,25 +392,58 @@ fn peek(fd: std::os::fd::RawFd) -> Peek {
     }
 }
 
-/// Read one request head and answer it. Returns whether the connection stays open, and the
-/// bytes after this request's head (pipelined requests).
+/// Shut our side for writing, then read and drop what the client still sends until it closes,
+/// within [`LINGER_TIME`] and [`LINGER_BYTES`]; the connection closes when this returns.
+async fn linger(sock: &mut TcpStream, mut buf: Vec<u8>, pool: &Buffers) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: our own socket; shutting its write side sends FIN after the answer.
+    unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_WR) };
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut left = LINGER_BYTES;
+    buf.clear();
+    if buf.capacity() == 0 {
+        buf = pool.head(HEAD_FIRST_BYTES);
+    }
+    let cap = buf.capacity();
+    while left > 0 {
+        let t = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(t, sock.read(buf.slice_mut(0..cap))).await {
+            Ok((Ok(n), slice)) if n > 0 => {
+                buf = slice.into_inner();
+                buf.clear();
+                left = left.saturating_sub(n);
+            }
+            Ok((_, slice)) => {
+                buf = slice.into_inner();
+                break;
+            }
+            // Out of time; the buffer went with the cancelled read.
+            Err(_) => return,
+        }
+    }
+    pool.give_head(buf);
+}
+
+/// Read one request head and answer it. Returns what the connection does next, and the bytes
+/// after this request's head (pipelined requests).
 async fn exchange(
     worker: &Rc<Worker>,
     sock: &mut TcpStream,
     peer: std::net::SocketAddr,
     buf: Vec<u8>,
     limits: &crate::limits::Limits,
-) -> (bool, Vec<u8>) {
+) -> (Next, Vec<u8>) {
     let pool = &worker.buffers;
     let (head, mut buf) = read_head(sock, buf, limits, pool).await;
     let head = match head {
         Ok(Some(h)) => h,
-        Ok(None) => return (false, buf),
+        Ok(None) => return (Next::Close, buf),
         Err(e) => {
             let mut x = Exchange::new(sock, pool, limits.send_stall, false, false, 1);
             tracing::debug!(%peer, error = %e, "bad request head");
             let _ = x.send_error(&e).await;
-            return (false, buf);
+            // The rest of a bad head (or what follows it) may still be on its way.
+            return (Next::Linger, buf);
         }
     };
     let started = Instant::now();
@@ -468,10 +530,16 @@ async fn exchange(
     // Draining: answer what was asked, then close.
     let keep = x.keep_alive && !worker.shared.drain.is_draining();
     x.release();
-    if keep {
+    let next = if keep {
         buf.drain(..head.len);
-    }
-    (keep, buf)
+        Next::Keep
+    } else if head.has_body || buf.len() > head.len {
+        // A body we did not read, or pipelined requests we will not answer.
+        Next::Linger
+    } else {
+        Next::Close
+    };
+    (next, buf)
 }
 
 /// The client's Accept headers joined (forwarded upstream for manifests).

@@ -51,11 +51,15 @@ pub const RECENT_KEEP: usize = 4;
 /// Blocks a fill may have accepted that are not yet written, or not yet hashed (the depth of
 /// its pipeline).
 pub const IN_FLIGHT: usize = 2;
-/// Bytes of blocks alive in the process past which fills keep only unwritten blocks, and
-/// queue one block at a time.
-pub const BLOCKS_BUDGET: usize = 64 * 1024 * 1024;
-/// Freed block allocations kept for reuse while fills run: a fresh mapping costs a page fault
-/// and a cleared page every 4 KiB (measured: 6 % of a cold GiB's CPU with only 2 kept).
+/// Bytes of blocks alive in the process past which fills keep only unwritten blocks, queue
+/// one block at a time, and followers stop holding blocks to send from; spare allocations are
+/// kept only within it too. One fill uses at most [`RECENT_KEEP`] + [`IN_FLIGHT`] blocks (12
+/// MiB), and followers that fall behind while sending from a block keep the rest: at 64 MiB,
+/// 32 slow followers of one blob held 48 blocks at once (132 MiB of RSS).
+pub const BLOCKS_BUDGET: usize = 24 * 1024 * 1024;
+/// Freed block allocations kept for reuse while fills run (within [`BLOCKS_BUDGET`] with the
+/// blocks alive): a fresh mapping costs a page fault and a cleared page every 4 KiB (measured:
+/// 6 % of a cold GiB's CPU with only 2 kept).
 const SPARE_MAX: usize = RECENT_KEEP + IN_FLIGHT + 4;
 /// Spare allocations are unmapped once no block has been made for this long
 /// ([`trim_spares`]), so an idle server holds none.
@@ -130,7 +134,8 @@ impl Alloc {
 
     fn put(self) {
         let mut spare = SPARE.lock().unwrap();
-        if spare.len() < SPARE_MAX {
+        let with_spares = BLOCKS_LIVE.load(Ordering::Relaxed) + (spare.len() + 1) * Self::SIZE;
+        if spare.len() < SPARE_MAX && with_spares <= BLOCKS_BUDGET {
             spare.push(self);
         } else {
             drop(spare);
@@ -270,10 +275,10 @@ impl crate::http::client::Sink for OpenBlock {
 
 impl Drop for Block {
     fn drop(&mut self) {
+        BLOCKS_LIVE.fetch_sub(Alloc::SIZE, Ordering::Relaxed);
         if let Some(m) = self.mem.take() {
             m.put();
         }
-        BLOCKS_LIVE.fetch_sub(Alloc::SIZE, Ordering::Relaxed);
     }
 }
 
@@ -344,6 +349,12 @@ impl Recent {
             len,
             newer,
         })
+    }
+
+    /// Where the oldest block held starts (`None`: none is held). Blocks are held in order and
+    /// leave only once written, so every byte before it is in the file.
+    pub fn oldest_at(&self) -> Option<u64> {
+        self.blocks.lock().unwrap().front().map(|b| b.at)
     }
 
     /// Where the oldest of the newest `n` blocks starts (`None`: fewer than `n` are held).
@@ -676,13 +687,11 @@ impl Ingest {
                 self.direct.clone(),
                 self.recent.clone(),
             );
-            drop(monoio::spawn_blocking(move || {
-                write_job(pipe, writer, direct, recent)
-            }));
+            crate::jobs::spawn(move || write_job(pipe, writer, direct, recent));
         }
         if hash {
             let pipe = self.pipe.clone();
-            drop(monoio::spawn_blocking(move || hash_job(pipe)));
+            crate::jobs::spawn(move || hash_job(pipe));
         }
     }
 

@@ -285,6 +285,28 @@ impl Ringcache {
     }
 }
 
+/// Wait (at most 20 s, polling) until the metric `name` on the debug listener `dbg` satisfies
+/// `ok`; its last value.
+pub fn wait_metric(dbg: SocketAddr, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = String::from_utf8(http::get(dbg, "/metrics").body).unwrap();
+        let v = body
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if ok(v) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} still {v} after 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The socket address that follows `marker` in a log line.
 pub fn addr_after(line: &str, marker: &str) -> SocketAddr {
     let word = line
