@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Condvar, Mutex, Once};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -20,7 +20,11 @@ struct Pool {
     ready: Condvar,
 }
 
-static POOL: OnceLock<Pool> = OnceLock::new();
+static POOL: Pool = Pool {
+    queue: Mutex::new(VecDeque::new()),
+    ready: Condvar::new(),
+};
+static STARTED: Once = Once::new();
 static THREADS: AtomicUsize = AtomicUsize::new(2);
 
 /// How many threads the pool starts (call before the first job; later calls change nothing).
@@ -30,37 +34,26 @@ pub fn set_threads(n: usize) {
 
 /// Run `job` on the pool.
 pub fn spawn(job: impl FnOnce() + Send + 'static) {
-    let pool = POOL.get_or_init(|| {
+    STARTED.call_once(|| {
         for i in 0..THREADS.load(Ordering::Relaxed) {
             std::thread::Builder::new()
                 .name(format!("ringcache-job{i}"))
                 .spawn(run)
                 .expect("start a job thread");
         }
-        Pool {
-            queue: Mutex::new(VecDeque::new()),
-            ready: Condvar::new(),
-        }
     });
-    pool.queue.lock().unwrap().push_back(Box::new(job));
-    pool.ready.notify_one();
+    POOL.queue.lock().unwrap().push_back(Box::new(job));
+    POOL.ready.notify_one();
 }
 
 fn run() {
-    // The pool is set before its threads take a job (they wait for it).
-    let pool = loop {
-        if let Some(p) = POOL.get() {
-            break p;
-        }
-        std::thread::park_timeout(std::time::Duration::from_millis(1));
-    };
     loop {
         let job = {
-            let mut queue = pool.queue.lock().unwrap();
+            let mut queue = POOL.queue.lock().unwrap();
             loop {
                 match queue.pop_front() {
                     Some(job) => break job,
-                    None => queue = pool.ready.wait(queue).unwrap(),
+                    None => queue = POOL.ready.wait(queue).unwrap(),
                 }
             }
         };
