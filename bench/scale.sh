@@ -3,16 +3,17 @@
 # with 1, 2, 4, 8 workers for ringcache and nginx, each pinned to the first N cores and the
 # load generator to cores 8-15 (on a 16-core machine). Needs a carried folder (CARRY) with
 # ringcache, load (bench/load.rs), nginx + its libraries, a warm store and the same file for
-# nginx under www/ (see the closing note of the session that added this). No upstream is
-# used: every request is a hit. Prints JSON lines.
+# nginx under www/: bench/scale-carry.sh builds it (carry .benchcarry). No upstream is
+# used: every request is a hit. Prints JSON lines. WORKERS="1 2" LOAD_CORES=1 SECS=2 tries it on a
+# small machine.
 set -u
 C=$(cd "${CARRY:-.benchcarry}" && pwd); D=$(cat "$C/digest"); OUT=${OUT:-/tmp}
 export LD_LIBRARY_PATH=$C/lib
 mkdir -p /var/lib/nginx 2>/dev/null # nginx's compiled-in temp path, absent on a bare machine
 echo "{\"cores\":$(nproc)}"
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
-load() { taskset -c 8-15 "$C/load" --bench --url "http://127.0.0.1:$1/v2/bench/small/blobs/$D" --conns 64 --secs "${SECS:-5}"; }
-for w in 1 2 4 8; do
+load() { taskset -c "${LOAD_CORES:-8-15}" "$C/load" --bench --url "http://127.0.0.1:$1/v2/bench/small/blobs/$D" --conns 64 --secs "${SECS:-5}"; }
+for w in ${WORKERS:-1 2 4 8}; do
   cores="0-$((w - 1))"
   root=$(mktemp -d); cp -r "$C/store/." "$root/"
   printf 'version: 0.1\nhttp: {addr: 127.0.0.1:7000}\nstorage: {filesystem: {rootdirectory: %s}}\nproxy: {remoteurl: http://127.0.0.1:9}\nlog: {level: warn}\nringcache: {workers: %s}\n' "$root" "$w" > "$root.yml"
