@@ -56,10 +56,34 @@ pub struct Config {
     /// `ringcache.storage.direct_writes`: fills write with `O_DIRECT` where the filesystem
     /// takes it (default true; see `store::ingest`).
     pub direct_writes: bool,
+    /// `ringcache.sendfile`: when file bytes go to a client by sendfile (see
+    /// [`crate::http::sendfile::Policy`]).
+    pub sendfile: SendfileMode,
     /// How often changed access times, links and tags are appended to the state journal.
     pub state_interval: Duration,
     /// Keys of the reference schema that were present but are not used by ringcache.
     pub ignored_keys: Vec<String>,
+}
+
+/// `ringcache.sendfile`: `auto` (default) sends file bytes to a client on another host by
+/// sendfile, and copies them through a buffer to one on this host while the worker has few
+/// streams; `always` and `never` force one way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SendfileMode {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl SendfileMode {
+    fn name(self) -> &'static str {
+        match self {
+            SendfileMode::Auto => "auto",
+            SendfileMode::Always => "always",
+            SendfileMode::Never => "never",
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -212,6 +236,7 @@ impl Config {
             size_max_bytes: None,
             high_water_percent: 95,
             direct_writes: true,
+            sendfile: SendfileMode::Auto,
             low_water_percent: 90,
             state_interval: Duration::from_secs(10),
             ignored_keys: ignored,
@@ -313,6 +338,7 @@ impl Config {
             },
             "ringcache": {
                 "workers": self.workers,
+                "sendfile": self.sendfile.name(),
                 "drain_timeout": format_duration(self.drain_timeout),
                 "storage": {
                     "size_max": self.size_max_bytes.map_or("0".to_string(), format_size),
@@ -355,6 +381,7 @@ fn parse_tree(text: &str) -> Result<Value, ConfigError> {
 /// against these (the keys themselves contain underscores, so the name cannot be split).
 const RINGCACHE_KEYS: &[&str] = &[
     "workers",
+    "sendfile",
     "drain_timeout",
     "upstream.ca_file",
     "tags.fresh_for",
@@ -482,6 +509,14 @@ fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), ConfigError>
                         }
                         _ => return Err(err(&key, "unknown key")),
                     }
+                }
+            }
+            "sendfile" => {
+                config.sendfile = match v.as_str() {
+                    Some("auto") => SendfileMode::Auto,
+                    Some("always") => SendfileMode::Always,
+                    Some("never") => SendfileMode::Never,
+                    _ => return Err(err(&key, "must be auto, always or never")),
                 }
             }
             "workers" => {
@@ -824,6 +859,7 @@ mod tests {
                 "ringcache: {storage: {direct_writes: sometimes}}",
                 "ringcache.storage.direct_writes",
             ),
+            ("ringcache: {sendfile: yes}", "ringcache.sendfile"),
         ];
         for (yaml, key) in cases {
             let e = Config::from_yaml(yaml).unwrap_err();
@@ -843,6 +879,7 @@ mod tests {
             ("RINGCACHE_STORAGE_SIZE_MAX", "10GiB"),
             ("RINGCACHE_LIMITS_HEAD_TIMEOUT", "5s"),
             ("RINGCACHE_STORAGE_DIRECT_WRITES", "false"),
+            ("RINGCACHE_SENDFILE", "never"),
             ("PATH", "/usr/bin"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
@@ -854,6 +891,8 @@ mod tests {
         assert_eq!(c.size_max_bytes, Some(10 << 30));
         assert_eq!(c.limits.head_timeout, Duration::from_secs(5));
         assert!(!c.direct_writes);
+        assert_eq!(c.sendfile, SendfileMode::Never);
+        assert_eq!(Config::from_yaml("").unwrap().sendfile, SendfileMode::Auto);
         let bad = Config::from_yaml_env("", [("RINGCACHE_WROKERS".to_string(), "1".to_string())])
             .unwrap_err();
         assert_eq!(bad.key, "RINGCACHE_WROKERS");

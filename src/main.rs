@@ -197,7 +197,7 @@ fn reload(shared: &Shared, path: Option<&PathBuf>) {
         *shared.live.limits.write().unwrap() = new.limits.clone();
         applied.push("ringcache.limits");
     }
-    let checks: [(&str, bool); 13] = [
+    let checks: [(&str, bool); 14] = [
         ("http.addr", new.http_addr != old.http_addr),
         ("http.debug.addr", new.debug_addr != old.debug_addr),
         ("log.formatter", new.log_json != old.log_json),
@@ -232,6 +232,7 @@ fn reload(shared: &Shared, path: Option<&PathBuf>) {
             "ringcache.storage.direct_writes",
             new.direct_writes != old.direct_writes,
         ),
+        ("ringcache.sendfile", new.sendfile != old.sendfile),
         (
             "ringcache.state.interval",
             new.state_interval != old.state_interval,

@@ -439,6 +439,7 @@ async fn follow_fill(
         buf,
         chunk,
         send_stall,
+        x.sendfile,
         stall,
         (&mut x.sendfile_bytes, &mut x.memory_bytes),
     )

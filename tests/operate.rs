@@ -340,13 +340,17 @@ fn sighup_reloads_credentials_limits_and_log_level_and_reports_the_rest() {
 /// leave by sendfile when their pages are in the page cache, and through a read buffer when
 /// they are not (sendfile would block the worker on the disk; the reads bring the pages in):
 /// all give the same bytes, Range included, and the counters say which path carried them.
+/// (`sendfile: always`: a loopback client is otherwise sent copies, see the next test.)
 #[test]
 fn fills_bypass_the_page_cache_and_large_hits_go_by_sendfile_once_cached() {
     use std::os::fd::AsRawFd;
     let up = TestUpstream::start();
     // On the build's filesystem: a tmpfs (which /tmp may be) is nothing but page cache.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let env = [("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")];
+    let env = [
+        ("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0"),
+        ("RINGCACHE_SENDFILE", "always"),
+    ];
     let rc = Ringcache::start_env(&up.url(), "", &dir.path().join("data"), &env);
     let dbg = rc.debug_addr();
     let size = 6 * 1024 * 1024 + 123;
@@ -410,4 +414,110 @@ fn fills_bypass_the_page_cache_and_large_hits_go_by_sendfile_once_cached() {
         evicted - again
     );
     assert_eq!(up.count(&format!("GET {path}")), 1);
+}
+
+/// A client on this host (loopback here) is sent copies of a cached blob, read into a buffer,
+/// while its worker streams to few clients: by sendfile, the receiver would copy the bytes out
+/// of the page cache cold. Once another stream is in flight on the same worker, sendfile
+/// takes over (the copies cost the worker CPU that the other clients then lack). Every client
+/// gets the whole body either way.
+#[test]
+fn a_client_on_this_host_is_sent_copies_unless_its_worker_is_busy() {
+    let up = TestUpstream::start();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let env = [
+        ("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0"),
+        ("RINGCACHE_WORKERS", "1"),
+    ];
+    let rc = Ringcache::start_env(&up.url(), "", &dir.path().join("data"), &env);
+    let dbg = rc.debug_addr();
+    // Larger than what the socket buffers of a client that reads nothing take in.
+    let size = 24 << 20;
+    let data = image::pseudo_random(62, size);
+    let digest = up.add_blob(data.clone(), Fault::None);
+    let path = format!("/v2/x/blobs/{digest}");
+    let mut done = 0;
+    let mut finished = |n: usize| {
+        done += n;
+        rc.proc
+            .wait_count(&["ringcache::access"], done, Duration::from_secs(20));
+        scrape(dbg)["ringcache_sendfile_bytes_total"]
+    };
+    // The fill, then a hit that reads the file (which brings it into the page cache).
+    let r = http::get(rc.addr, &path);
+    assert_eq!((r.status, r.body == data), (200, true));
+    rc.proc
+        .wait_count(&["fill committed"], 1, Duration::from_secs(10));
+    finished(1);
+    let r = http::get(rc.addr, &path);
+    assert_eq!((r.status, r.body == data), (200, true));
+    let before = finished(1);
+    let r = http::get(rc.addr, &path);
+    assert_eq!((r.status, r.body == data), (200, true));
+    let alone = finished(1);
+    assert_eq!(alone, before, "one client on this host gets copies");
+    // Three clients that read nothing yet: their streams stay in flight meanwhile.
+    let busy = beside_stalled_streams(rc.addr, &path, &data, || {
+        let r = http::get(rc.addr, &path);
+        assert_eq!((r.status, r.body == data), (200, true));
+        finished(1)
+    });
+    assert_eq!(
+        busy - alone,
+        size as f64,
+        "with other streams in flight, sendfile"
+    );
+    let after = finished(3);
+    let r = http::get(rc.addr, &path);
+    assert_eq!((r.status, r.body == data), (200, true));
+    assert_eq!(finished(1), after, "alone again: copies");
+    assert_eq!(up.count(&format!("GET {path}")), 1);
+
+    // `sendfile: never` sends copies however busy the worker is; `always` (above) and any
+    // client on another host use sendfile for cached pages.
+    drop(rc);
+    let rc = Ringcache::start_env(
+        &up.url(),
+        "",
+        &dir.path().join("data"),
+        &[
+            ("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0"),
+            ("RINGCACHE_WORKERS", "1"),
+            ("RINGCACHE_SENDFILE", "never"),
+        ],
+    );
+    beside_stalled_streams(rc.addr, &path, &data, || {
+        let r = http::get(rc.addr, &path);
+        assert_eq!((r.status, r.body == data), (200, true));
+    });
+    rc.proc
+        .wait_count(&["ringcache::access"], 4, Duration::from_secs(20));
+    assert_eq!(
+        scrape(rc.debug_addr())["ringcache_sendfile_bytes_total"],
+        0.0
+    );
+}
+
+/// Run `f` while three GETs of `path` are in flight, their clients reading nothing; then read
+/// them out and check each body.
+fn beside_stalled_streams<R>(
+    addr: SocketAddr,
+    path: &str,
+    data: &[u8],
+    f: impl FnOnce() -> R,
+) -> R {
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut s = http::connect(addr);
+        http::send(&mut s, addr, "GET", path, &[], b"");
+        // Waits (within the read timeout) for the first bytes: the stream has started.
+        s.peek(&mut [0u8; 1]).unwrap();
+        stalled.push(s);
+    }
+    let out = f();
+    for s in stalled {
+        let r = http::read_response(&mut std::io::BufReader::new(s), false).unwrap();
+        assert_eq!((r.status, r.body == data), (200, true));
+    }
+    out
 }

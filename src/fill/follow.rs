@@ -74,7 +74,7 @@ pub enum Cut {
 /// size; if the range includes the last byte, that byte is sent only after the commit.
 /// `buf` is this request's read buffer (reads of up to `chunk` bytes), returned for reuse.
 /// Bytes that went out by sendfile are added to `sent.0`, those copied from the fill's
-/// recent blocks to `sent.1`.
+/// recent blocks to `sent.1`. `policy` says whether file bytes may go by sendfile.
 #[allow(clippy::too_many_arguments)]
 pub async fn stream(
     fill: &Fill,
@@ -86,6 +86,7 @@ pub async fn stream(
     mut buf: Vec<u8>,
     chunk: usize,
     send_stall: Duration,
+    policy: sendfile::Policy,
     progress_stall: Duration,
     sent: (&mut u64, &mut u64),
 ) -> (Result<(), Cut>, Vec<u8>) {
@@ -95,6 +96,7 @@ pub async fn stream(
         Err(e) => return (Err(Cut::Read(e)), buf),
     };
     let _streaming = fill.streaming();
+    let _stream = sendfile::streaming();
     // Where this follower stands from the start: one whose range begins past what the fill
     // has (a resumed download) is ahead of it, and must not hold the fill back.
     fill.advanced(start);
@@ -158,7 +160,7 @@ pub async fn stream(
             None => {
                 // Only what the file holds: a span past its end would find the end's page
                 // cached and send less than asked.
-                if let Some(to) = sendfile::span(&file, pos, fill.in_file(limit).max(pos)) {
+                if let Some(to) = sendfile::span(policy, &file, pos, fill.in_file(limit).max(pos)) {
                     let from = pos;
                     let res = sendfile::send(sock, &file, &mut pos, to, send_stall).await;
                     *by_sendfile += pos - from;

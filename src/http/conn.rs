@@ -75,6 +75,8 @@ pub struct Exchange<'a> {
     /// Body bytes a follower copied from its fill's recent blocks in memory.
     pub memory_bytes: u64,
     pub send_stall: Duration,
+    /// Whether file bytes may go by sendfile (decided per connection, by where the client is).
+    pub sendfile: sendfile::Policy,
     /// Hit, miss, coalesced... (set by the proxy; for counters and the access log).
     pub cache: crate::metrics::Cache,
     /// Blob or manifest, when the request was for one.
@@ -108,6 +110,7 @@ impl<'a> Exchange<'a> {
             sendfile_bytes: 0,
             memory_bytes: 0,
             send_stall,
+            sendfile: sendfile::Policy::Always,
             cache: Default::default(),
             ty: None,
             upstream_ms: None,
@@ -247,8 +250,9 @@ impl<'a> Exchange<'a> {
         end: u64,
     ) -> std::io::Result<()> {
         let mut pos = start;
+        let _streaming = sendfile::streaming();
         while pos <= end {
-            if let Some(to) = sendfile::span(file, pos, end + 1) {
+            if let Some(to) = sendfile::span(self.sendfile, file, pos, end + 1) {
                 self.flush_head().await?;
                 let from = pos;
                 let res = sendfile::send(self.sock, file, &mut pos, to, self.send_stall).await;
@@ -315,6 +319,8 @@ pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::Sock
     // Limits as they are now (SIGHUP may change them for later connections).
     let limits = worker.shared.live.limits();
     let pool = &worker.buffers;
+    let policy =
+        sendfile::Policy::for_peer(worker.shared.config.sendfile, sock.local_addr().ok(), peer);
     // Pipelined bytes not yet answered; empty (and unallocated) while idle.
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -322,7 +328,7 @@ pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::Sock
             pool.give_head(buf);
             return;
         }
-        let (next, back) = Box::pin(exchange(&worker, &mut sock, peer, buf, &limits)).await;
+        let (next, back) = Box::pin(exchange(&worker, &mut sock, peer, policy, buf, &limits)).await;
         buf = back;
         match next {
             Next::Keep => {}
@@ -430,6 +436,7 @@ async fn exchange(
     worker: &Rc<Worker>,
     sock: &mut TcpStream,
     peer: std::net::SocketAddr,
+    policy: sendfile::Policy,
     buf: Vec<u8>,
     limits: &crate::limits::Limits,
 ) -> (Next, Vec<u8>) {
@@ -460,6 +467,7 @@ async fn exchange(
         keep_alive,
         head.minor_version,
     );
+    x.sendfile = policy;
     let result = match routed {
         Ok(Some(route)) => {
             let req = Request {

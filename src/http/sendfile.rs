@@ -11,10 +11,26 @@
 //! Measured on the 2-core VM: ringcache's CPU for one cold 1 GiB pull went from 2.1–3.1 to
 //! ~2.0 seconds, and the 32-client cold fan-out of bench/run.sh from 0.81× to 0.68× of the
 //! reference's wall time (README, Benchmarks).
+//!
+//! **Where it does not pay: a client on this host.** Over a NIC, sendfile hands the NIC page
+//! cache pages to read. Over loopback the *receiving process* copies straight out of those
+//! pages, from memory, cold: a client that also hashes what it receives went at
+//! 0.56–0.70 GB/s by sendfile, and at 1.04–1.08 GB/s when we read each chunk into a buffer and
+//! sent it (the receiver then copies from bytes still in the shared cache; the reference
+//! registry, which copies, got 0.87–1.08). The copy costs this worker two passes over the
+//! bytes, which pays only while it has a core to spare: with 32 clients of one cold fill,
+//! copying made the fan-out 1.45× slower, and with 4 warm clients on 2 cores (all CPU-bound)
+//! copying up to 2 streams per worker measured 0.93–1.08× nginx against 1.00–1.10× for copying
+//! only a lone stream. So a client on this host is sent copies while its stream is the only
+//! one on its worker ([`COPY_STREAMS_MAX`]), by sendfile otherwise ([`Policy`]).
 
+use std::cell::Cell;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use crate::config::SendfileMode;
 
 use monoio::net::TcpStream;
 
@@ -24,6 +40,70 @@ const MIN_BYTES: u64 = 64 * 1024;
 
 /// The most one residency check and one run of sendfile calls cover.
 const SPAN_BYTES: u64 = 4 << 20;
+
+/// A client on this host is sent copies while its worker streams file bytes to at most this
+/// many clients (see the module's notes).
+pub const COPY_STREAMS_MAX: usize = 1;
+
+thread_local! {
+    /// Streams of file bytes (hits and fill followers) this worker is sending now.
+    static STREAMS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// One stream of file bytes to a client, counted while it lives.
+pub struct Streaming(());
+
+/// Count a stream for [`Policy::Local`] until the guard drops.
+pub fn streaming() -> Streaming {
+    STREAMS.with(|s| s.set(s.get() + 1));
+    Streaming(())
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        STREAMS.with(|s| s.set(s.get() - 1));
+    }
+}
+
+/// Whether a connection's file bytes may go by sendfile; decided once per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// A client on another host (or `sendfile: always`): sendfile wherever the pages are cached.
+    Always,
+    /// `sendfile: never`: every byte through a buffer.
+    Never,
+    /// A client on this host: copies while its worker has at most [`COPY_STREAMS_MAX`] streams.
+    Local,
+}
+
+impl Policy {
+    /// The policy for a client at `peer`, reached through our address `local`.
+    pub fn for_peer(mode: SendfileMode, local: Option<SocketAddr>, peer: SocketAddr) -> Policy {
+        match mode {
+            SendfileMode::Always => Policy::Always,
+            SendfileMode::Never => Policy::Never,
+            SendfileMode::Auto if on_this_host(local, peer) => Policy::Local,
+            SendfileMode::Auto => Policy::Always,
+        }
+    }
+
+    /// Whether sendfile may be used now.
+    pub fn allows(self) -> bool {
+        match self {
+            Policy::Always => true,
+            Policy::Never => false,
+            Policy::Local => STREAMS.with(|s| s.get()) > COPY_STREAMS_MAX,
+        }
+    }
+}
+
+/// Loopback, or our own address: the connection never leaves this host. (A client in a
+/// container on a bridge has an address of its own and counts as remote, though a veth, like
+/// loopback, hands it our pages; `sendfile: never` suits a node that serves mostly those.)
+fn on_this_host(local: Option<SocketAddr>, peer: SocketAddr) -> bool {
+    let p = peer.ip().to_canonical();
+    p.is_loopback() || local.is_some_and(|l| l.ip().to_canonical() == p)
+}
 
 /// `cachestat(2)` (the same number on every architecture that has it: the generic table).
 const SYS_CACHESTAT: libc::c_long = 451;
@@ -92,11 +172,12 @@ pub fn cached(file: &impl AsRawFd, pos: u64, len: u64) -> bool {
     stat.nr_cache >= range.len.div_ceil(page)
 }
 
-/// Where a run of sendfile from `pos` should stop, when `[pos, end)` is worth sending that
-/// way (at least [`MIN_BYTES`]) and its next [`SPAN_BYTES`] are [`cached`]; `None`: read it.
-pub fn span(file: &impl AsRawFd, pos: u64, end: u64) -> Option<u64> {
+/// Where a run of sendfile from `pos` should stop, when the policy allows it now, `[pos, end)`
+/// is worth sending that way (at least [`MIN_BYTES`]) and its next [`SPAN_BYTES`] are
+/// [`cached`]; `None`: read it.
+pub fn span(policy: Policy, file: &impl AsRawFd, pos: u64, end: u64) -> Option<u64> {
     let span = (end - pos).min(SPAN_BYTES);
-    (span >= MIN_BYTES && cached(file, pos, span)).then_some(pos + span)
+    (span >= MIN_BYTES && policy.allows() && cached(file, pos, span)).then_some(pos + span)
 }
 
 /// Send `[*pos, end)` of `file` to `sock` with sendfile, advancing `*pos` as bytes go out (so
@@ -169,6 +250,49 @@ mod tests {
         assert!(cached(&f, 5000, 100));
         // Pages that do not exist are not cached.
         assert!(!cached(&f, 0, 64 * 4096));
+    }
+
+    #[test]
+    fn a_client_on_this_host_gets_copies_while_its_worker_has_few_streams() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let ours = Some(at("10.1.2.3:5000"));
+        for (peer, local) in [
+            ("127.0.0.1:40000", true),
+            ("127.8.9.10:40000", true),
+            ("[::1]:40000", true),
+            ("[::ffff:127.0.0.1]:40000", true),
+            ("10.1.2.3:40000", true),
+            ("[::ffff:10.1.2.3]:40000", true),
+            ("10.1.2.4:40000", false),
+            ("[2001:db8::1]:40000", false),
+        ] {
+            let p = Policy::for_peer(SendfileMode::Auto, ours, at(peer));
+            assert_eq!(p == Policy::Local, local, "{peer}");
+            assert_eq!(
+                Policy::for_peer(SendfileMode::Always, ours, at(peer)),
+                Policy::Always
+            );
+            assert_eq!(
+                Policy::for_peer(SendfileMode::Never, ours, at(peer)),
+                Policy::Never
+            );
+        }
+        // Counted per thread (per worker): a fresh thread starts at none.
+        std::thread::spawn(|| {
+            let mut held = Vec::new();
+            for _ in 0..COPY_STREAMS_MAX {
+                held.push(streaming());
+                assert!(!Policy::Local.allows());
+            }
+            held.push(streaming());
+            assert!(Policy::Local.allows() && Policy::Always.allows() && !Policy::Never.allows());
+            held.pop();
+            assert!(!Policy::Local.allows());
+            drop(held);
+            assert_eq!(STREAMS.with(|s| s.get()), 0);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
