@@ -36,10 +36,10 @@ use monoio::net::TcpStream;
 
 /// Bodies (or what is left of them) smaller than this go through a buffer: one write with the
 /// head beats a head write plus a sendfile.
-const MIN_BYTES: u64 = 64 * 1024;
+pub const MIN_BYTES: u64 = 64 * 1024;
 
 /// The most one residency check and one run of sendfile calls cover.
-const SPAN_BYTES: u64 = 4 << 20;
+pub const SPAN_BYTES: u64 = 4 << 20;
 
 /// A client on this host is sent copies while its worker streams file bytes to at most this
 /// many clients (see the module's notes).
