@@ -39,8 +39,9 @@
 //! 4. **tags** — a manifest by tag is resolved upstream with HEAD (within a freshness window,
 //!    and stale-if-error) ([`proxy`], [`store::tags`]). From here on everything is by digest.
 //! 5. **lookup** — the index says whether the digest is committed; a hit streams the file, by
-//!    sendfile where its pages are cached, else through io_uring reads ([`store::index`],
-//!    [`proxy`], [`http::sendfile`]).
+//!    sendfile where its pages are cached, else through io_uring reads; a client on this host
+//!    alone on its worker gets copies read into a buffer, which it receives faster
+//!    ([`store::index`], [`proxy`], [`http::sendfile`]).
 //! 6. **miss** — [`fill::Fills::join_or_lead`]: one fill task per digest writes and hashes the
 //!    upstream body ([`fill::task`]; each piece is copied into an aligned block, published to
 //!    followers at once, then written with `O_DIRECT` (around the page cache) and hashed by
