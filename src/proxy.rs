@@ -652,15 +652,18 @@ async fn manifest_by_tag(
     tag: &str,
 ) -> Result<()> {
     let shared = &w.shared;
-    let cached = shared
+    let cached = w
         .tags
-        .get(name, tag)
+        .get(&shared.tags, name, tag)
         .filter(|r| accepts(req, &r.media_type));
     if let Some(r) = &cached {
         // Fresh, and the content is here or on its way (a fill's followers may finish before
-        // its commit): no upstream request.
+        // its commit): no upstream request. This worker's kept descriptor answers first
+        // without touching anything shared.
         if r.at.elapsed() < shared.config.tags_fresh_for
-            && (shared.store.index.contains(&r.digest) || shared.fills.contains(&r.digest))
+            && (w.files.keeps(&r.digest)
+                || shared.store.index.contains(&r.digest)
+                || shared.fills.contains(&r.digest))
         {
             return manifest_by_digest(w, req, x, name, r.digest, Some(name)).await;
         }

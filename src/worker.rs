@@ -191,6 +191,11 @@ impl Kept {
 }
 
 impl Files {
+    /// Whether this worker keeps a descriptor for `digest` whose entry is still in the index.
+    pub fn keeps(&self, digest: &crate::digest::Digest) -> bool {
+        self.open.borrow().get(digest).is_some_and(|k| k.live())
+    }
+
     /// A hit on a kept descriptor for `repo`: records the use and returns the size, the file
     /// and the media type. `None` sends the caller to the index (not kept, removed, or `repo`
     /// not yet seen).
@@ -304,6 +309,8 @@ pub struct Worker {
     pub files: Files,
     /// Head and body buffers, borrowed per request.
     pub buffers: crate::buffers::Buffers,
+    /// This worker's copy of the tag resolutions it has read (see [`crate::store::tags::Local`]).
+    pub tags: crate::store::tags::Local,
     /// Connections waiting for their next request.
     pub idle: Idle,
 }
@@ -442,6 +449,7 @@ async fn serve_worker(
         connections: Cell::new(0),
         files: Files::default(),
         buffers: Default::default(),
+        tags: Default::default(),
         idle: Default::default(),
     });
     // The heartbeat proves this event loop answers (the systemd watchdog reads it).

@@ -2,7 +2,9 @@
 //! window a tag is answered from here without asking upstream; when upstream is down or
 //! rate-limits, the last resolution is served (stale-if-error).
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -24,7 +26,10 @@ pub struct Tags {
     map: Mutex<HashMap<(String, String), Resolution>>,
     /// Tags being revalidated upstream now: later askers wait for that one HEAD.
     revalidating: Mutex<HashMap<(String, String), Arc<event_listener::Event>>>,
-    generation: std::sync::atomic::AtomicU64,
+    generation: AtomicU64,
+    /// Bumped after every change to `map` (with the lock held): workers' [`Local`] copies
+    /// are good while it stays the same.
+    version: AtomicU64,
 }
 
 /// The outcome of asking to revalidate a tag.
@@ -78,6 +83,7 @@ impl Tags {
                 generation,
             },
         );
+        self.version.fetch_add(1, Ordering::Release);
     }
 
     /// Lead the revalidation of a tag, or wait for the one in flight (the listener is made
@@ -94,9 +100,97 @@ impl Tags {
     }
 
     pub fn remove(&self, name: &str, tag: &str) {
-        self.map
-            .lock()
-            .unwrap()
-            .remove(&(name.to_string(), tag.to_string()));
+        let mut map = self.map.lock().unwrap();
+        map.remove(&(name.to_string(), tag.to_string()));
+        self.version.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Resolutions a worker keeps of its own: a tag asked for again, inside its freshness window,
+/// is answered with no lock, no allocation and no shared cache line written (the shared map
+/// takes a lock and two key strings per lookup, and every core would bounce its lock word).
+/// The copy is dropped whole as soon as the shared map changes (any put or remove), so it
+/// never answers anything the shared map would not.
+#[derive(Default)]
+pub struct Local {
+    version: Cell<u64>,
+    map: RefCell<HashMap<String, HashMap<String, Resolution>>>,
+    len: Cell<usize>,
+}
+
+/// Resolutions one worker keeps at most (past it the copy starts again).
+pub const LOCAL_MAX: usize = 4096;
+
+impl Local {
+    pub fn get(&self, tags: &Tags, name: &str, tag: &str) -> Option<Resolution> {
+        // Read before the shared map: a change seen here is in the map read below.
+        let version = tags.version.load(Ordering::Acquire);
+        let mut map = self.map.borrow_mut();
+        if version != self.version.get() || self.len.get() >= LOCAL_MAX {
+            map.clear();
+            self.len.set(0);
+            self.version.set(version);
+        }
+        if let Some(r) = map.get(name).and_then(|m| m.get(tag)) {
+            return Some(r.clone());
+        }
+        let mut r = tags.get(name, tag)?;
+        // A copy of this worker's own: cloning it touches no other core's cache line.
+        r.media_type = Arc::from(&*r.media_type);
+        map.entry(name.to_string())
+            .or_default()
+            .insert(tag.to_string(), r.clone());
+        self.len.set(self.len.get() + 1);
+        Some(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: u8) -> Digest {
+        Digest::of(&[n])
+    }
+
+    #[test]
+    fn a_workers_copy_answers_what_the_shared_map_holds_and_nothing_it_dropped() {
+        let tags = Tags::default();
+        let local = Local::default();
+        let at = Instant::now();
+        assert!(local.get(&tags, "a/b", "v1").is_none());
+        tags.put("a/b", "v1", digest(1), "m1".into(), at);
+        let r = local.get(&tags, "a/b", "v1").unwrap();
+        assert_eq!((r.digest, &*r.media_type), (digest(1), "m1"));
+        // Kept, and a copy of this worker's own.
+        let kept = local.get(&tags, "a/b", "v1").unwrap();
+        assert!(!Arc::ptr_eq(
+            &kept.media_type,
+            &tags.get("a/b", "v1").unwrap().media_type
+        ));
+        assert_eq!(local.len.get(), 1);
+        // Re-resolved by another worker: the copy follows at once.
+        tags.put("a/b", "v1", digest(2), "m2".into(), at);
+        let r = local.get(&tags, "a/b", "v1").unwrap();
+        assert_eq!((r.digest, &*r.media_type), (digest(2), "m2"));
+        // Removed (upstream said 404): gone here too.
+        tags.remove("a/b", "v1");
+        assert!(local.get(&tags, "a/b", "v1").is_none());
+        // Bounded.
+        for i in 0..LOCAL_MAX + 10 {
+            tags.map.lock().unwrap().insert(
+                ("n".into(), i.to_string()),
+                Resolution {
+                    digest: digest(3),
+                    media_type: "m".into(),
+                    at,
+                    generation: 0,
+                },
+            );
+        }
+        for i in 0..LOCAL_MAX + 10 {
+            assert!(local.get(&tags, "n", &i.to_string()).is_some());
+            assert!(local.len.get() <= LOCAL_MAX);
+        }
     }
 }
