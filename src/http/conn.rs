@@ -319,8 +319,11 @@ pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::Sock
     // Limits as they are now (SIGHUP may change them for later connections).
     let limits = worker.shared.live.limits();
     let pool = &worker.buffers;
-    let policy =
-        sendfile::Policy::for_peer(worker.shared.config.sendfile, sock.local_addr().ok(), peer);
+    let policy = sendfile::Policy::for_peer(
+        worker.shared.config.sendfile,
+        || sock.local_addr().ok(),
+        peer,
+    );
     // Pipelined bytes not yet answered; empty (and unallocated) while idle.
     let mut buf: Vec<u8> = Vec::new();
     loop {

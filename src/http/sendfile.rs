@@ -77,8 +77,13 @@ pub enum Policy {
 }
 
 impl Policy {
-    /// The policy for a client at `peer`, reached through our address `local`.
-    pub fn for_peer(mode: SendfileMode, local: Option<SocketAddr>, peer: SocketAddr) -> Policy {
+    /// The policy for a client at `peer`, reached through our address `local` (asked only
+    /// when the peer is not on loopback: one `getsockname` per connection at most).
+    pub fn for_peer(
+        mode: SendfileMode,
+        local: impl FnOnce() -> Option<SocketAddr>,
+        peer: SocketAddr,
+    ) -> Policy {
         match mode {
             SendfileMode::Always => Policy::Always,
             SendfileMode::Never => Policy::Never,
@@ -100,9 +105,9 @@ impl Policy {
 /// Loopback, or our own address: the connection never leaves this host. (A client in a
 /// container on a bridge has an address of its own and counts as remote, though a veth, like
 /// loopback, hands it our pages; `sendfile: never` suits a node that serves mostly those.)
-fn on_this_host(local: Option<SocketAddr>, peer: SocketAddr) -> bool {
+fn on_this_host(local: impl FnOnce() -> Option<SocketAddr>, peer: SocketAddr) -> bool {
     let p = peer.ip().to_canonical();
-    p.is_loopback() || local.is_some_and(|l| l.ip().to_canonical() == p)
+    p.is_loopback() || local().is_some_and(|l| l.ip().to_canonical() == p)
 }
 
 /// `cachestat(2)` (the same number on every architecture that has it: the generic table).
@@ -266,14 +271,14 @@ mod tests {
             ("10.1.2.4:40000", false),
             ("[2001:db8::1]:40000", false),
         ] {
-            let p = Policy::for_peer(SendfileMode::Auto, ours, at(peer));
+            let p = Policy::for_peer(SendfileMode::Auto, || ours, at(peer));
             assert_eq!(p == Policy::Local, local, "{peer}");
             assert_eq!(
-                Policy::for_peer(SendfileMode::Always, ours, at(peer)),
+                Policy::for_peer(SendfileMode::Always, || ours, at(peer)),
                 Policy::Always
             );
             assert_eq!(
-                Policy::for_peer(SendfileMode::Never, ours, at(peer)),
+                Policy::for_peer(SendfileMode::Never, || ours, at(peer)),
                 Policy::Never
             );
         }
