@@ -95,7 +95,7 @@ pub async fn stream(
         Ok(f) => f,
         Err(e) => return (Err(Cut::Read(e)), buf),
     };
-    let _streaming = fill.streaming();
+    let _following = fill.streaming();
     let _stream = sendfile::streaming();
     // Where this follower stands from the start: one whose range begins past what the fill
     // has (a resumed download) is ahead of it, and must not hold the fill back.

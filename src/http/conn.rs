@@ -250,7 +250,8 @@ impl<'a> Exchange<'a> {
         end: u64,
     ) -> std::io::Result<()> {
         let mut pos = start;
-        let _streaming = sendfile::streaming();
+        // A body too small for sendfile is no stream for the policy either.
+        let _stream = (end + 1 - start >= sendfile::MIN_BYTES).then(sendfile::streaming);
         while pos <= end {
             if let Some(to) = sendfile::span(self.sendfile, file, pos, end + 1) {
                 self.flush_head().await?;

@@ -26,10 +26,9 @@ pub struct Tags {
     map: Mutex<HashMap<(String, String), Resolution>>,
     /// Tags being revalidated upstream now: later askers wait for that one HEAD.
     revalidating: Mutex<HashMap<(String, String), Arc<event_listener::Event>>>,
+    /// Raised after every change to `map`, with its lock held (a put's resolution takes the
+    /// new value): workers' [`Local`] copies are good while it stays the same.
     generation: AtomicU64,
-    /// Bumped after every change to `map` (with the lock held): workers' [`Local`] copies
-    /// are good while it stays the same.
-    version: AtomicU64,
 }
 
 /// The outcome of asking to revalidate a tag.
@@ -70,10 +69,8 @@ impl Tags {
                 map.remove(&oldest);
             }
         }
-        let generation = self
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
+        // Raised after the insert: a worker that sees the new value finds the new entry.
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
         map.insert(
             (name.to_string(), tag.to_string()),
             Resolution {
@@ -83,7 +80,7 @@ impl Tags {
                 generation,
             },
         );
-        self.version.fetch_add(1, Ordering::Release);
+        self.generation.store(generation, Ordering::Release);
     }
 
     /// Lead the revalidation of a tag, or wait for the one in flight (the listener is made
@@ -102,18 +99,18 @@ impl Tags {
     pub fn remove(&self, name: &str, tag: &str) {
         let mut map = self.map.lock().unwrap();
         map.remove(&(name.to_string(), tag.to_string()));
-        self.version.fetch_add(1, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 }
 
 /// Resolutions a worker keeps of its own: a tag asked for again, inside its freshness window,
 /// is answered with no lock, no allocation and no shared cache line written (the shared map
 /// takes a lock and two key strings per lookup, and every core would bounce its lock word).
-/// The copy is dropped whole as soon as the shared map changes (any put or remove), so it
-/// never answers anything the shared map would not.
+/// The copy is dropped whole as soon as the shared map's generation moves (any put or
+/// remove), so it never answers anything the shared map would not.
 #[derive(Default)]
 pub struct Local {
-    version: Cell<u64>,
+    generation: Cell<u64>,
     map: RefCell<HashMap<String, HashMap<String, Resolution>>>,
     len: Cell<usize>,
 }
@@ -124,12 +121,12 @@ pub const LOCAL_MAX: usize = 4096;
 impl Local {
     pub fn get(&self, tags: &Tags, name: &str, tag: &str) -> Option<Resolution> {
         // Read before the shared map: a change seen here is in the map read below.
-        let version = tags.version.load(Ordering::Acquire);
+        let generation = tags.generation.load(Ordering::Acquire);
         let mut map = self.map.borrow_mut();
-        if version != self.version.get() || self.len.get() >= LOCAL_MAX {
+        if generation != self.generation.get() || self.len.get() >= LOCAL_MAX {
             map.clear();
             self.len.set(0);
-            self.version.set(version);
+            self.generation.set(generation);
         }
         if let Some(r) = map.get(name).and_then(|m| m.get(tag)) {
             return Some(r.clone());
