@@ -95,6 +95,9 @@ pub struct UpstreamConfig {
     pub ttl: Option<Duration>,
     /// Extra CA certificates (PEM) trusted for the upstream, beside the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// `ringcache.upstream.token_realms`: token realms the operator allows the credentials to
+    /// go to although they are on neither the upstream's authority nor its registrable domain.
+    pub token_realms: Vec<Url>,
 }
 
 impl std::fmt::Debug for UpstreamConfig {
@@ -105,6 +108,14 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("password", &self.password.as_ref().map(|_| "********"))
             .field("ttl", &self.ttl)
             .field("ca_file", &self.ca_file)
+            .field(
+                "token_realms",
+                &self
+                    .token_realms
+                    .iter()
+                    .map(|u| u.to_string())
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -226,6 +237,7 @@ impl Config {
                 password: None,
                 ttl: Some(Duration::from_secs(168 * 3600)),
                 ca_file: None,
+                token_realms: Vec::new(),
             },
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -347,7 +359,10 @@ impl Config {
                     "direct_writes": self.direct_writes,
                 },
                 "state": {"interval": format_duration(self.state_interval)},
-                "upstream": {"ca_file": self.upstream.ca_file.as_ref().map(|p| p.display().to_string())},
+                "upstream": {
+                    "ca_file": self.upstream.ca_file.as_ref().map(|p| p.display().to_string()),
+                    "token_realms": self.upstream.token_realms.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
+                },
                 "tags": {"fresh_for": format_duration(self.tags_fresh_for)},
                 "limits": {
                     "request_line_bytes_max": l.request_line_bytes_max,
@@ -532,6 +547,21 @@ fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), ConfigError>
                     match k2.as_str() {
                         "ca_file" => {
                             config.upstream.ca_file = Some(PathBuf::from(string(&key, v2)?))
+                        }
+                        "token_realms" => {
+                            let Value::Array(items) = v2 else {
+                                return Err(err(&key, "must be a list of URLs"));
+                            };
+                            let mut realms = Vec::with_capacity(items.len());
+                            for (i, item) in items.iter().enumerate() {
+                                let key = format!("{key}[{i}]");
+                                let s = string(&key, item)?;
+                                realms.push(
+                                    Url::parse(s)
+                                        .ok_or_else(|| err(&key, format!("invalid URL {s:?}")))?,
+                                );
+                            }
+                            config.upstream.token_realms = realms;
                         }
                         _ => return Err(err(&key, "unknown key")),
                     }
