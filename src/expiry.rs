@@ -36,15 +36,19 @@ pub enum Event {
     Committed(Digest),
     /// Upstream confirmed an existing digest in another repository.
     Linked(Digest, String),
+    /// A tag resolved for requests accepting `resolved_for`.
     Tagged {
         name: String,
         tag: String,
+        resolved_for: crate::media::Accepts,
         digest: Digest,
         media_type: String,
     },
+    /// Upstream said 404 to requests accepting `resolved_for`.
     Untagged {
         name: String,
         tag: String,
+        resolved_for: crate::media::Accepts,
     },
 }
 
@@ -146,11 +150,11 @@ pub fn restore(shared: &Shared, loaded: &Loaded) {
     let stale = Instant::now()
         .checked_sub(shared.config.tags_fresh_for)
         .unwrap_or_else(Instant::now);
-    for ((name, tag), (digest, mt)) in &loaded.tags {
+    for ((name, tag, resolved_for), (digest, mt)) in &loaded.tags {
         if shared.store.index.contains(digest) {
             shared
                 .tags
-                .put(name, tag, *digest, mt.as_str().into(), stale);
+                .put(name, tag, *resolved_for, *digest, mt.as_str().into(), stale);
         }
     }
     tracing::info!(restored, tags = loaded.tags.len(), "state restored");
@@ -282,28 +286,34 @@ impl Expiry {
             Event::Tagged {
                 name,
                 tag,
+                resolved_for,
                 digest,
                 media_type,
             } => {
-                let key = (name.clone(), tag.clone());
+                let key = (name.clone(), tag.clone(), resolved_for);
                 if self.state.tags.get(&key) != Some(&(digest, media_type.clone())) {
                     self.pending.push(Record::Tag {
                         n: name,
                         t: tag,
                         d: digest.hex(),
                         m: media_type.clone(),
+                        q: Some(resolved_for.bits()),
                     });
                     self.state.tags.insert(key, (digest, media_type));
                 }
             }
-            Event::Untagged { name, tag } => {
-                if self
-                    .state
-                    .tags
-                    .remove(&(name.clone(), tag.clone()))
-                    .is_some()
-                {
-                    self.pending.push(Record::Untag { n: name, t: tag });
+            Event::Untagged {
+                name,
+                tag,
+                resolved_for,
+            } => {
+                let key = (name.clone(), tag.clone(), resolved_for);
+                if self.state.tags.remove(&key).is_some() {
+                    self.pending.push(Record::Untag {
+                        n: name,
+                        t: tag,
+                        q: Some(resolved_for.bits()),
+                    });
                 }
             }
         }
@@ -451,6 +461,7 @@ mod tests {
         Event::Untagged {
             name: "a".into(),
             tag: i.to_string(),
+            resolved_for: crate::media::Accepts::ALL,
         }
     }
 

@@ -80,6 +80,7 @@ pub mod fill;
 pub mod http;
 pub mod jobs;
 pub mod limits;
+pub mod media;
 pub mod metrics;
 pub mod proxy;
 pub mod route;

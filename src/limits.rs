@@ -89,6 +89,10 @@ pub const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 pub const TOKEN_DEFAULT_TTL: Duration = Duration::from_secs(60);
 /// Tag cache entries kept (per process); the least recently resolved is dropped past it.
 pub const TAGS_MAX: usize = 100_000;
+/// Answers kept per tag, one per kind of client upstream answers differently (one that takes
+/// no index gets one platform's manifest); the oldest goes past it. Nearly every client sends
+/// every manifest type, so one or two are the rule.
+pub const TAG_ANSWERS_MAX: usize = 8;
 
 const _: () = assert!(SHARDS.is_power_of_two());
 const _: () = assert!(CHUNK_BYTES as u64 <= MANIFEST_BYTES_MAX);

@@ -14,6 +14,7 @@ use crate::fill::{Fill, Joined, State};
 use crate::http::conn::Exchange;
 use crate::http::parse::{resolve_range, RangeResult, RangeSpec};
 use crate::limits;
+use crate::media::Accepts;
 use crate::metrics::{Cache, Type};
 use crate::route::{Method, Page, Reference, Route};
 use crate::store::tags::Revalidation;
@@ -478,17 +479,6 @@ fn accept_or_default(req: &Request) -> &str {
     }
 }
 
-/// Does the client accept this media type? (No Accept, or `*/*`, accepts anything.)
-fn accepts(req: &Request, media_type: &str) -> bool {
-    match &req.accept {
-        None => true,
-        Some(a) => a
-            .split(',')
-            .map(|t| t.split(';').next().unwrap_or("").trim())
-            .any(|t| t == media_type || t == "*/*"),
-    }
-}
-
 async fn manifest_by_digest(
     w: &Rc<Worker>,
     req: &Request,
@@ -502,6 +492,7 @@ async fn manifest_by_digest(
         // The hot path, as for blobs: a kept descriptor that knows its media type.
         if let Some(hit) = w.files.hit(&digest, name) {
             if let Some(mt) = &hit.media_type {
+                refuse_unaccepted(req, mt)?;
                 x.cache = Cache::Hit;
                 let d = digest.text();
                 x.defer_head(
@@ -532,7 +523,7 @@ async fn manifest_by_digest(
             }
             entry.touch();
             x.cache = Cache::Hit;
-            if Box::pin(send_manifest(w, x, digest, &entry)).await? {
+            if Box::pin(send_manifest(w, req, x, digest, &entry)).await? {
                 return Ok(());
             }
             continue; // gone since the lookup: a miss
@@ -572,6 +563,7 @@ async fn manifest_by_digest(
 /// media type upstream gave, or sniffed from the JSON for content indexed at startup.
 async fn send_manifest(
     w: &Rc<Worker>,
+    req: &Request,
     x: &mut Exchange<'_>,
     digest: Digest,
     entry: &Arc<Entry>,
@@ -582,13 +574,14 @@ async fn send_manifest(
     let media_type = match entry.media_type() {
         Some(mt) => mt,
         None => {
-            let mt: Arc<str> = sniff_media_type(&body).into();
+            let mt: Arc<str> = crate::media::sniff(&body).into();
             entry.set_media_type(mt.clone());
             mt
         }
     };
     // Later hits on this worker take the kept descriptor.
     w.files.put(digest, entry, file);
+    refuse_unaccepted(req, &media_type)?;
     let d = digest.text();
     x.send_full(
         200,
@@ -601,6 +594,18 @@ async fn send_manifest(
     .await
     .map_err(io)
     .map(|_| true)
+}
+
+/// A manifest by digest is answered with its stored type, or refused as upstream would refuse
+/// it (an OCI type the client's `Accept` does not name: [`crate::media::by_digest_refused`]).
+fn refuse_unaccepted(req: &Request, media_type: &str) -> Result<()> {
+    if crate::media::by_digest_refused(req.accept.as_deref(), media_type) {
+        return Err(Error::client(
+            Kind::ManifestUnknown,
+            "the manifest's media type is not in the request's Accept",
+        ));
+    }
+    Ok(())
 }
 
 async fn read_small(
@@ -624,26 +629,6 @@ async fn read_small(
     Ok(Some((file, buf)))
 }
 
-/// The media type of a manifest from its JSON (`mediaType`, else its shape).
-pub fn sniff_media_type(body: &[u8]) -> String {
-    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    if let Some(mt) = v.get("mediaType").and_then(|m| m.as_str()) {
-        return mt.to_string();
-    }
-    if v.get("schemaVersion").and_then(|s| s.as_u64()) == Some(1) {
-        return if v.get("signatures").is_some() {
-            "application/vnd.docker.distribution.manifest.v1+prettyjws".into()
-        } else {
-            "application/vnd.docker.distribution.manifest.v1+json".into()
-        };
-    }
-    if v.get("manifests").is_some() {
-        "application/vnd.oci.image.index.v1+json".into()
-    } else {
-        "application/vnd.oci.image.manifest.v1+json".into()
-    }
-}
-
 async fn manifest_by_tag(
     w: &Rc<Worker>,
     req: &Request,
@@ -652,10 +637,8 @@ async fn manifest_by_tag(
     tag: &str,
 ) -> Result<()> {
     let shared = &w.shared;
-    let cached = w
-        .tags
-        .get(&shared.tags, name, tag)
-        .filter(|r| accepts(req, &r.media_type));
+    // Only an answer upstream would give this client's Accept ([`crate::media::reusable`]).
+    let cached = w.tags.get(&shared.tags, name, tag, accept_or_default(req));
     if let Some(r) = &cached {
         // Fresh, and the content is here or on its way (a fill's followers may finish before
         // its commit): no upstream request. This worker's kept descriptor answers first
@@ -685,14 +668,15 @@ async fn revalidate_tag(
     let accept = accept_or_default(req).to_string();
     let asked = Instant::now();
     // One HEAD per tag at a time: concurrent askers wait for it and use its answer.
-    let lead = match shared.tags.revalidate(name, tag) {
+    let resolved_for = Accepts::parse(&accept);
+    let lead = match shared.tags.revalidate(name, tag, &accept) {
         Revalidation::Lead(guard) => Some(guard),
         Revalidation::Wait(done, seen) => {
             done.await;
             let fresh = shared
                 .tags
-                .get(name, tag)
-                .filter(|r| r.generation > seen && accepts(req, &r.media_type));
+                .get(name, tag, &accept)
+                .filter(|r| r.generation > seen);
             if let Some(r) = fresh {
                 if shared.store.index.contains(&r.digest) || req.method == Method::Get {
                     return manifest_by_digest(w, req, x, name, r.digest, Some(name)).await;
@@ -726,14 +710,14 @@ async fn revalidate_tag(
             let media_type: Arc<str> = resp.header("content-type").unwrap_or("").into();
             match digest {
                 Some(d) => {
-                    shared.tag(name, tag, d, media_type, asked);
+                    shared.tag(name, tag, resolved_for, d, media_type, asked);
                     d
                 }
                 None => return manifest_by_tag_get(w, req, x, name, tag, asked).await,
             }
         }
         Ok(resp) if resp.status == 404 => {
-            shared.untag(name, tag);
+            shared.untag(name, tag, resolved_for);
             return Err(Error::upstream(
                 Kind::ManifestUnknown,
                 "upstream has no such tag",
@@ -786,7 +770,9 @@ async fn manifest_by_tag_get(
             .insert(digest, Arc::new(Entry::new(n, Some(media_type.clone()))));
         w.shared.note(crate::expiry::Event::Committed(digest));
     }
-    w.shared.tag(name, tag, digest, media_type, asked);
+    let resolved_for = Accepts::parse(accept_or_default(req));
+    w.shared
+        .tag(name, tag, resolved_for, digest, media_type, asked);
     manifest_by_digest(w, req, x, name, digest, Some(name)).await
 }
 
@@ -840,34 +826,4 @@ async fn catalog(w: &Rc<Worker>, x: &mut Exchange<'_>, page: &Page) -> Result<()
         headers.push(("Link", &link));
     }
     x.send_full(200, &headers, body).await.map_err(io)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sniffing() {
-        let cases: &[(&str, &str)] = &[
-            (
-                r#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#,
-                "application/vnd.docker.distribution.manifest.v2+json",
-            ),
-            (
-                r#"{"schemaVersion":2,"config":{},"layers":[]}"#,
-                "application/vnd.oci.image.manifest.v1+json",
-            ),
-            (
-                r#"{"schemaVersion":2,"manifests":[]}"#,
-                "application/vnd.oci.image.index.v1+json",
-            ),
-            (
-                r#"{"schemaVersion":1,"signatures":[]}"#,
-                "application/vnd.docker.distribution.manifest.v1+prettyjws",
-            ),
-        ];
-        for (body, want) in cases {
-            assert_eq!(sniff_media_type(body.as_bytes()), *want);
-        }
-    }
 }

@@ -52,30 +52,35 @@ impl Shared {
         }
     }
 
-    /// Record a tag resolution (and journal it).
+    /// Record a tag resolution for requests accepting `resolved_for` (and journal it).
     pub fn tag(
         &self,
         name: &str,
         tag: &str,
+        resolved_for: crate::media::Accepts,
         digest: crate::digest::Digest,
         media_type: Arc<str>,
         at: std::time::Instant,
     ) {
-        self.tags.put(name, tag, digest, media_type.clone(), at);
+        self.tags
+            .put(name, tag, resolved_for, digest, media_type.clone(), at);
         self.note(crate::expiry::Event::Tagged {
             name: name.into(),
             tag: tag.into(),
+            resolved_for,
             digest,
             media_type: media_type.to_string(),
         });
     }
 
-    /// Drop a tag upstream no longer has (and journal that).
-    pub fn untag(&self, name: &str, tag: &str) {
-        self.tags.remove(name, tag);
+    /// Drop a tag upstream no longer has for requests accepting `resolved_for` (and journal
+    /// that).
+    pub fn untag(&self, name: &str, tag: &str, resolved_for: crate::media::Accepts) {
+        self.tags.remove(name, tag, resolved_for);
         self.note(crate::expiry::Event::Untagged {
             name: name.into(),
             tag: tag.into(),
+            resolved_for,
         });
     }
 

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::media::Accepts;
 
 /// One journal line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,17 +42,26 @@ pub enum Record {
     /// `d` was removed (expired or evicted).
     #[serde(rename = "x")]
     Remove { d: String },
-    /// Tag `t` of repository `n` resolved to `d` (media type `m`).
+    /// Tag `t` of repository `n` resolved to `d` (media type `m`) for requests accepting the
+    /// manifest types `q` ([`crate::media::Accepts`] bits). Lines written before `q` existed
+    /// have none: see [`Loaded::apply`].
     #[serde(rename = "t")]
     Tag {
         n: String,
         t: String,
         d: String,
         m: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        q: Option<u16>,
     },
-    /// Tag dropped (upstream said 404).
+    /// Tag dropped (upstream said 404 to requests accepting `q`; without `q`, every answer).
     #[serde(rename = "u")]
-    Untag { n: String, t: String },
+    Untag {
+        n: String,
+        t: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        q: Option<u16>,
+    },
     /// End of a flush, at wall second `t`.
     #[serde(rename = "s")]
     Saved { t: u64 },
@@ -70,7 +80,8 @@ pub struct Saved {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub entries: HashMap<Digest, Saved>,
-    pub tags: HashMap<(String, String), (Digest, String)>,
+    /// Tag answers by (repository, tag, the manifest types the request accepted).
+    pub tags: HashMap<(String, String, Accepts), (Digest, String)>,
     /// Wall second of the last completed flush.
     pub saved_at: Option<u64>,
 }
@@ -104,13 +115,25 @@ impl Loaded {
                     self.entries.remove(&d);
                 }
             }
-            Record::Tag { n, t, d, m } => {
+            Record::Tag { n, t, d, m, q } => {
+                // A line from before answers were kept per Accept: an index or list is the
+                // stored manifest, right for anyone who accepts it; a single manifest may have
+                // been one platform picked for a client that took no index, so it is dropped
+                // (the tag is asked upstream again).
+                let resolved_for = match q {
+                    Some(q) => Accepts::from_bits(q),
+                    None if crate::media::is_list(&m) => Accepts::ALL,
+                    None => return,
+                };
                 if let Some(d) = hex(&d) {
-                    self.tags.insert((n, t), (d, m));
+                    self.tags.insert((n, t, resolved_for), (d, m));
                 }
             }
-            Record::Untag { n, t } => {
-                self.tags.remove(&(n, t));
+            Record::Untag { n, t, q: Some(q) } => {
+                self.tags.remove(&(n, t, Accepts::from_bits(q)));
+            }
+            Record::Untag { n, t, q: None } => {
+                self.tags.retain(|(n2, t2, _), _| *n2 != n || *t2 != t);
             }
             Record::Saved { t } => self.saved_at = Some(t),
         }
@@ -133,12 +156,13 @@ impl Loaded {
                 });
             }
         }
-        for ((n, t), (d, m)) in &self.tags {
+        for ((n, t, q), (d, m)) in &self.tags {
             out.push(Record::Tag {
                 n: n.clone(),
                 t: t.clone(),
                 d: d.hex(),
                 m: m.clone(),
+                q: Some(q.bits()),
             });
         }
         if let Some(t) = self.saved_at {
@@ -283,6 +307,7 @@ mod tests {
                     t: "v1".into(),
                     d: d1.hex(),
                     m: "mt".into(),
+                    q: Some(Accepts::ALL.bits()),
                 },
                 Record::Saved { t: 160 },
             ])
@@ -305,7 +330,7 @@ mod tests {
         assert_eq!(loaded.entries.get(&d1), Some(&want));
         assert!(!loaded.entries.contains_key(&d2));
         assert_eq!(
-            loaded.tags.get(&("a/b".into(), "v1".into())),
+            loaded.tags.get(&("a/b".into(), "v1".into(), Accepts::ALL)),
             Some(&(d1, "mt".into()))
         );
         assert_eq!(loaded.saved_at, Some(160));

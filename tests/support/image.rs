@@ -135,7 +135,8 @@ pub fn push(addr: SocketAddr, name: &str, tag: &str, img: &Image, auth: Option<&
         assert_eq!(r.status, 201, "finish upload: {}", r.text());
     }
     let mut headers = auth_h.clone();
-    headers.push(("Content-Type", "application/vnd.oci.image.manifest.v1+json"));
+    let mt = media_type(&img.manifest);
+    headers.push(("Content-Type", &mt));
     let r = http::request(
         addr,
         "PUT",
@@ -144,6 +145,92 @@ pub fn push(addr: SocketAddr, name: &str, tag: &str, img: &Image, auth: Option<&
         &img.manifest,
     );
     assert_eq!(r.status, 201, "put manifest: {}", r.text());
+}
+
+/// One platform of a multi-platform image: a one-layer image whose config names `arch`, in
+/// Docker schema2 media types (`docker`) or OCI ones.
+pub fn platform_image(seed: u64, arch: &str, docker: bool) -> Image {
+    let (layer, diff_id) = layer(seed, 2_000);
+    let config = serde_json::json!({
+        "architecture": arch, "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff_id}")]},
+        "config": {}
+    })
+    .to_string()
+    .into_bytes();
+    let (mt, config_mt, layer_mt) = if docker {
+        (
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.container.image.v1+json",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        )
+    } else {
+        (
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        )
+    };
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": mt,
+        "config": {"mediaType": config_mt,
+                   "digest": format!("sha256:{}", super::sha256_hex(&config)), "size": config.len()},
+        "layers": [{"mediaType": layer_mt,
+                    "digest": format!("sha256:{}", super::sha256_hex(&layer)), "size": layer.len()}],
+    })
+    .to_string()
+    .into_bytes();
+    Image {
+        manifest_digest: format!("sha256:{}", super::sha256_hex(&manifest)),
+        manifest,
+        config,
+        layers: vec![layer],
+    }
+}
+
+/// The media type an image manifest names.
+pub fn media_type(manifest: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+    v["mediaType"].as_str().unwrap().to_string()
+}
+
+/// Push a multi-platform image: each platform by digest, then an index (OCI) or a manifest
+/// list (Docker, when the platforms are Docker schema2) under `tag`. Returns the index's
+/// (body, digest).
+pub fn push_multi(
+    addr: SocketAddr,
+    name: &str,
+    tag: &str,
+    platforms: &[(&str, &Image)],
+) -> (Vec<u8>, String) {
+    let docker = media_type(&platforms[0].1.manifest).contains("docker");
+    let mut entries = Vec::new();
+    for (arch, img) in platforms {
+        push(addr, name, &img.manifest_digest, img, None);
+        entries.push(serde_json::json!({
+            "mediaType": media_type(&img.manifest),
+            "digest": img.manifest_digest, "size": img.manifest.len(),
+            "platform": {"architecture": arch, "os": "linux"}}));
+    }
+    let mt = if docker {
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    } else {
+        "application/vnd.oci.image.index.v1+json"
+    };
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": mt, "manifests": entries})
+        .to_string()
+        .into_bytes();
+    let r = http::request(
+        addr,
+        "PUT",
+        &format!("/v2/{name}/manifests/{tag}"),
+        &[("Content-Type", mt)],
+        &index,
+    );
+    assert_eq!(r.status, 201, "put index: {}", r.text());
+    let digest = format!("sha256:{}", super::sha256_hex(&index));
+    (index, digest)
 }
 
 #[cfg(test)]
