@@ -422,6 +422,9 @@ async fn follow_fill(
         State::Pending => unreachable!("follow::start waits out Pending"),
     };
     let ctype = media_type.as_deref().unwrap_or(ctype).to_string();
+    if x.ty == Some(Type::Manifest) {
+        refuse_unaccepted(req, &ctype)?;
+    }
     let stall = limits.upstream_body_stall * 2;
     let send_stall = limits.send_stall;
     let Some((start, end)) = send_range_head(req, x, fill.digest, size, &ctype).await? else {
