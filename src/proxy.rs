@@ -433,30 +433,20 @@ async fn follow_fill(
     x.flush_head().await.map_err(io)?;
     let buf = x.take_buf();
     let chunk = x.chunk();
+    let mut sent = follow::Sent::default();
     let (res, buf) = follow::stream(
-        fill,
-        &file,
-        start,
-        end,
-        size,
-        x.sock,
-        buf,
-        chunk,
-        send_stall,
-        x.sendfile,
-        stall,
-        (&mut x.sendfile_bytes, &mut x.memory_bytes),
+        fill, &file, start, end, size, x.sock, buf, chunk, send_stall, x.sendfile, stall, &mut sent,
     )
     .await;
     x.put_buf(buf);
+    // What went out, also when the stream was cut (the access log's `bytes`).
+    x.body_bytes += sent.body;
+    x.sendfile_bytes += sent.by_sendfile;
+    x.memory_bytes += sent.from_memory;
     match res {
-        Ok(()) => {
-            x.body_bytes += end + 1 - start;
-            Ok(())
-        }
+        Ok(()) => Ok(()),
         Err(follow::Cut::Bypass { sent }) => {
             x.cache = Cache::Bypass;
-            x.body_bytes += sent;
             bypass::serve_rest(w, x, src, fill, &file, start, end, size, sent).await
         }
         Err(cut) => Err(

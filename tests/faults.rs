@@ -59,6 +59,20 @@ fn resumes_are_bounded_then_the_fill_fails_cleanly() {
     assert!(!(status == 200 && complete) && len < 2 * MIB as u64);
     rc.proc
         .wait_count(&[&digest, "resumes exhausted"], 1, Duration::from_secs(10));
+    // The access log reports the body bytes that went out before the cut (it said 0).
+    let line = rc
+        .proc
+        .wait_log(&format!("{path} status=200"), Duration::from_secs(10));
+    let bytes: u64 = line
+        .split("bytes=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no bytes= in {line}"));
+    assert_eq!(
+        bytes, len,
+        "the access log's bytes are what the client received: {line}"
+    );
     assert_eq!(
         up.count(&format!("GET {path}")),
         1 + 4,

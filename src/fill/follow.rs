@@ -70,11 +70,22 @@ pub enum Cut {
     Bypass { sent: u64 },
 }
 
+/// What a follower sent, counted as it goes (so a cut stream still reports what went out).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// Body bytes written to the client.
+    pub body: u64,
+    /// Of `body`, those that went by sendfile.
+    pub by_sendfile: u64,
+    /// Of `body`, those taken from the fill's recent blocks in memory.
+    pub from_memory: u64,
+}
+
 /// Stream bytes `[start, end]` (inclusive) of the fill's body to `sock`. `size` is the body
 /// size; if the range includes the last byte, that byte is sent only after the commit.
 /// `buf` is this request's read buffer (reads of up to `chunk` bytes), returned for reuse.
-/// Bytes that went out by sendfile are added to `sent.0`, those copied from the fill's
-/// recent blocks to `sent.1`. `policy` says whether file bytes may go by sendfile.
+/// What went out is added to `sent` as it goes. `policy` says whether file bytes may go by
+/// sendfile.
 #[allow(clippy::too_many_arguments)]
 pub async fn stream(
     fill: &Fill,
@@ -88,9 +99,8 @@ pub async fn stream(
     send_stall: Duration,
     policy: sendfile::Policy,
     progress_stall: Duration,
-    sent: (&mut u64, &mut u64),
+    sent: &mut Sent,
 ) -> (Result<(), Cut>, Vec<u8>) {
-    let (by_sendfile, from_memory) = sent;
     let file = match file.try_clone().and_then(monoio::fs::File::from_std) {
         Ok(f) => f,
         Err(e) => return (Err(Cut::Read(e)), buf),
@@ -145,7 +155,8 @@ pub async fn stream(
                     Ok((Err(e), _)) => return (Err(Cut::Client(e)), buf),
                     Err(_) => return (Err(Cut::Client(std::io::ErrorKind::TimedOut.into())), buf),
                 }
-                *from_memory += n as u64;
+                sent.from_memory += n as u64;
+                sent.body += n as u64;
                 pos += n as u64;
                 fill.advanced(pos);
                 continue;
@@ -154,7 +165,7 @@ pub async fn stream(
             Some(piece) => {
                 let n = piece.len().min(want);
                 buf.extend_from_slice(&piece.bytes()[..n]);
-                *from_memory += n as u64;
+                sent.from_memory += n as u64;
                 n
             }
             None => {
@@ -163,7 +174,8 @@ pub async fn stream(
                 if let Some(to) = sendfile::span(policy, &file, pos, fill.in_file(limit).max(pos)) {
                     let from = pos;
                     let res = sendfile::send(sock, &file, &mut pos, to, send_stall).await;
-                    *by_sendfile += pos - from;
+                    sent.by_sendfile += pos - from;
+                    sent.body += pos - from;
                     if let Err(e) = res {
                         return (Err(Cut::Client(e)), buf);
                     }
@@ -200,6 +212,7 @@ pub async fn stream(
         if let Err(e) = res {
             return (Err(Cut::Client(e)), buf);
         }
+        sent.body += n as u64;
         pos += n as u64;
         fill.advanced(pos);
     }
