@@ -1,7 +1,7 @@
 //! Every hard bound in ringcache, each with the reason it exists.
 //!
 //! Limits that an operator may tune live in [`Limits`] (config section `ringcache.limits`);
-//! the rest are constants. Past a limit comes a typed error (431, 502, 503), never unbounded
+//! the rest are constants. Past a limit comes a typed error (414, 431, 502, 503), never unbounded
 //! growth.
 
 use std::time::Duration;
@@ -9,8 +9,8 @@ use std::time::Duration;
 /// Bounds an operator may tune under `ringcache.limits`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Longest request line (`GET /v2/... HTTP/1.1`); longer gets 431 like the rest of the
-    /// head, since the name grammar caps useful paths far below this.
+    /// Longest request line (`GET /v2/... HTTP/1.1`); longer gets 414 URI Too Long (the target
+    /// is all of it that can grow), since the name grammar caps useful paths far below this.
     pub request_line_bytes_max: usize,
     /// Longest single header line; one huge header must not eat the whole head budget.
     pub header_line_bytes_max: usize,

@@ -101,6 +101,22 @@ pub fn parse_request<'b>(
 ) -> Result<Parsed, Error> {
     let bad = |context| Error::client(Kind::BadRequest, context);
     let too_large = |context| Error::client(Kind::HeadTooLarge, context);
+    // The cap on the line starting at `line_start`, and the error past it: the request line
+    // can only grow by its target, so a long one is 414 URI Too Long (RFC 9110 §15.5.15); a
+    // long header line is 431 (RFC 6585 §5).
+    let line_cap = |line_start: usize| {
+        if line_start == 0 {
+            (
+                limits.request_line_bytes_max,
+                Error::client(Kind::UriTooLong, "request line too long"),
+            )
+        } else {
+            (
+                limits.header_line_bytes_max,
+                too_large("header line too long"),
+            )
+        }
+    };
     // One pass over the line structure: bare LF, line lengths, head length.
     let mut line_start = 0;
     let mut head_end = None;
@@ -108,21 +124,14 @@ pub fn parse_request<'b>(
         if b != b'\n' {
             continue;
         }
+        // `i - 1` is in bounds: `i > 0` is checked first.
         if i == 0 || buf[i - 1] != b'\r' {
             return Err(bad("bare LF in request head"));
         }
         let line_len = i + 1 - line_start;
-        let cap = if line_start == 0 {
-            limits.request_line_bytes_max
-        } else {
-            limits.header_line_bytes_max
-        };
-        if line_len > cap + 2 {
-            return Err(too_large(if line_start == 0 {
-                "request line too long"
-            } else {
-                "header line too long"
-            }));
+        let (cap, past) = line_cap(line_start);
+        if line_len > cap.saturating_add(2) {
+            return Err(past);
         }
         if line_len == 2 && line_start > 0 {
             head_end = Some(i + 1);
@@ -135,18 +144,11 @@ pub fn parse_request<'b>(
             return Err(too_large("request head too large"))
         }
         None => {
+            // `line_start` is at most `buf.len()`: it is one past a byte of `buf`.
             let pending = buf.len() - line_start;
-            let cap = if line_start == 0 {
-                limits.request_line_bytes_max
-            } else {
-                limits.header_line_bytes_max
-            };
-            if pending > cap + 1 {
-                return Err(too_large(if line_start == 0 {
-                    "request line too long"
-                } else {
-                    "header line too long"
-                }));
+            let (cap, past) = line_cap(line_start);
+            if pending > cap.saturating_add(1) {
+                return Err(past);
             }
             if buf.len() >= limits.head_bytes_max {
                 return Err(too_large("request head too large"));
@@ -367,7 +369,7 @@ mod tests {
             ("GET  /v2/ HTTP/1.1\r\nHost: a\r\n\r\n", Err(BadRequest)),
             ("GET /v2/ HTTP/1.1\r\nHost : a\r\n\r\n", Err(BadRequest)),
             (&big_header, Err(HeadTooLarge)),
-            (&big_line, Err(HeadTooLarge)),
+            (&big_line, Err(UriTooLong)),
             (&many, Err(HeadTooLarge)),
             (&huge_head, Err(HeadTooLarge)),
         ];
@@ -391,6 +393,8 @@ mod tests {
         }
         // A partial head already over a limit is refused without waiting for more.
         let long = format!("GET /{}", "a".repeat(9000));
+        assert_eq!(parse(&long), Err(Kind::UriTooLong));
+        let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(9000));
         assert_eq!(parse(&long), Err(Kind::HeadTooLarge));
     }
 
