@@ -85,10 +85,20 @@ pub const DNS_TTL: Duration = Duration::from_secs(60);
 /// A cached Bearer token is dropped this long before it expires, to cover clock skew and
 /// the request's own flight time.
 pub const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(10);
-/// Token lifetime when the realm does not say (distribution-spec: 60 s).
+/// Token lifetime when the realm does not say, or says something unusable (zero, negative,
+/// not a number) (distribution-spec: 60 s).
 pub const TOKEN_DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// Longest a Bearer token is cached, whatever the realm's `expires_in` says: that number is
+/// upstream input (a huge one must not overflow the clock), and a day bounds how long a token
+/// revoked upstream keeps being presented.
+pub const TOKEN_TTL_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+/// Bearer tokens cached per worker (one per repository scope). Past it the expired ones are
+/// dropped, and if that frees nothing, all of them: a token is fetched again on demand.
+pub const TOKENS_MAX: usize = 4096;
 /// Tag cache entries kept (per process); the least recently resolved is dropped past it.
 pub const TAGS_MAX: usize = 100_000;
 
 const _: () = assert!(SHARDS.is_power_of_two());
+const _: () = assert!(TOKEN_DEFAULT_TTL.as_secs() <= TOKEN_TTL_MAX.as_secs());
+const _: () = assert!(TOKEN_EXPIRY_MARGIN.as_secs() < TOKEN_DEFAULT_TTL.as_secs());
 const _: () = assert!(CHUNK_BYTES as u64 <= MANIFEST_BYTES_MAX);
