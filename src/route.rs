@@ -409,7 +409,11 @@ mod tests {
             ("PUT", "/v2x/a/manifests/latest".into(), Ok(None)),
             ("GET", "/v2?x=1".into(), Ok(Some(Route::Base))),
             ("GET", "/v2//".into(), Ok(None)),
-            ("GET", "/v2/é/manifests/latest".into(), Err(Kind::NameInvalid)),
+            (
+                "GET",
+                "/v2/é/manifests/latest".into(),
+                Err(Kind::NameInvalid),
+            ),
             ("GET", "/v2/a/manifests/é".into(), Err(Kind::TagInvalid)),
             ("GET", "/v2/a/tags/listé".into(), Ok(None)),
             (
@@ -428,8 +432,16 @@ mod tests {
                     digest: d,
                 })),
             ),
-            ("GET", "/v2/a/referrers/latest".into(), Err(Kind::DigestInvalid)),
-            ("GET", format!("/v2/A/referrers/{D}"), Err(Kind::NameInvalid)),
+            (
+                "GET",
+                "/v2/a/referrers/latest".into(),
+                Err(Kind::DigestInvalid),
+            ),
+            (
+                "GET",
+                format!("/v2/A/referrers/{D}"),
+                Err(Kind::NameInvalid),
+            ),
             ("GET", "/v2/referrers/x".into(), Ok(None)),
             (
                 "GET",

@@ -383,7 +383,12 @@ mod tests {
         ]);
         let text = ".{0,6}";
         prop_oneof![
-            (d.clone(), any::<u64>(), prop::option::of(text), any::<u64>())
+            (
+                d.clone(),
+                any::<u64>(),
+                prop::option::of(text),
+                any::<u64>()
+            )
                 .prop_map(|(d, s, m, a)| Record::Commit { d, s, m, a }),
             (d.clone(), text).prop_map(|(d, r)| Record::Link { d, r }),
             (d.clone(), any::<u64>()).prop_map(|(d, a)| Record::Access { d, a }),

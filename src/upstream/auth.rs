@@ -220,7 +220,10 @@ mod tests {
             (r#"Bearer realm="unterminated"#, None),
             (r#"Negotiate abc"#, None),
             // Values are bytes: any UTF-8 survives, escaped or not.
-            (r#"Bearer realm="https://é.example/t""#, bearer("https://é.example/t", None, None)),
+            (
+                r#"Bearer realm="https://é.example/t""#,
+                bearer("https://é.example/t", None, None),
+            ),
             (r#"Bearer realm="a\éb""#, bearer("aéb", None, None)),
             (r#"Bearer realm=é"#, bearer("é", None, None)),
             (r#"Bearer realm="a\"#, None),
@@ -254,9 +257,18 @@ mod tests {
         let day = TOKEN_TTL_MAX;
         let default = TOKEN_DEFAULT_TTL;
         let cases: &[(&str, Duration)] = &[
-            (r#"{"token":"t","expires_in":300}"#, Duration::from_secs(300)),
-            (r#"{"token":"t","expires_in":300.5}"#, Duration::from_millis(300_500)),
-            (r#"{"token":"t","expires_in":"120"}"#, Duration::from_secs(120)),
+            (
+                r#"{"token":"t","expires_in":300}"#,
+                Duration::from_secs(300),
+            ),
+            (
+                r#"{"token":"t","expires_in":300.5}"#,
+                Duration::from_millis(300_500),
+            ),
+            (
+                r#"{"token":"t","expires_in":"120"}"#,
+                Duration::from_secs(120),
+            ),
             (r#"{"token":"t","expires_in":18446744073709551615}"#, day),
             (r#"{"token":"t","expires_in":9223372036854775808}"#, day),
             (r#"{"token":"t","expires_in":1e300}"#, day),
@@ -306,19 +318,25 @@ mod tests {
     fn challenge_text() -> impl Strategy<Value = String> {
         let value = "[^\\x00-\\x1f]{0,24}";
         let valid = (value, value, value).prop_map(|(r, s, c)| {
-            format!("Bearer realm={},service={},scope={}", quoted(&r), quoted(&s), quoted(&c))
+            format!(
+                "Bearer realm={},service={},scope={}",
+                quoted(&r),
+                quoted(&s),
+                quoted(&c)
+            )
         });
         prop_oneof![
             ".{0,64}",
             valid.clone(),
             (valid.clone(), any::<prop::sample::Index>())
                 .prop_map(|(v, at)| v.chars().take(at.index(v.len() + 1)).collect()),
-            (valid, any::<prop::sample::Index>(), "[\"\\\\=, \t]|.")
-                .prop_map(|(v, at, ins): (String, _, String)| {
+            (valid, any::<prop::sample::Index>(), "[\"\\\\=, \t]|.").prop_map(
+                |(v, at, ins): (String, _, String)| {
                     let mut chars: Vec<char> = v.chars().collect();
                     chars.insert(at.index(chars.len() + 1), ins.chars().next().unwrap_or(' '));
                     chars.into_iter().collect()
-                }),
+                }
+            ),
         ]
     }
 
