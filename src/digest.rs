@@ -164,4 +164,34 @@ mod tests {
         assert_eq!(Digest::of(b""), d);
         assert_eq!(Digest::from_hex(&d.hex()), Some(d));
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Never panics; what parses prints back exactly as given (one spelling per digest).
+        #[test]
+        fn prop_digest_parse(
+            s in prop_oneof![
+                ".{0,80}",
+                ("(sha256|sha512|SHA256|sha-256|)", ":?", "[0-9a-fA-Fg]{60,68}")
+                    .prop_map(|(a, c, h)| format!("{a}{c}{h}")),
+                ("[0-9a-f]{64}", any::<prop::sample::Index>(), any::<char>()).prop_map(
+                    |(h, at, c)| {
+                        let mut h: Vec<char> = format!("sha256:{h}").chars().collect();
+                        let at = at.index(h.len());
+                        h[at] = c;
+                        h.into_iter().collect()
+                    }
+                ),
+            ],
+        ) {
+            if let Ok(d) = Digest::parse(&s) {
+                prop_assert_eq!(d.to_string(), s.clone());
+                let text = d.text();
+                prop_assert_eq!(text.as_str(), s);
+            }
+        }
+    }
 }
