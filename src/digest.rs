@@ -41,6 +41,7 @@ impl Digest {
             return None;
         }
         let mut out = [0u8; 32];
+        // 64 bytes make exactly 32 pairs: `i < 32`, and each pair has two bytes.
         for (i, pair) in hex.chunks_exact(2).enumerate() {
             out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
         }
@@ -67,6 +68,7 @@ impl Digest {
     /// `sha256:<hex>` on the stack (response headers on the hit path allocate nothing).
     pub fn text(&self) -> DigestText {
         const HEX: &[u8; 16] = b"0123456789abcdef";
+        // 7 + 2 × 32 = 71 bytes: every index below is in bounds.
         let mut out = [0u8; 71];
         out[..7].copy_from_slice(b"sha256:");
         for (i, b) in self.0.iter().enumerate() {
@@ -78,6 +80,7 @@ impl Digest {
 
     /// Which of the 64 shards this digest belongs to (its bytes are already uniform).
     pub fn shard(&self, shards: usize) -> usize {
+        // `shards` is the constant SHARDS (a power of two, never 0), not input.
         self.0[0] as usize & (shards - 1)
     }
 }

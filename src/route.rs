@@ -185,9 +185,11 @@ pub fn is_name(name: &str) -> bool {
 fn is_component(c: &str) -> bool {
     let b = c.as_bytes();
     let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
-        return false;
+    match (b.first(), b.last()) {
+        (Some(&first), Some(&last)) if alnum(first) && alnum(last) => {}
+        _ => return false,
     }
+    // Every `b[i]` below is under a `i < b.len()` guard.
     let mut i = 0;
     while i < b.len() {
         if alnum(b[i]) {
@@ -210,12 +212,15 @@ fn is_component(c: &str) -> bool {
 
 /// OCI tag grammar: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
 pub fn is_tag(tag: &str) -> bool {
-    let b = tag.as_bytes();
     let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
-    !b.is_empty()
-        && b.len() <= TAG_BYTES_MAX
-        && word(b[0])
-        && b[1..].iter().all(|&x| word(x) || x == b'.' || x == b'-')
+    match tag.as_bytes().split_first() {
+        Some((&first, rest)) => {
+            tag.len() <= TAG_BYTES_MAX
+                && word(first)
+                && rest.iter().all(|&x| word(x) || x == b'.' || x == b'-')
+        }
+        None => false,
+    }
 }
 
 fn page(query: &str) -> Result<Page, Error> {
@@ -242,6 +247,7 @@ pub fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
+    // `b[i]` is under the loop's guard; the escape's two bytes are taken with `get`.
     while i < b.len() {
         match b[i] {
             b'%' => {

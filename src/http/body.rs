@@ -162,6 +162,8 @@ impl Chunked {
     /// Decode from `input`. Returns at the first data run or after consuming all input.
     pub fn step(&mut self, input: &[u8]) -> Result<Step, ChunkedError> {
         let mut i = 0;
+        // Every `input[i]` below is under this guard (each arm reads at most one byte before
+        // it loops back here, or returns).
         while i < input.len() {
             match &mut self.state {
                 State::Size {
@@ -206,6 +208,7 @@ impl Chunked {
                     } else {
                         let d = (b as char).to_digit(16).ok_or(ChunkedError::BadSize)? as u64;
                         *digits += 1;
+                        // At most 15 digits: the size stays under 2^60, and cannot overflow.
                         if *digits > 15 {
                             return Err(ChunkedError::BadSize);
                         }
@@ -213,6 +216,7 @@ impl Chunked {
                     }
                 }
                 State::Data(left) => {
+                    // `n` is at most what is left of both the chunk and the input.
                     let n = (*left).min((input.len() - i) as u64) as usize;
                     *left -= n as u64;
                     if *left == 0 {

@@ -22,20 +22,25 @@ pub struct Span {
 }
 
 impl Span {
+    /// The bytes of the span; empty if `buf` is not (or no longer) the buffer it came from.
     pub fn of<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
-        &buf[self.start as usize..self.end as usize]
+        buf.get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
     }
 
-    /// The span as text; request heads are ASCII after httparse's token checks.
+    /// The span as text, or `""` if it is not UTF-8 (httparse lets bytes past ASCII through
+    /// in the target and in header values).
     pub fn str<'a>(&self, buf: &'a [u8]) -> &'a str {
         std::str::from_utf8(self.of(buf)).unwrap_or("")
     }
 
+    /// `s` is a subslice of `buf` (httparse returns slices of its input), and `buf` is at most
+    /// `u32::MAX` bytes ([`parse_request`] refuses longer): the offsets fit.
     fn within(buf: &[u8], s: &[u8]) -> Span {
-        let start = s.as_ptr() as usize - buf.as_ptr() as usize;
+        let start = (s.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize);
         Span {
             start: start as u32,
-            end: (start + s.len()) as u32,
+            end: start.saturating_add(s.len()) as u32,
         }
     }
 }
@@ -80,7 +85,8 @@ impl Head {
     }
 
     pub fn accepts<'a>(&'a self, buf: &'a [u8]) -> impl Iterator<Item = &'a str> + 'a {
-        self.accept[..self.accept_count]
+        // `accept_count` never passes ACCEPT_MAX (the parser stops counting there).
+        self.accept[..self.accept_count.min(ACCEPT_MAX)]
             .iter()
             .map(move |s| s.str(buf))
     }
@@ -117,6 +123,10 @@ pub fn parse_request<'b>(
             )
         }
     };
+    // Spans are u32 offsets: a head past 4 GiB is too large whatever the configured limit.
+    if buf.len() > u32::MAX as usize {
+        return Err(too_large("request head too large"));
+    }
     // One pass over the line structure: bare LF, line lengths, head length.
     let mut line_start = 0;
     let mut head_end = None;
@@ -128,6 +138,7 @@ pub fn parse_request<'b>(
         if i == 0 || buf[i - 1] != b'\r' {
             return Err(bad("bare LF in request head"));
         }
+        // `line_start` is at most `i`: it is one past an earlier LF.
         let line_len = i + 1 - line_start;
         let (cap, past) = line_cap(line_start);
         if line_len > cap.saturating_add(2) {
@@ -302,17 +313,20 @@ pub fn resolve_range(spec: Option<RangeSpec>, size: u64) -> RangeResult {
     let Some(spec) = spec else {
         return RangeResult::Full;
     };
+    // No range of an empty body is satisfiable (RFC 9110 §14.1.1).
+    let Some(last_byte) = size.checked_sub(1) else {
+        return RangeResult::Unsatisfiable;
+    };
     match spec {
-        RangeSpec::From { first, .. } if first >= size => RangeResult::Unsatisfiable,
-        RangeSpec::From { first, last } => {
-            let end = last.map_or(size - 1, |l| l.min(size - 1));
-            RangeResult::Partial { start: first, end }
-        }
+        RangeSpec::From { first, .. } if first > last_byte => RangeResult::Unsatisfiable,
+        RangeSpec::From { first, last } => RangeResult::Partial {
+            start: first,
+            end: last.map_or(last_byte, |l| l.min(last_byte)),
+        },
         RangeSpec::Suffix(0) => RangeResult::Unsatisfiable,
-        RangeSpec::Suffix(_) if size == 0 => RangeResult::Unsatisfiable,
         RangeSpec::Suffix(n) => RangeResult::Partial {
             start: size.saturating_sub(n),
-            end: size - 1,
+            end: last_byte,
         },
     }
 }

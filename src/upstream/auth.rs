@@ -48,6 +48,7 @@ pub fn parse_challenge(value: &str) -> Option<Challenge> {
 }
 
 fn parse_params(s: &str) -> Option<Vec<(String, String)>> {
+    // Every `b[i]` is under a `i < b.len()` guard; a lookahead uses `get`.
     let b = s.as_bytes();
     let blank = |c: u8| c == b' ' || c == b'\t';
     let mut out = Vec::new();
