@@ -7,7 +7,9 @@
 //! - Content-Length and Transfer-Encoding together are refused (§6.3 ¶3);
 //! - a duplicate or malformed Content-Length is refused (§6.3 ¶5);
 //! - HTTP/1.1 requires exactly one Host (RFC 9112 §3.2);
-//! - GET and HEAD carry no body here (a read-only registry never needs one).
+//! - GET and HEAD carry no body here (a read-only registry never needs one);
+//! - a request line past its limit is 414 URI Too Long; a header line, the header count or the
+//!   whole head past its limit is 431 (RFC 6585 §5).
 //!
 //! Every rule breach is an error after which the connection is closed.
 
