@@ -41,6 +41,7 @@ impl Digest {
             return None;
         }
         let mut out = [0u8; 32];
+        // 64 bytes make exactly 32 pairs: `i < 32`, and each pair has two bytes.
         for (i, pair) in hex.chunks_exact(2).enumerate() {
             out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
         }
@@ -67,6 +68,7 @@ impl Digest {
     /// `sha256:<hex>` on the stack (response headers on the hit path allocate nothing).
     pub fn text(&self) -> DigestText {
         const HEX: &[u8; 16] = b"0123456789abcdef";
+        // 7 + 2 × 32 = 71 bytes: every index below is in bounds.
         let mut out = [0u8; 71];
         out[..7].copy_from_slice(b"sha256:");
         for (i, b) in self.0.iter().enumerate() {
@@ -78,6 +80,7 @@ impl Digest {
 
     /// Which of the 64 shards this digest belongs to (its bytes are already uniform).
     pub fn shard(&self, shards: usize) -> usize {
+        // `shards` is the constant SHARDS (a power of two, never 0), not input.
         self.0[0] as usize & (shards - 1)
     }
 }
@@ -163,5 +166,35 @@ mod tests {
         assert_eq!(d.text().as_str(), EMPTY);
         assert_eq!(Digest::of(b""), d);
         assert_eq!(Digest::from_hex(&d.hex()), Some(d));
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Never panics; what parses prints back exactly as given (one spelling per digest).
+        #[test]
+        fn prop_digest_parse(
+            s in prop_oneof![
+                ".{0,80}",
+                ("(sha256|sha512|SHA256|sha-256|)", ":?", "[0-9a-fA-Fg]{60,68}")
+                    .prop_map(|(a, c, h)| format!("{a}{c}{h}")),
+                ("[0-9a-f]{64}", any::<prop::sample::Index>(), any::<char>()).prop_map(
+                    |(h, at, c)| {
+                        let mut h: Vec<char> = format!("sha256:{h}").chars().collect();
+                        let at = at.index(h.len());
+                        h[at] = c;
+                        h.into_iter().collect()
+                    }
+                ),
+            ],
+        ) {
+            if let Ok(d) = Digest::parse(&s) {
+                prop_assert_eq!(d.to_string(), s.clone());
+                let text = d.text();
+                prop_assert_eq!(text.as_str(), s);
+            }
+        }
     }
 }

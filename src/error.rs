@@ -33,6 +33,8 @@ pub enum Kind {
     BadRequest,
     /// The request head was over a size limit.
     HeadTooLarge,
+    /// The request line (in practice its target) was over its limit (RFC 9110 §15.5.15).
+    UriTooLong,
     RangeNotSatisfiable,
     /// Upstream answered something we cannot use (bad framing, digest mismatch, too large).
     BadGateway,
@@ -57,6 +59,7 @@ impl Kind {
             Kind::Unavailable => ("UNAVAILABLE", 503),
             Kind::BadRequest => ("BAD_REQUEST", 400),
             Kind::HeadTooLarge => ("BAD_REQUEST", 431),
+            Kind::UriTooLong => ("BAD_REQUEST", 414),
             Kind::RangeNotSatisfiable => ("RANGE_INVALID", 416),
             Kind::BadGateway => ("UNAVAILABLE", 502),
             Kind::Internal => ("UNKNOWN", 500),
@@ -124,6 +127,7 @@ impl Error {
             Kind::Unavailable => "service unavailable",
             Kind::BadRequest => "bad request",
             Kind::HeadTooLarge => "request header fields too large",
+            Kind::UriTooLong => "request URI too long",
             Kind::RangeNotSatisfiable => "requested range not satisfiable",
             Kind::BadGateway => "bad response from upstream",
             Kind::Internal => "unknown error",
@@ -186,6 +190,7 @@ mod tests {
             (Kind::TooManyRequests, 429),
             (Kind::Unavailable, 503),
             (Kind::HeadTooLarge, 431),
+            (Kind::UriTooLong, 414),
             (Kind::NameInvalid, 400),
             (Kind::ManifestUnknown, 404),
         ] {

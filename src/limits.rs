@@ -1,7 +1,7 @@
 //! Every hard bound in ringcache, each with the reason it exists.
 //!
 //! Limits that an operator may tune live in [`Limits`] (config section `ringcache.limits`);
-//! the rest are constants. Past a limit comes a typed error (431, 502, 503), never unbounded
+//! the rest are constants. Past a limit comes a typed error (414, 431, 502, 503), never unbounded
 //! growth.
 
 use std::time::Duration;
@@ -9,8 +9,8 @@ use std::time::Duration;
 /// Bounds an operator may tune under `ringcache.limits`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Longest request line (`GET /v2/... HTTP/1.1`); longer gets 431 like the rest of the
-    /// head, since the name grammar caps useful paths far below this.
+    /// Longest request line (`GET /v2/... HTTP/1.1`); longer gets 414 URI Too Long (the target
+    /// is all of it that can grow), since the name grammar caps useful paths far below this.
     pub request_line_bytes_max: usize,
     /// Longest single header line; one huge header must not eat the whole head budget.
     pub header_line_bytes_max: usize,
@@ -85,8 +85,16 @@ pub const DNS_TTL: Duration = Duration::from_secs(60);
 /// A cached Bearer token is dropped this long before it expires, to cover clock skew and
 /// the request's own flight time.
 pub const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(10);
-/// Token lifetime when the realm does not say (distribution-spec: 60 s).
+/// Token lifetime when the realm does not say, or says something unusable (zero, negative,
+/// not a number) (distribution-spec: 60 s).
 pub const TOKEN_DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// Longest a Bearer token is cached, whatever the realm's `expires_in` says: that number is
+/// upstream input (a huge one must not overflow the clock), and a day bounds how long a token
+/// revoked upstream keeps being presented.
+pub const TOKEN_TTL_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+/// Bearer tokens cached per worker (one per repository scope). Past it the expired ones are
+/// dropped, and if that frees nothing, all of them: a token is fetched again on demand.
+pub const TOKENS_MAX: usize = 4096;
 /// Tag cache entries kept (per process); the least recently resolved is dropped past it.
 pub const TAGS_MAX: usize = 100_000;
 /// Answers kept per tag, one per kind of client upstream answers differently (one that takes
@@ -95,4 +103,6 @@ pub const TAGS_MAX: usize = 100_000;
 pub const TAG_ANSWERS_MAX: usize = 8;
 
 const _: () = assert!(SHARDS.is_power_of_two());
+const _: () = assert!(TOKEN_DEFAULT_TTL.as_secs() <= TOKEN_TTL_MAX.as_secs());
+const _: () = assert!(TOKEN_EXPIRY_MARGIN.as_secs() < TOKEN_DEFAULT_TTL.as_secs());
 const _: () = assert!(CHUNK_BYTES as u64 <= MANIFEST_BYTES_MAX);

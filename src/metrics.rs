@@ -7,8 +7,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Status codes counted one by one; anything else is counted as "other".
-pub const STATUSES: [u16; 15] = [
-    200, 206, 304, 400, 401, 403, 404, 405, 416, 429, 431, 500, 502, 503, 0,
+pub const STATUSES: [u16; 16] = [
+    200, 206, 304, 400, 401, 403, 404, 405, 414, 416, 429, 431, 500, 502, 503, 0,
 ];
 pub const METHODS: [&str; 3] = ["GET", "HEAD", "other"];
 /// Request duration histogram buckets, seconds.

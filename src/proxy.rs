@@ -80,6 +80,12 @@ pub async fn serve(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>) -> Resul
         // connection) is as small as the hit path needs.
         Route::Tags { name, page } => Box::pin(tags_list(w, x, name, page)).await,
         Route::Catalog { page } => Box::pin(catalog(w, x, page)).await,
+        // Not served yet. A 404 whose code is not NAME_UNKNOWN is what the distribution-spec
+        // prescribes for a registry without the API: clients fall back to the tag schema.
+        Route::Referrers { .. } => Err(Error::client(
+            Kind::ManifestUnknown,
+            "referrers API not supported",
+        )),
     }
 }
 

@@ -27,6 +27,13 @@ pub enum Route {
     Catalog {
         page: Page,
     },
+    /// `GET /v2/<name>/referrers/<digest>` (distribution-spec v1.1 "Listing Referrers"). Not
+    /// served yet: answered with a 404 OCI error, on which clients (oras, cosign, containerd)
+    /// fall back to the referrers tag schema.
+    Referrers {
+        name: String,
+        digest: Digest,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,8 +87,15 @@ pub fn route(method: Method, target: &str) -> Result<Option<Route>, Error> {
             Ok(Some(Route::Root))
         };
     }
-    let Some(rest) = path.strip_prefix("/v2") else {
-        return Ok(None);
+    // `/v2` must end the path or be followed by `/`: `/v2x/...` is no route (and the byte
+    // after `/v2` may begin a multi-byte character, so it is never skipped blindly).
+    let rest = match path.strip_prefix("/v2") {
+        Some("") => "",
+        Some(r) => match r.strip_prefix('/') {
+            Some(r) => r,
+            None => return Ok(None),
+        },
+        None => return Ok(None),
     };
     // Writes are refused before anything else is looked at: the body is never read.
     if method == Method::Other {
@@ -90,10 +104,9 @@ pub fn route(method: Method, target: &str) -> Result<Option<Route>, Error> {
     if path.contains('%') {
         return Err(Error::client(Kind::NameInvalid, "percent-encoded path"));
     }
-    if rest.is_empty() || rest == "/" {
+    if rest.is_empty() {
         return Ok(Some(Route::Base));
     }
-    let rest = &rest[1..];
     if rest == "_catalog" {
         return Ok(Some(Route::Catalog { page: page(query)? }));
     }
@@ -124,6 +137,14 @@ pub fn route(method: Method, target: &str) -> Result<Option<Route>, Error> {
         "blobs" => {
             let name = name_checked(name)?;
             Ok(Some(Route::Blob {
+                name,
+                digest: digest_checked(last)?,
+            }))
+        }
+        // Any query (`artifactType`) is irrelevant until the API is served.
+        "referrers" => {
+            let name = name_checked(name)?;
+            Ok(Some(Route::Referrers {
                 name,
                 digest: digest_checked(last)?,
             }))
@@ -164,9 +185,11 @@ pub fn is_name(name: &str) -> bool {
 fn is_component(c: &str) -> bool {
     let b = c.as_bytes();
     let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
-        return false;
+    match (b.first(), b.last()) {
+        (Some(&first), Some(&last)) if alnum(first) && alnum(last) => {}
+        _ => return false,
     }
+    // Every `b[i]` below is under a `i < b.len()` guard.
     let mut i = 0;
     while i < b.len() {
         if alnum(b[i]) {
@@ -189,12 +212,15 @@ fn is_component(c: &str) -> bool {
 
 /// OCI tag grammar: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
 pub fn is_tag(tag: &str) -> bool {
-    let b = tag.as_bytes();
     let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
-    !b.is_empty()
-        && b.len() <= TAG_BYTES_MAX
-        && word(b[0])
-        && b[1..].iter().all(|&x| word(x) || x == b'.' || x == b'-')
+    match tag.as_bytes().split_first() {
+        Some((&first, rest)) => {
+            tag.len() <= TAG_BYTES_MAX
+                && word(first)
+                && rest.iter().all(|&x| word(x) || x == b'.' || x == b'-')
+        }
+        None => false,
+    }
 }
 
 fn page(query: &str) -> Result<Page, Error> {
@@ -221,11 +247,17 @@ pub fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
+    // `b[i]` is under the loop's guard; the escape's two bytes are taken with `get`.
     while i < b.len() {
         match b[i] {
             b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Exactly two hex digits (`from_str_radix` alone would take `+1`). `get` is
+                // `None` for an escape cut short at the end.
+                let hex = b.get(i + 1..i + 3)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 3;
             }
             b'+' => {
@@ -374,6 +406,54 @@ mod tests {
                 Err(Kind::Unsupported),
             ),
             ("DELETE", format!("/v2/a/blobs/{D}"), Err(Kind::Unsupported)),
+            // `/v2` is a whole path segment: anything but `/` after it is no route.
+            ("GET", "/v2é".into(), Ok(None)),
+            ("GET", "/v2é/x/manifests/latest".into(), Ok(None)),
+            ("GET", "/v2\u{80}".into(), Ok(None)),
+            ("GET", "/v2_ok/x/manifests/latest".into(), Ok(None)),
+            ("GET", "/v2x".into(), Ok(None)),
+            ("PUT", "/v2x/a/manifests/latest".into(), Ok(None)),
+            ("GET", "/v2?x=1".into(), Ok(Some(Route::Base))),
+            ("GET", "/v2//".into(), Ok(None)),
+            (
+                "GET",
+                "/v2/é/manifests/latest".into(),
+                Err(Kind::NameInvalid),
+            ),
+            ("GET", "/v2/a/manifests/é".into(), Err(Kind::TagInvalid)),
+            ("GET", "/v2/a/tags/listé".into(), Ok(None)),
+            (
+                "GET",
+                format!("/v2/a/b/referrers/{D}?artifactType=x%2Fy"),
+                Ok(Some(Route::Referrers {
+                    name: "a/b".into(),
+                    digest: d,
+                })),
+            ),
+            (
+                "HEAD",
+                format!("/v2/a/referrers/{D}"),
+                Ok(Some(Route::Referrers {
+                    name: "a".into(),
+                    digest: d,
+                })),
+            ),
+            (
+                "GET",
+                "/v2/a/referrers/latest".into(),
+                Err(Kind::DigestInvalid),
+            ),
+            (
+                "GET",
+                format!("/v2/A/referrers/{D}"),
+                Err(Kind::NameInvalid),
+            ),
+            ("GET", "/v2/referrers/x".into(), Ok(None)),
+            (
+                "GET",
+                "/v2/a/referrers/manifests/v1".into(),
+                tag("a/referrers", "v1"),
+            ),
         ];
         for (m, t, want) in cases {
             assert_eq!(r(m, &t), want, "{m} {t}");
@@ -416,7 +496,89 @@ mod tests {
     #[test]
     fn percent() {
         assert_eq!(percent_decode("a%2Fb+c").as_deref(), Some("a/b c"));
-        assert_eq!(percent_decode("%zz"), None);
+        for bad in ["%zz", "%+1", "%-1", "%1", "%", "%é", "%ff"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
         assert_eq!(percent_encode("library/alpine:1"), "library%2Falpine%3A1");
+    }
+
+    use proptest::prelude::*;
+
+    /// Path pieces that make near-valid targets: grammar edges, separators, the route
+    /// keywords, and bytes that are not ASCII.
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("/".to_string()),
+            Just("v2".to_string()),
+            Just("manifests".to_string()),
+            Just("blobs".to_string()),
+            Just("tags/list".to_string()),
+            Just("referrers".to_string()),
+            Just("_catalog".to_string()),
+            Just(D.to_string()),
+            Just("latest".to_string()),
+            Just("?n=1&last=a%2F".to_string()),
+            "[a-z0-9._-]{1,8}",
+            "[a-zA-Z0-9._:%/?&=+-]{1,8}",
+            any::<char>().prop_map(String::from),
+            ".{0,6}",
+        ]
+    }
+
+    fn target() -> impl Strategy<Value = String> {
+        prop_oneof![
+            // Anything at all.
+            ".{0,64}",
+            // `/v2` then pieces, with or without a separating slash.
+            (
+                prop::bool::ANY,
+                prop::collection::vec((prop::bool::ANY, piece()), 0..8)
+            )
+                .prop_map(|(slash, pieces)| {
+                    let mut t = String::from(if slash { "/v2/" } else { "/v2" });
+                    for (sep, p) in pieces {
+                        if sep {
+                            t.push('/');
+                        }
+                        t.push_str(&p);
+                    }
+                    t
+                }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Never panics; whatever routes carries only names and tags that pass the grammar.
+        #[test]
+        fn prop_route_names_are_valid(
+            method in prop_oneof![Just("GET"), Just("HEAD"), Just("PUT")],
+            target in target(),
+        ) {
+            if let Ok(Some(route)) = route(Method::parse(method), &target) {
+                match route {
+                    Route::Manifest { name, reference } => {
+                        prop_assert!(is_name(&name), "{name:?}");
+                        if let Reference::Tag(t) = reference {
+                            prop_assert!(is_tag(&t), "{t:?}");
+                        }
+                    }
+                    Route::Blob { name, .. }
+                    | Route::Tags { name, .. }
+                    | Route::Referrers { name, .. } => prop_assert!(is_name(&name), "{name:?}"),
+                    Route::Root | Route::Base | Route::Catalog { .. } => {}
+                }
+                prop_assert!(target.starts_with("/v2/") || target.starts_with("/v2?")
+                    || target == "/v2" || target == "/" || target.starts_with("/?"));
+            }
+        }
+
+        /// Decoding never panics, and undoes encoding.
+        #[test]
+        fn prop_percent_roundtrip(s in ".{0,32}", raw in ".{0,32}") {
+            prop_assert_eq!(percent_decode(&percent_encode(&s)), Some(s));
+            let _ = percent_decode(&raw);
+        }
     }
 }

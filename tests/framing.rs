@@ -41,7 +41,7 @@ fn bad_framing_gets_its_status_and_the_connection_closes() {
         ("TE on HEAD", "HEAD /v2/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(), 400),
         ("garbage", "\x16\x03\x01\x02\x00\x01\x00\x01\x7c\x03\x03\r\n\r\n".into(), 400),
         ("header line too long", big_header, 431),
-        ("request line too long", long_line, 431),
+        ("request line too long", long_line, 414),
         ("too many headers", many, 431),
     ];
     for (what, input, want) in cases {
@@ -57,6 +57,32 @@ fn bad_framing_gets_its_status_and_the_connection_closes() {
             "{what}: connection must be closed after a framing error"
         );
         // The server still serves the next client.
+        assert_eq!(http::get(rc.addr, "/v2/").status, 200, "after {what}");
+    }
+}
+
+#[test]
+fn a_request_target_past_the_request_line_limit_is_414() {
+    let up = TestUpstream::start();
+    let rc = Ringcache::start(&up.url(), "");
+    let target = format!("/v2/{}/manifests/latest", "a".repeat(9000));
+    let cases = [
+        // The whole line: refused when its end is seen.
+        ("whole", format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n")),
+        // A line that never ends: refused as soon as it is past the limit.
+        ("unfinished", format!("GET {target}")),
+    ];
+    for (what, input) in cases {
+        let (resp, closed) = http::raw(rc.addr, input.as_bytes());
+        let text = String::from_utf8_lossy(&resp);
+        assert!(
+            text.starts_with("HTTP/1.1 414 URI Too Long\r\n"),
+            "{what}: {text}"
+        );
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        let v: serde_json::Value = serde_json::from_str(body).expect("an OCI error body");
+        assert!(v["errors"][0]["code"].is_string(), "{what}: {body}");
+        assert!(closed, "{what}: the connection ends");
         assert_eq!(http::get(rc.addr, "/v2/").status, 200, "after {what}");
     }
 }
@@ -134,6 +160,15 @@ fn invalid_names_tags_and_digests_get_oci_errors() {
         ("/v2/a/manifests/-x", 400, "TAG_INVALID"),
         ("/v2/a/blobs/sha256:abc", 400, "DIGEST_INVALID"),
         ("/v2/a/blobs/md5:abc", 400, "DIGEST_INVALID"),
+        ("/v2/a/referrers/latest", 400, "DIGEST_INVALID"),
+        ("/v2/A/referrers/latest", 400, "NAME_INVALID"),
+        // The referrers API is not served: a 404 whose code is not NAME_UNKNOWN is the
+        // distribution-spec's "not supported", on which clients use the tag schema.
+        (
+            "/v2/a/referrers/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
     ];
     for (path, status, code) in cases {
         let r = http::get(rc.addr, path);
@@ -148,6 +183,40 @@ fn invalid_names_tags_and_digests_get_oci_errors() {
         up.count("HEAD /v2/a"),
         0,
         "nothing invalid reaches upstream"
+    );
+}
+
+#[test]
+fn a_target_not_ascii_after_v2_is_no_route_and_breaks_nothing() {
+    let up = TestUpstream::start();
+    let rc = Ringcache::start(&up.url(), "");
+    for (target, want) in [
+        (&b"/v2\xc3\xa9"[..], 404),
+        (b"/v2\xc3\xa9/a/manifests/latest", 404),
+        (b"/v2_a/b/manifests/latest", 404),
+        // Not UTF-8 at all: httparse refuses the head.
+        (b"/v2\xff", 400),
+    ] {
+        let what = String::from_utf8_lossy(target).into_owned();
+        // Several times: every worker must see one and live.
+        for _ in 0..8 {
+            let mut req = b"GET ".to_vec();
+            req.extend_from_slice(target);
+            req.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+            let (resp, _) = http::raw(rc.addr, &req);
+            assert_eq!(
+                status_of(&resp),
+                want,
+                "{what}: {}",
+                String::from_utf8_lossy(&resp)
+            );
+            assert_eq!(http::get(rc.addr, "/v2/").status, 200, "after {what}");
+        }
+    }
+    assert_eq!(
+        up.count("GET") + up.count("HEAD"),
+        0,
+        "nothing reached upstream"
     );
 }
 

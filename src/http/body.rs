@@ -162,6 +162,8 @@ impl Chunked {
     /// Decode from `input`. Returns at the first data run or after consuming all input.
     pub fn step(&mut self, input: &[u8]) -> Result<Step, ChunkedError> {
         let mut i = 0;
+        // Every `input[i]` below is under this guard (each arm reads at most one byte before
+        // it loops back here, or returns).
         while i < input.len() {
             match &mut self.state {
                 State::Size {
@@ -206,6 +208,7 @@ impl Chunked {
                     } else {
                         let d = (b as char).to_digit(16).ok_or(ChunkedError::BadSize)? as u64;
                         *digits += 1;
+                        // At most 15 digits: the size stays under 2^60, and cannot overflow.
                         if *digits > 15 {
                             return Err(ChunkedError::BadSize);
                         }
@@ -213,6 +216,7 @@ impl Chunked {
                     }
                 }
                 State::Data(left) => {
+                    // `n` is at most what is left of both the chunk and the input.
                     let n = (*left).min((input.len() - i) as u64) as usize;
                     *left -= n as u64;
                     if *left == 0 {
@@ -418,6 +422,213 @@ mod tests {
                 want,
                 "{status} {headers:?}"
             );
+        }
+    }
+
+    use proptest::prelude::*;
+
+    /// Feed `input` in pieces of the given sizes (cycled), as reads would deliver it. Checks
+    /// every step's offsets and progress; returns the body, whether it ended, and the input
+    /// it used.
+    fn feed(input: &[u8], pieces: &[usize]) -> Result<(Vec<u8>, bool, usize), ChunkedError> {
+        let mut d = Chunked::new();
+        let mut out = Vec::new();
+        let mut pos = 0;
+        let mut sizes = pieces.iter().copied().cycle();
+        let mut end = 0;
+        // Each round consumes a byte or ends, so this is bounded by the input length.
+        for _ in 0..=2 * input.len() + 2 {
+            if pos == end {
+                if end == input.len() {
+                    return Ok((out, false, pos));
+                }
+                end = (end + sizes.next().unwrap_or(1).max(1)).min(input.len());
+            }
+            let piece = &input[pos..end];
+            match d.step(piece)? {
+                Step::Data {
+                    start,
+                    end: e,
+                    consumed,
+                } => {
+                    assert!(start < e && e <= consumed && consumed <= piece.len());
+                    out.extend_from_slice(&piece[start..e]);
+                    pos += consumed;
+                }
+                Step::Consumed(n) => {
+                    assert!(n <= piece.len());
+                    assert!(n > 0 || piece.is_empty(), "no progress");
+                    pos += n;
+                }
+                Step::Done(n) => {
+                    assert!(n <= piece.len());
+                    return Ok((out, true, pos + n));
+                }
+            }
+        }
+        panic!("no progress");
+    }
+
+    /// A valid chunked encoding of `data` cut at `cuts`, in the spellings the grammar
+    /// allows: hex of either case with leading zeros, extensions, trailers.
+    fn encode(
+        data: &[u8],
+        cuts: &[usize],
+        style: &[(bool, usize, u8)],
+        trailers: &[String],
+    ) -> Vec<u8> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+        cuts.push(0);
+        cuts.push(data.len());
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut out = Vec::new();
+        let mut styles = style.iter().copied().cycle();
+        let mut size_line = |out: &mut Vec<u8>, n: usize| {
+            let (upper, zeros, ext) = styles.next().unwrap_or((false, 0, 0));
+            let hex = if upper {
+                format!("{n:X}")
+            } else {
+                format!("{n:x}")
+            };
+            out.extend(std::iter::repeat_n(b'0', zeros.min(15 - hex.len())));
+            out.extend_from_slice(hex.as_bytes());
+            out.extend_from_slice(match ext % 4 {
+                0 => &b""[..],
+                1 => b";a=b",
+                2 => b" ;name=\"q;\\\"\"",
+                _ => b"\t;x",
+            });
+            out.extend_from_slice(b"\r\n");
+        };
+        for w in cuts.windows(2) {
+            size_line(&mut out, w[1] - w[0]);
+            out.extend_from_slice(&data[w[0]..w[1]]);
+            out.extend_from_slice(b"\r\n");
+        }
+        size_line(&mut out, 0);
+        for t in trailers {
+            out.extend_from_slice(t.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    fn header() -> impl Strategy<Value = (String, String)> {
+        (
+            prop::sample::select(vec![
+                "Content-Length",
+                "content-length",
+                "Transfer-Encoding",
+                "transfer-encoding",
+                "X-Other",
+            ]),
+            prop_oneof![
+                "[0-9]{1,3}",
+                Just("18446744073709551616".to_string()),
+                "(chunked|identity|gzip|CHUNKED|,| ){0,4}",
+                ".{0,8}",
+            ],
+        )
+            .prop_map(|(n, v)| (n.to_string(), v))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Any valid encoding, in any read sizes, decodes to exactly its data and stops at
+        /// its end (what follows is the next response's).
+        #[test]
+        fn prop_chunked_roundtrip(
+            data in prop::collection::vec(any::<u8>(), 0..1024),
+            cuts in prop::collection::vec(any::<usize>(), 0..12),
+            style in prop::collection::vec((any::<bool>(), 0usize..16, any::<u8>()), 1..4),
+            trailers in prop::collection::vec("[A-Za-z-]{1,8}: [ -~]{0,8}", 0..3),
+            pieces in prop::collection::vec(1usize..64, 1..8),
+        ) {
+            let encoded = encode(&data, &cuts, &style, &trailers);
+            let mut input = encoded.clone();
+            input.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            let (out, done, used) = feed(&input, &pieces).expect("valid encoding");
+            prop_assert!(done);
+            prop_assert_eq!(used, encoded.len());
+            prop_assert_eq!(out, data);
+        }
+
+        /// Any bytes, or a valid encoding with a byte changed, inserted or cut: no panic,
+        /// every step's offsets within its input, and never more body than input.
+        #[test]
+        fn prop_chunked_never_panics(
+            input in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..256),
+                (
+                    prop::collection::vec(any::<u8>(), 0..64),
+                    prop::collection::vec(any::<usize>(), 0..4),
+                    any::<prop::sample::Index>(),
+                    prop::sample::select(b"0123456789abcdefABCDEFgG;\r\n \t\x00\xff".to_vec()),
+                    0u8..3,
+                )
+                    .prop_map(|(data, cuts, at, b, how)| {
+                        let mut e = encode(&data, &cuts, &[(false, 0, 0)], &[]);
+                        let at = at.index(e.len());
+                        match how {
+                            0 => e[at] = b,
+                            1 => e.insert(at, b),
+                            _ => e.truncate(at),
+                        }
+                        e
+                    }),
+            ],
+            pieces in prop::collection::vec(1usize..64, 1..8),
+        ) {
+            if let Ok((out, _, used)) = feed(&input, &pieces) {
+                prop_assert!(out.len() <= used && used <= input.len());
+            }
+        }
+
+        /// Framing never panics; whatever framing is chosen, no header disagrees with it.
+        #[test]
+        fn prop_framing_unambiguous(
+            status in prop_oneof![Just(200u16), Just(204), Just(304), 100u16..600],
+            head_request in any::<bool>(),
+            headers in prop::collection::vec(header(), 0..5),
+        ) {
+            let hs: Vec<httparse::Header> = headers
+                .iter()
+                .map(|(n, v)| httparse::Header { name: n, value: v.as_bytes() })
+                .collect();
+            let lengths: Vec<Option<u64>> = headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| parse_content_length(v.trim().as_bytes()))
+                .collect();
+            let codings: Vec<String> = headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
+                .flat_map(|(_, v)| v.split(',').map(|c| c.trim().to_ascii_lowercase()))
+                .filter(|c| !c.is_empty())
+                .collect();
+            match response_framing(status, head_request, &hs) {
+                Ok(Framing::Empty) => prop_assert!(
+                    head_request || (100..200).contains(&status) || status == 204 || status == 304
+                ),
+                Ok(Framing::Length(l)) => {
+                    prop_assert!(codings.is_empty());
+                    prop_assert!(!lengths.is_empty() && lengths.iter().all(|x| *x == Some(l)));
+                }
+                Ok(Framing::Chunked) => {
+                    prop_assert!(lengths.is_empty());
+                    prop_assert_eq!(codings.last().map(String::as_str), Some("chunked"));
+                    prop_assert!(codings.iter().all(|c| c == "chunked" || c == "identity"));
+                    prop_assert_eq!(codings.iter().filter(|c| *c == "chunked").count(), 1);
+                }
+                Ok(Framing::Close) => {
+                    prop_assert!(lengths.is_empty());
+                    prop_assert!(codings.iter().all(|c| c == "identity"));
+                }
+                Err(_) => {}
+            }
         }
     }
 }

@@ -220,7 +220,10 @@ impl<'a> Exchange<'a> {
 
     pub async fn send_error(&mut self, e: &Error) -> std::io::Result<()> {
         let status = e.kind.status();
-        if matches!(e.kind, Kind::BadRequest | Kind::HeadTooLarge) {
+        if matches!(
+            e.kind,
+            Kind::BadRequest | Kind::HeadTooLarge | Kind::UriTooLong
+        ) {
             self.keep_alive = false;
         }
         let body = e.body().into_bytes();
@@ -623,6 +626,7 @@ pub fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        414 => "URI Too Long",
         416 => "Range Not Satisfiable",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",

@@ -7,7 +7,9 @@
 //! - Content-Length and Transfer-Encoding together are refused (§6.3 ¶3);
 //! - a duplicate or malformed Content-Length is refused (§6.3 ¶5);
 //! - HTTP/1.1 requires exactly one Host (RFC 9112 §3.2);
-//! - GET and HEAD carry no body here (a read-only registry never needs one).
+//! - GET and HEAD carry no body here (a read-only registry never needs one);
+//! - a request line past its limit is 414 URI Too Long; a header line, the header count or the
+//!   whole head past its limit is 431 (RFC 6585 §5).
 //!
 //! Every rule breach is an error after which the connection is closed.
 
@@ -22,20 +24,25 @@ pub struct Span {
 }
 
 impl Span {
+    /// The bytes of the span; empty if `buf` is not (or no longer) the buffer it came from.
     pub fn of<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
-        &buf[self.start as usize..self.end as usize]
+        buf.get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
     }
 
-    /// The span as text; request heads are ASCII after httparse's token checks.
+    /// The span as text, or `""` if it is not UTF-8 (httparse lets bytes past ASCII through
+    /// in the target and in header values).
     pub fn str<'a>(&self, buf: &'a [u8]) -> &'a str {
         std::str::from_utf8(self.of(buf)).unwrap_or("")
     }
 
+    /// `s` is a subslice of `buf` (httparse returns slices of its input), and `buf` is at most
+    /// `u32::MAX` bytes ([`parse_request`] refuses longer): the offsets fit.
     fn within(buf: &[u8], s: &[u8]) -> Span {
-        let start = s.as_ptr() as usize - buf.as_ptr() as usize;
+        let start = (s.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize);
         Span {
             start: start as u32,
-            end: (start + s.len()) as u32,
+            end: start.saturating_add(s.len()) as u32,
         }
     }
 }
@@ -80,7 +87,8 @@ impl Head {
     }
 
     pub fn accepts<'a>(&'a self, buf: &'a [u8]) -> impl Iterator<Item = &'a str> + 'a {
-        self.accept[..self.accept_count]
+        // `accept_count` never passes ACCEPT_MAX (the parser stops counting there).
+        self.accept[..self.accept_count.min(ACCEPT_MAX)]
             .iter()
             .map(move |s| s.str(buf))
     }
@@ -101,6 +109,26 @@ pub fn parse_request<'b>(
 ) -> Result<Parsed, Error> {
     let bad = |context| Error::client(Kind::BadRequest, context);
     let too_large = |context| Error::client(Kind::HeadTooLarge, context);
+    // The cap on the line starting at `line_start`, and the error past it: the request line
+    // can only grow by its target, so a long one is 414 URI Too Long (RFC 9110 §15.5.15); a
+    // long header line is 431 (RFC 6585 §5).
+    let line_cap = |line_start: usize| {
+        if line_start == 0 {
+            (
+                limits.request_line_bytes_max,
+                Error::client(Kind::UriTooLong, "request line too long"),
+            )
+        } else {
+            (
+                limits.header_line_bytes_max,
+                too_large("header line too long"),
+            )
+        }
+    };
+    // Spans are u32 offsets: a head past 4 GiB is too large whatever the configured limit.
+    if buf.len() > u32::MAX as usize {
+        return Err(too_large("request head too large"));
+    }
     // One pass over the line structure: bare LF, line lengths, head length.
     let mut line_start = 0;
     let mut head_end = None;
@@ -108,21 +136,15 @@ pub fn parse_request<'b>(
         if b != b'\n' {
             continue;
         }
+        // `i - 1` is in bounds: `i > 0` is checked first.
         if i == 0 || buf[i - 1] != b'\r' {
             return Err(bad("bare LF in request head"));
         }
+        // `line_start` is at most `i`: it is one past an earlier LF.
         let line_len = i + 1 - line_start;
-        let cap = if line_start == 0 {
-            limits.request_line_bytes_max
-        } else {
-            limits.header_line_bytes_max
-        };
-        if line_len > cap + 2 {
-            return Err(too_large(if line_start == 0 {
-                "request line too long"
-            } else {
-                "header line too long"
-            }));
+        let (cap, past) = line_cap(line_start);
+        if line_len > cap.saturating_add(2) {
+            return Err(past);
         }
         if line_len == 2 && line_start > 0 {
             head_end = Some(i + 1);
@@ -135,18 +157,11 @@ pub fn parse_request<'b>(
             return Err(too_large("request head too large"))
         }
         None => {
+            // `line_start` is at most `buf.len()`: it is one past a byte of `buf`.
             let pending = buf.len() - line_start;
-            let cap = if line_start == 0 {
-                limits.request_line_bytes_max
-            } else {
-                limits.header_line_bytes_max
-            };
-            if pending > cap + 1 {
-                return Err(too_large(if line_start == 0 {
-                    "request line too long"
-                } else {
-                    "header line too long"
-                }));
+            let (cap, past) = line_cap(line_start);
+            if pending > cap.saturating_add(1) {
+                return Err(past);
             }
             if buf.len() >= limits.head_bytes_max {
                 return Err(too_large("request head too large"));
@@ -300,17 +315,20 @@ pub fn resolve_range(spec: Option<RangeSpec>, size: u64) -> RangeResult {
     let Some(spec) = spec else {
         return RangeResult::Full;
     };
+    // No range of an empty body is satisfiable (RFC 9110 §14.1.1).
+    let Some(last_byte) = size.checked_sub(1) else {
+        return RangeResult::Unsatisfiable;
+    };
     match spec {
-        RangeSpec::From { first, .. } if first >= size => RangeResult::Unsatisfiable,
-        RangeSpec::From { first, last } => {
-            let end = last.map_or(size - 1, |l| l.min(size - 1));
-            RangeResult::Partial { start: first, end }
-        }
+        RangeSpec::From { first, .. } if first > last_byte => RangeResult::Unsatisfiable,
+        RangeSpec::From { first, last } => RangeResult::Partial {
+            start: first,
+            end: last.map_or(last_byte, |l| l.min(last_byte)),
+        },
         RangeSpec::Suffix(0) => RangeResult::Unsatisfiable,
-        RangeSpec::Suffix(_) if size == 0 => RangeResult::Unsatisfiable,
         RangeSpec::Suffix(n) => RangeResult::Partial {
             start: size.saturating_sub(n),
-            end: size - 1,
+            end: last_byte,
         },
     }
 }
@@ -367,7 +385,7 @@ mod tests {
             ("GET  /v2/ HTTP/1.1\r\nHost: a\r\n\r\n", Err(BadRequest)),
             ("GET /v2/ HTTP/1.1\r\nHost : a\r\n\r\n", Err(BadRequest)),
             (&big_header, Err(HeadTooLarge)),
-            (&big_line, Err(HeadTooLarge)),
+            (&big_line, Err(UriTooLong)),
             (&many, Err(HeadTooLarge)),
             (&huge_head, Err(HeadTooLarge)),
         ];
@@ -391,6 +409,8 @@ mod tests {
         }
         // A partial head already over a limit is refused without waiting for more.
         let long = format!("GET /{}", "a".repeat(9000));
+        assert_eq!(parse(&long), Err(Kind::UriTooLong));
+        let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(9000));
         assert_eq!(parse(&long), Err(Kind::HeadTooLarge));
     }
 
@@ -450,5 +470,273 @@ mod tests {
             );
         }
         assert_eq!(resolve_range(None, 10), Full);
+    }
+
+    use proptest::prelude::*;
+
+    /// Heads to start from: valid, with and without bodies, pipelined.
+    const HEADS: &[&str] = &[
+        "GET /v2/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        "HEAD /v2/a/manifests/latest HTTP/1.1\r\nHost: a\r\nAccept: x/y\r\nRange: bytes=0-1\r\n\r\n",
+        "GET /v2/ HTTP/1.0\r\n\r\n",
+        "PUT /v2/a/blobs/uploads/ HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n",
+        "POST /v2/a/blobs/uploads/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "GET /v2/ HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        "\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    ];
+
+    /// Header lines that bear on framing, in spellings smugglers use.
+    const LINES: &[&str] = &[
+        "Content-Length: 0",
+        "Content-Length: 5",
+        "content-length: 5",
+        "Content-Length:  5 ",
+        "Content-Length: 05",
+        "Content-Length: 5, 5",
+        "Content-Length: +5",
+        "Content-Length: 18446744073709551616",
+        "Content-Length : 5",
+        "Content-Length\t: 5",
+        " Content-Length: 5",
+        "\tContent-Length: 5",
+        "Transfer-Encoding: chunked",
+        "transfer-encoding: identity",
+        "Transfer-Encoding:",
+        "Transfer-Encoding : chunked",
+        " Transfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\rX: y",
+        "Host: b",
+        "host:b",
+        " Host: b",
+        "Connection: close",
+        "Range: bytes=0-",
+        "Range: bytes=1-2",
+        "Accept: */*",
+        "X: \u{e9}",
+        "X:",
+        ":",
+        "",
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Line(usize, prop::sample::Index),
+        Byte(u8, prop::sample::Index),
+        Delete(prop::sample::Index),
+        Replace(u8, prop::sample::Index),
+        Repeat(prop::sample::Index, prop::sample::Index),
+        Cut(prop::sample::Index),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        use prop::sample::Index;
+        let byte = prop_oneof![
+            prop::sample::select(b"\r\n :\t,\x00\x7f\x80\xff0A".to_vec()),
+            any::<u8>()
+        ];
+        prop_oneof![
+            6 => (0..LINES.len(), any::<Index>()).prop_map(|(l, at)| Edit::Line(l, at)),
+            2 => (byte.clone(), any::<Index>()).prop_map(|(b, at)| Edit::Byte(b, at)),
+            1 => any::<Index>().prop_map(Edit::Delete),
+            2 => (byte, any::<Index>()).prop_map(|(b, at)| Edit::Replace(b, at)),
+            1 => (any::<Index>(), any::<Index>()).prop_map(|(a, b)| Edit::Repeat(a, b)),
+            1 => any::<Index>().prop_map(Edit::Cut),
+        ]
+    }
+
+    /// Line starts of `buf`: 0, then just past each LF.
+    fn line_starts(buf: &[u8]) -> Vec<usize> {
+        let after_lf = buf.iter().enumerate().filter(|(_, b)| **b == b'\n');
+        std::iter::once(0)
+            .chain(after_lf.map(|(i, _)| i + 1))
+            .collect()
+    }
+
+    fn apply(mut buf: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+        for e in edits {
+            match e {
+                Edit::Line(l, at) => {
+                    // A whole header line, inserted at a line start after the request line
+                    // and before the last (the end of a whole head).
+                    let starts = line_starts(&buf);
+                    let at = match starts.len() {
+                        0 | 1 => buf.len(),
+                        2 => starts[1],
+                        n => starts[1 + at.index(n - 2)],
+                    };
+                    let line = format!("{}\r\n", LINES[*l]);
+                    buf.splice(at..at, line.bytes());
+                }
+                Edit::Byte(b, at) => {
+                    let at = at.index(buf.len() + 1);
+                    buf.insert(at, *b);
+                }
+                Edit::Delete(at) if !buf.is_empty() => {
+                    let at = at.index(buf.len());
+                    buf.remove(at);
+                }
+                Edit::Replace(b, at) if !buf.is_empty() => {
+                    let at = at.index(buf.len());
+                    buf[at] = *b;
+                }
+                Edit::Repeat(a, b) if !buf.is_empty() => {
+                    let (a, b) = (a.index(buf.len()), b.index(buf.len()));
+                    let piece = buf[a.min(b)..a.max(b)].to_vec();
+                    buf.splice(a.max(b)..a.max(b), piece);
+                }
+                Edit::Cut(at) => buf.truncate(at.index(buf.len() + 1)),
+                _ => {}
+            }
+        }
+        buf
+    }
+
+    fn head_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            1 => prop::collection::vec(any::<u8>(), 0..128),
+            4 => (
+                prop::sample::select(HEADS),
+                prop::collection::vec(edit(), 0..5)
+            )
+                .prop_map(|(h, edits)| apply(h.as_bytes().to_vec(), &edits)),
+        ]
+    }
+
+    fn limits() -> impl Strategy<Value = Limits> {
+        prop_oneof![
+            Just(Limits::default()),
+            Just(Limits {
+                request_line_bytes_max: 40,
+                header_line_bytes_max: 30,
+                head_bytes_max: 160,
+                headers_max: 4,
+                ..Limits::default()
+            }),
+        ]
+    }
+
+    /// Framing as an independent, liberal reader sees it in an accepted head: header names
+    /// trimmed, so a name httparse reads differently still counts.
+    struct Seen {
+        content_lengths: Vec<Option<u64>>,
+        transfer_encodings: usize,
+        hosts: usize,
+        longest_header_line: usize,
+        request_line: usize,
+    }
+
+    fn seen(head: &[u8]) -> Seen {
+        let mut s = Seen {
+            content_lengths: Vec::new(),
+            transfer_encodings: 0,
+            hosts: 0,
+            longest_header_line: 0,
+            request_line: 0,
+        };
+        let mut lines = head.split(|b| *b == b'\n').skip_while(|l| *l == b"\r");
+        s.request_line = lines.next().map_or(0, |l| l.len() + 1);
+        for line in lines {
+            s.longest_header_line = s.longest_header_line.max(line.len() + 1);
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            let name = line[..colon].trim_ascii();
+            let value = line[colon + 1..].trim_ascii();
+            if name.eq_ignore_ascii_case(b"content-length") {
+                s.content_lengths.push(parse_content_length(value));
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                s.transfer_encodings += 1;
+            } else if name.eq_ignore_ascii_case(b"host") {
+                s.hosts += 1;
+            }
+        }
+        s
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Never panics; an accepted head stays within the limits, and its body length is
+        /// the one any reader would see: at most one Content-Length, never with
+        /// Transfer-Encoding, none on GET or HEAD.
+        #[test]
+        fn prop_head_framing_is_unambiguous(buf in head_bytes(), limits in limits()) {
+            let mut slots = vec![std::mem::MaybeUninit::uninit(); limits.headers_max];
+            let got = parse_request(&buf, &limits, &mut slots);
+            match got {
+                Ok(Parsed::Complete(h)) => {
+                    prop_assert!(h.len <= buf.len() && h.len <= limits.head_bytes_max);
+                    let head = &buf[..h.len];
+                    prop_assert!(head.ends_with(b"\r\n\r\n"));
+                    prop_assert!(head
+                        .iter()
+                        .enumerate()
+                        .all(|(i, b)| *b != b'\n' || (i > 0 && head[i - 1] == b'\r')));
+                    for span in [h.method, h.target].iter().chain(&h.accept[..h.accept_count])
+                        .chain(h.range.iter())
+                    {
+                        prop_assert!(span.start <= span.end && span.end as usize <= h.len);
+                    }
+                    prop_assert!(h.target.str(&buf).starts_with('/'));
+                    let s = seen(head);
+                    prop_assert!(s.request_line <= limits.request_line_bytes_max + 2);
+                    prop_assert!(s.longest_header_line <= limits.header_line_bytes_max + 2);
+                    prop_assert!(s.content_lengths.len() <= 1, "{:?}", s.content_lengths);
+                    prop_assert!(s.content_lengths.is_empty() || s.transfer_encodings == 0);
+                    prop_assert!(s.content_lengths.iter().all(Option::is_some));
+                    let declared = s.transfer_encodings > 0
+                        || s.content_lengths.iter().any(|l| *l > Some(0));
+                    prop_assert_eq!(h.has_body, declared);
+                    let method = h.method.str(&buf);
+                    prop_assert!(!(h.has_body && (method == "GET" || method == "HEAD")));
+                    prop_assert!(s.hosts <= 1);
+                    prop_assert!(h.minor_version == 0 || s.hosts == 1);
+                }
+                Ok(Parsed::Partial) => prop_assert!(buf.len() < limits.head_bytes_max),
+                Err(e) if e.kind == Kind::UriTooLong => {
+                    let first = buf.split(|b| *b == b'\n').next().map_or(0, <[u8]>::len);
+                    prop_assert!(first > limits.request_line_bytes_max);
+                }
+                Err(e) => prop_assert!(matches!(e.kind, Kind::BadRequest | Kind::HeadTooLarge)),
+            }
+        }
+
+        /// Never panics; a partial answer lies within the body; the first byte asked for is
+        /// where it starts, and a suffix is as long as asked (or the whole body).
+        #[test]
+        fn prop_range_within_size(
+            value in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..32),
+                (
+                    prop::sample::select(vec!["bytes=", "Bytes=", " bytes= ", "bytes =", ""]),
+                    prop::option::of(prop_oneof![any::<u64>().prop_map(|n| n.to_string()), "[0-9]{1,3}", "[0-9 +-]{1,22}"]),
+                    prop::sample::select(vec!["-", "--", ",", "-0,", ""]),
+                    prop::option::of(prop_oneof![any::<u64>().prop_map(|n| n.to_string()), "[0-9]{1,3}", "[0-9 +-]{1,22}"]),
+                )
+                    .prop_map(|(unit, a, dash, b)| {
+                        format!("{unit}{}{dash}{}", a.unwrap_or_default(), b.unwrap_or_default())
+                            .into_bytes()
+                    }),
+            ],
+            size in prop_oneof![Just(0u64), 1u64..2000, any::<u64>(), Just(u64::MAX)],
+        ) {
+            let spec = parse_range(&value);
+            match (spec, resolve_range(spec, size)) {
+                (_, RangeResult::Partial { start, end }) => {
+                    prop_assert!(start <= end && end < size, "{start} {end} {size}");
+                    match spec {
+                        Some(RangeSpec::From { first, last }) => {
+                            prop_assert_eq!(start, first);
+                            prop_assert_eq!(end, last.unwrap_or(u64::MAX).min(size - 1));
+                        }
+                        Some(RangeSpec::Suffix(n)) => prop_assert_eq!(end - start + 1, n.min(size)),
+                        None => prop_assert!(false, "a partial answer from no range"),
+                    }
+                }
+                (None, r) => prop_assert_eq!(r, RangeResult::Full),
+                (Some(_), RangeResult::Full) => prop_assert!(false, "a parsed range ignored"),
+                (Some(_), RangeResult::Unsatisfiable) => {}
+            }
+        }
     }
 }

@@ -5,8 +5,10 @@
 //! changed since the last one and fsyncs once, so its cost follows the changes, not the store.
 //! When the journal grows past a few times the live state, it is compacted into
 //! `snapshot.jsonl` (written to a temp file, fsynced, renamed, directory fsynced) and emptied.
-//! Loading reads the snapshot, then the journal; a torn last line (a crash mid-append) is
-//! ignored. Files are the truth: records for content that is not on disk are dropped.
+//! Loading reads the snapshot, then the journal; a line that cannot be read as a record (torn
+//! by a crash mid-append, even inside a multi-byte character; written by a newer version) is
+//! skipped wherever it is. Files are the truth: records for content that is not on disk are
+//! dropped.
 //!
 //! Times are wall-clock seconds here, and only here. Ages are measured at save time
 //! (`saved_at − last access`), so neither downtime nor a wall-clock jump while stopped can
@@ -188,16 +190,25 @@ fn read_lines(path: &Path, into: &mut Loaded) -> std::io::Result<usize> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
     };
+    read_records(std::io::BufReader::new(file), into)
+}
+
+/// Apply every record in `lines` (JSON lines) and count them. Lines are read as bytes: a torn,
+/// non-UTF-8 or unknown line (crash mid-append, newer version) is skipped, not fatal; only an
+/// I/O error stops the load.
+fn read_records(mut lines: impl BufRead, into: &mut Loaded) -> std::io::Result<usize> {
+    let mut line = Vec::new();
     let mut n = 0;
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line?;
-        // A torn or unknown line (crash mid-append, newer version) is skipped, not fatal.
-        if let Ok(r) = serde_json::from_str::<Record>(&line) {
+    loop {
+        line.clear();
+        if lines.read_until(b'\n', &mut line)? == 0 {
+            return Ok(n);
+        }
+        if let Ok(r) = serde_json::from_slice::<Record>(&line) {
             into.apply(r);
             n += 1;
         }
     }
-    Ok(n)
 }
 
 impl Journal {
@@ -342,11 +353,142 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[test]
+    fn unreadable_lines_are_skipped_anywhere() {
+        let dir = tempfile_dir();
+        let d1 = Digest::of(b"1");
+        let d2 = Digest::of(b"2");
+        let commit = |d: &Digest, a: u64| {
+            let mut l = serde_json::to_vec(&Record::Commit {
+                d: d.hex(),
+                s: 1,
+                m: None,
+                a,
+            })
+            .unwrap();
+            l.push(b'\n');
+            l
+        };
+        let mut journal = commit(&d1, 100);
+        // Torn in the middle of a multi-byte character, then a later line.
+        journal.extend_from_slice(b"{\"k\":\"t\",\"n\":\"caf\xc3\n");
+        journal.extend_from_slice(b"\xff\xfe garbage \x80\n");
+        journal.extend_from_slice(b"{\"k\":\"s\",\"t\":7}\n");
+        journal.extend_from_slice(b"not json\n");
+        journal.extend(commit(&d2, 200));
+        // A torn last line, cut inside a character.
+        journal.extend_from_slice(b"{\"k\":\"l\",\"r\":\"\xe2\x82");
+        std::fs::write(dir.join(JOURNAL), &journal).unwrap();
+        let (j, loaded) = Journal::open(&dir).unwrap();
+        assert_eq!(loaded.entries.len(), 2);
+        assert_eq!(loaded.entries[&d1].last_access, 100);
+        assert_eq!(loaded.entries[&d2].last_access, 200);
+        assert_eq!(loaded.saved_at, Some(7));
+        assert_eq!(j.lines(), 3, "readable records counted");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     fn tempfile_dir() -> PathBuf {
         let mut name = [0u8; 8];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut name).unwrap();
         let d = std::env::temp_dir().join(format!("ringcache-state-{}", crate::digest::hex(&name)));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    use proptest::prelude::*;
+
+    fn record() -> impl Strategy<Value = Record> {
+        // A few digests (and a malformed one) so records meet each other.
+        let d = prop::sample::select(vec![
+            Digest::of(b"1").hex(),
+            Digest::of(b"2").hex(),
+            Digest::of(b"3").hex(),
+            "zz".to_string(),
+        ]);
+        let text = ".{0,6}";
+        prop_oneof![
+            (
+                d.clone(),
+                any::<u64>(),
+                prop::option::of(text),
+                any::<u64>()
+            )
+                .prop_map(|(d, s, m, a)| Record::Commit { d, s, m, a }),
+            (d.clone(), text).prop_map(|(d, r)| Record::Link { d, r }),
+            (d.clone(), any::<u64>()).prop_map(|(d, a)| Record::Access { d, a }),
+            d.clone().prop_map(|d| Record::Remove { d }),
+            (text, text, d, text).prop_map(|(n, t, d, m)| Record::Tag { n, t, d, m }),
+            (text, text).prop_map(|(n, t)| Record::Untag { n, t }),
+            any::<u64>().prop_map(|t| Record::Saved { t }),
+        ]
+    }
+
+    /// A line that is never a record: a strict prefix of one (an object left open, possibly cut
+    /// inside a character), or bytes that are not UTF-8.
+    fn unreadable() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            (record(), any::<prop::sample::Index>()).prop_map(|(r, at)| {
+                let mut l = serde_json::to_vec(&r).unwrap();
+                l.truncate(at.index(l.len()));
+                l
+            }),
+            (
+                prop::collection::vec(any::<u8>().prop_filter("one line", |b| *b != b'\n'), 0..32),
+                any::<prop::sample::Index>(),
+                // Bytes that never occur in UTF-8.
+                prop::sample::select(vec![0xc0u8, 0xc1, 0xf5, 0xfe, 0xff]),
+            )
+                .prop_map(|(mut l, at, bad)| {
+                    l.insert(at.index(l.len() + 1), bad);
+                    l
+                }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes never fail a load.
+        #[test]
+        fn prop_journal_never_fails(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let mut into = Loaded::default();
+            prop_assert!(read_records(&bytes[..], &mut into).is_ok());
+        }
+
+        /// Unreadable lines anywhere (last one possibly unterminated) change nothing: the load
+        /// equals one of the readable records alone.
+        #[test]
+        fn prop_journal_skips_unreadable_lines(
+            lines in prop::collection::vec(
+                prop_oneof![
+                    3 => record().prop_map(Ok),
+                    1 => unreadable().prop_map(Err),
+                ],
+                0..24,
+            ),
+            torn_end in unreadable(),
+        ) {
+            let mut bytes = Vec::new();
+            let mut want = Loaded::default();
+            let mut good = 0;
+            for l in lines {
+                match l {
+                    Ok(r) => {
+                        serde_json::to_writer(&mut bytes, &r).unwrap();
+                        want.apply(r);
+                        good += 1;
+                    }
+                    Err(garbage) => bytes.extend_from_slice(&garbage),
+                }
+                bytes.push(b'\n');
+            }
+            bytes.extend_from_slice(&torn_end);
+            let mut got = Loaded::default();
+            prop_assert_eq!(read_records(&bytes[..], &mut got).ok(), Some(good));
+            prop_assert_eq!(got.entries, want.entries);
+            prop_assert_eq!(got.tags, want.tags);
+            prop_assert_eq!(got.saved_at, want.saved_at);
+        }
     }
 }

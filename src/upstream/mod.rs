@@ -307,14 +307,12 @@ impl Upstream {
         let t: auth::TokenResponse = serde_json::from_slice(&body).map_err(|e| {
             Error::upstream(Kind::Unavailable, "token endpoint sent invalid JSON").with_cause(e)
         })?;
+        let ttl = t.ttl();
         let token = t
             .token
             .or(t.access_token)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Error::upstream(Kind::Unavailable, "token endpoint sent no token"))?;
-        let ttl = t
-            .expires_in
-            .map_or(limits::TOKEN_DEFAULT_TTL, Duration::from_secs);
         Ok((token, ttl))
     }
 }
