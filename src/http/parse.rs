@@ -112,8 +112,8 @@ pub fn parse_request<'b>(
     // The cap on the line starting at `line_start`, and the error past it: the request line
     // can only grow by its target, so a long one is 414 URI Too Long (RFC 9110 §15.5.15); a
     // long header line is 431 (RFC 6585 §5).
-    let line_cap = |line_start: usize| {
-        if line_start == 0 {
+    let line_cap = |is_request_line: bool| {
+        if is_request_line {
             (
                 limits.request_line_bytes_max,
                 Error::client(Kind::UriTooLong, "request line too long"),
@@ -129,9 +129,15 @@ pub fn parse_request<'b>(
     if buf.len() > u32::MAX as usize {
         return Err(too_large("request head too large"));
     }
-    // One pass over the line structure: bare LF, line lengths, head length.
+    // One pass over the line structure: bare LF, line lengths, head length. Empty lines before
+    // the request line are skipped, as httparse skips them (RFC 9112 §2.2): the head ends at
+    // the first empty line after it, and the request line is the first line that is not empty.
     let mut line_start = 0;
+    let mut request_line = None;
     let mut head_end = None;
+    let line_cap = |line_start: usize, request_line: Option<usize>| {
+        line_cap(request_line.is_none_or(|r| r == line_start))
+    };
     for (i, &b) in buf.iter().enumerate() {
         if b != b'\n' {
             continue;
@@ -142,24 +148,28 @@ pub fn parse_request<'b>(
         }
         // `line_start` is at most `i`: it is one past an earlier LF.
         let line_len = i + 1 - line_start;
-        let (cap, past) = line_cap(line_start);
-        if line_len > cap.saturating_add(2) {
-            return Err(past);
-        }
-        if line_len == 2 && line_start > 0 {
-            head_end = Some(i + 1);
-            break;
+        if line_len == 2 {
+            if request_line.is_some() {
+                head_end = Some(i + 1);
+                break;
+            }
+        } else {
+            request_line.get_or_insert(line_start);
+            let (cap, past) = line_cap(line_start, request_line);
+            if line_len > cap.saturating_add(2) {
+                return Err(past);
+            }
         }
         line_start = i + 1;
     }
-    match head_end {
+    let head_end = match head_end {
         Some(end) if end > limits.head_bytes_max => {
             return Err(too_large("request head too large"))
         }
         None => {
             // `line_start` is at most `buf.len()`: it is one past a byte of `buf`.
             let pending = buf.len() - line_start;
-            let (cap, past) = line_cap(line_start);
+            let (cap, past) = line_cap(line_start, request_line);
             if pending > cap.saturating_add(1) {
                 return Err(past);
             }
@@ -168,8 +178,8 @@ pub fn parse_request<'b>(
             }
             return Ok(Parsed::Partial);
         }
-        Some(_) => {}
-    }
+        Some(end) => end,
+    };
     // Uninitialised slots: initialising a large slot array on every request showed up in the
     // profile; httparse writes only the slots it uses.
     let mut req = httparse::Request::new(&mut []);
@@ -179,6 +189,11 @@ pub fn parse_request<'b>(
         Err(httparse::Error::TooManyHeaders) => return Err(too_large("too many headers")),
         Err(_) => return Err(bad("malformed request head")),
     };
+    // Pair assertion: httparse and the line scan above agree on where the head ends, so every
+    // byte of it was checked for bare LFs and line lengths.
+    if len != head_end {
+        return Err(bad("ambiguous request head"));
+    }
     let method = req.method.ok_or_else(|| bad("no method"))?;
     let target = req.path.ok_or_else(|| bad("no request target"))?;
     let minor_version = req.version.ok_or_else(|| bad("no version"))?;
@@ -371,6 +386,10 @@ mod tests {
             ("GET /v2/ HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", Ok(())),
             ("GET /v2/ HTTP/1.1\nHost: a\r\n\r\n", Err(BadRequest)),
             ("GET /v2/ HTTP/1.1\r\nHost: a\n\r\n", Err(BadRequest)),
+            // Leading empty lines are skipped; the head still ends at the first empty line
+            // after the request line, and a bare LF past them is still refused.
+            ("\r\n\r\nGET /v2/ HTTP/1.1\r\nHost: a\r\n\r\n", Ok(())),
+            ("\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\n", Err(BadRequest)),
             ("GET /v2/ HTTP/1.1\r\n\r\n", Err(BadRequest)),
             ("GET /v2/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Err(BadRequest)),
             ("GET /v2/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", Err(BadRequest)),
@@ -694,7 +713,12 @@ mod tests {
                 }
                 Ok(Parsed::Partial) => prop_assert!(buf.len() < limits.head_bytes_max),
                 Err(e) if e.kind == Kind::UriTooLong => {
-                    let first = buf.split(|b| *b == b'\n').next().map_or(0, <[u8]>::len);
+                    // The request line: the first line that is not empty (leading CRLFs are
+                    // skipped).
+                    let first = buf
+                        .split(|b| *b == b'\n')
+                        .find(|l| *l != b"\r")
+                        .map_or(0, <[u8]>::len);
                     prop_assert!(first > limits.request_line_bytes_max);
                 }
                 Err(e) => prop_assert!(matches!(e.kind, Kind::BadRequest | Kind::HeadTooLarge)),

@@ -418,8 +418,13 @@ mod tests {
             (d.clone(), text).prop_map(|(d, r)| Record::Link { d, r }),
             (d.clone(), any::<u64>()).prop_map(|(d, a)| Record::Access { d, a }),
             d.clone().prop_map(|d| Record::Remove { d }),
-            (text, text, d, text).prop_map(|(n, t, d, m)| Record::Tag { n, t, d, m }),
-            (text, text).prop_map(|(n, t)| Record::Untag { n, t }),
+            (text, text, d, text, prop::option::of(any::<u16>()))
+                .prop_map(|(n, t, d, m, q)| Record::Tag { n, t, d, m, q }),
+            (text, text, prop::option::of(any::<u16>())).prop_map(|(n, t, q)| Record::Untag {
+                n,
+                t,
+                q
+            }),
             any::<u64>().prop_map(|t| Record::Saved { t }),
         ]
     }
