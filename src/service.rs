@@ -167,10 +167,10 @@ pub fn abort_on_panic() {
             .unwrap_or("(not a string)");
         let location = info.location().map(|l| l.to_string()).unwrap_or_default();
         let backtrace = std::backtrace::Backtrace::force_capture();
+        // Everything that matters on the first line (fields would follow the backtrace).
         tracing::error!(
-            thread = thread.name().unwrap_or("unnamed"),
-            %location,
-            "panic: {message}; aborting (the service manager restarts the process)\n{backtrace}"
+            "panic in thread {} at {location}: {message}; aborting (the service manager restarts the process)\n{backtrace}",
+            thread.name().unwrap_or("unnamed"),
         );
         std::process::abort();
     }));
