@@ -266,9 +266,14 @@ pub fn checks(shared: &Shared) -> Vec<(&'static str, String)> {
         ));
     }
     // Every worker's event loop answers (a stuck one stops beating; a dead one aborts the
-    // process: see service::abort_on_panic).
+    // process: see service::abort_on_panic). Draining, workers stop once they are done.
     let stale = shared.heartbeats.stale(WORKER_STALE_MS);
-    if !stale.is_empty() {
+    if shared.drain.is_draining() {
+        failing.push((
+            "draining",
+            "stopping: finishing in-flight requests and fills".to_string(),
+        ));
+    } else if !stale.is_empty() {
         let names: Vec<String> = stale
             .iter()
             .map(|(w, age)| format!("w{w} (last heartbeat {age} ms ago)"))

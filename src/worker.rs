@@ -527,8 +527,8 @@ fn give_back_memory(worker: &Worker) {
     let room_high = worker.head_room_high.get().max(room);
     let (closed, freed) = (high - open, room_high - room);
     let due = closed >= TRIM_AFTER_CLOSED || freed >= TRIM_AFTER_HEAD_ROOM;
-    let urgent = closed >= TRIM_AFTER_CLOSED * TRIM_AT_ONCE
-        || freed >= TRIM_AFTER_HEAD_ROOM * TRIM_AT_ONCE;
+    let urgent =
+        closed >= TRIM_AFTER_CLOSED * TRIM_AT_ONCE || freed >= TRIM_AFTER_HEAD_ROOM * TRIM_AT_ONCE;
     if !due || (falling && !urgent) {
         worker.connections_high.set(high);
         worker.head_room_high.set(room_high);

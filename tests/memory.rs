@@ -197,7 +197,9 @@ fn partial_heads_hold_a_bounded_total_and_give_it_back() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let grown = rss_kib(pid).saturating_sub(before);
-    let refused = rc.proc.count_log(&["bad request head", "long request heads"]);
+    let refused = rc
+        .proc
+        .count_log(&["bad request head", "long request heads"]);
     eprintln!(
         "{N} partial heads of {} bytes: RSS +{grown} KiB ({refused} refused)",
         partial.len()

@@ -46,7 +46,14 @@ fn a_fill_job_that_panics_takes_the_process_down() {
     let addr = rc.addr;
     let client = std::thread::spawn(move || {
         let mut s = http::connect(addr);
-        http::send(&mut s, addr, "GET", &format!("/v2/x/blobs/{digest}"), &[], b"");
+        http::send(
+            &mut s,
+            addr,
+            "GET",
+            &format!("/v2/x/blobs/{digest}"),
+            &[],
+            b"",
+        );
         // Cut short when the process goes.
         let _ = http::read_response(&mut std::io::BufReader::new(s), false);
     });

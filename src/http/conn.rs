@@ -331,8 +331,10 @@ pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::Sock
             room.give(buf);
             return;
         }
-        let (next, back) =
-            Box::pin(exchange(&worker, &mut sock, peer, policy, buf, &limits, &room)).await;
+        let (next, back) = Box::pin(exchange(
+            &worker, &mut sock, peer, policy, buf, &limits, &room,
+        ))
+        .await;
         buf = back;
         match next {
             Next::Keep => {}
