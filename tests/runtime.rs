@@ -72,6 +72,15 @@ fn health(dbg: std::net::SocketAddr) -> (u16, String) {
     (r.status, r.text())
 }
 
+/// `GET /debug/health`'s status, or `None` if the connection was reset or closed unanswered.
+fn health_or_refused(dbg: std::net::SocketAddr) -> Option<u16> {
+    let mut s = http::connect(dbg);
+    http::send(&mut s, dbg, "GET", "/debug/health", &[], b"");
+    http::read_response(&mut std::io::BufReader::new(s), false)
+        .ok()
+        .map(|r| r.status)
+}
+
 #[test]
 fn health_names_a_worker_whose_event_loop_stopped_answering() {
     support::require_failpoints();
@@ -153,6 +162,39 @@ fn a_slow_client_on_the_debug_listener_delays_no_probe_and_is_cut() {
         "cut before its head deadline"
     );
     assert_eq!(health(dbg).0, 200);
+
+    // A crowd of slow clients, as many as the listener serves at once: a probe past them is
+    // refused at once (a 503, or a reset if it raced the close), not queued behind them...
+    let crowd: Vec<TcpStream> = (0..32)
+        .map(|_| {
+            let mut s = TcpStream::connect(dbg).unwrap();
+            s.write_all(b"GET /debug/health HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    let mut probe = TcpStream::connect(dbg).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let _ = probe.write_all(b"GET /debug/health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = Vec::new();
+    match probe.read_to_end(&mut answer) {
+        Ok(_) => assert!(
+            answer.starts_with(b"HTTP/1.1 503"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        ),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // ... and once their deadline has cut them, probes are answered again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health_or_refused(dbg) != Some(200) {
+        assert!(Instant::now() < deadline, "the crowd was never cut");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(crowd);
 }
 
 #[test]
