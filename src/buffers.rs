@@ -4,6 +4,11 @@
 //! - A connection holds a head buffer only while a request head is arriving or pipelined bytes
 //!   wait; an idle connection (keep-alive, or not yet sent a byte) waits for readability
 //!   holding no buffer at all.
+//! - A head buffer starts at [`HEAD_FIRST_BYTES`] and grows only for a longer head, out of a
+//!   per-worker budget ([`HEAD_ROOM_BYTES_PER_WORKER`], claimed through a [`HeadRoom`]): past
+//!   it a connection that needs more room is refused (503), so clients that send most of a
+//!   head and stop hold 4 KiB each plus that budget in all, not `head_bytes_max` each. Only
+//!   first-size buffers are kept for reuse; grown ones are freed when given back.
 //! - A response streamed from a file (hit or follower) borrows one body buffer for its
 //!   duration. The first [`LARGE_PER_WORKER`] concurrent streams of a worker get
 //!   [`CHUNK_BYTES`] (fewest syscalls per byte: one client pulling a 1 GiB layer); streams past
@@ -14,7 +19,10 @@
 
 use std::cell::{Cell, RefCell};
 
-use crate::limits::CHUNK_BYTES;
+use crate::limits::{CHUNK_BYTES, HEAD_ROOM_BYTES_PER_WORKER};
+
+/// A head buffer's first size: the heads clients send are well under 4 KiB.
+pub const HEAD_FIRST_BYTES: usize = 4 * 1024;
 
 /// Concurrent streams per worker that get a large buffer.
 pub const LARGE_PER_WORKER: usize = 8;
@@ -29,6 +37,8 @@ pub struct Buffers {
     large: RefCell<Vec<Vec<u8>>>,
     small: RefCell<Vec<Vec<u8>>>,
     large_out: Cell<usize>,
+    /// Head-buffer bytes past [`HEAD_FIRST_BYTES`] claimed by this worker's connections.
+    head_room: Cell<usize>,
 }
 
 /// What a body borrow was (returned with [`Buffers::give_body`]).
@@ -52,12 +62,27 @@ impl Buffers {
         }
     }
 
+    /// Take a head buffer back: kept for reuse if it is of the first size (and the list has
+    /// room), freed if it grew.
     pub fn give_head(&self, mut v: Vec<u8>) {
         v.clear();
         let mut heads = self.heads.borrow_mut();
-        if v.capacity() > 0 && heads.len() < FREE_MAX {
+        if v.capacity() == HEAD_FIRST_BYTES && heads.len() < FREE_MAX {
             heads.push(v);
         }
+    }
+
+    /// A connection's claim on this worker's head budget (none yet).
+    pub fn head_room(&self) -> HeadRoom<'_> {
+        HeadRoom {
+            pool: self,
+            held: Cell::new(0),
+        }
+    }
+
+    /// Head-buffer bytes past the first size claimed now, by all of this worker's connections.
+    pub fn head_room_used(&self) -> usize {
+        self.head_room.get()
     }
 
     /// A body buffer for one streamed response.
@@ -101,6 +126,50 @@ impl Buffers {
     }
 }
 
+/// One connection's claim on its worker's head budget: the capacity of its head buffer past
+/// [`HEAD_FIRST_BYTES`]. Given back with the buffer ([`HeadRoom::give`]), and whole when the
+/// connection ends however it ends (a buffer lost to a cancelled read included): the claim is
+/// kept per connection, not per buffer, so it cannot leak.
+pub struct HeadRoom<'a> {
+    pool: &'a Buffers,
+    held: Cell<usize>,
+}
+
+impl HeadRoom<'_> {
+    /// Grow `buf` to a capacity of `cap` if the worker's budget has room for what that takes
+    /// past [`HEAD_FIRST_BYTES`]; `false` (and `buf` unchanged) if it has not.
+    pub fn grow(&self, buf: &mut Vec<u8>, cap: usize) -> bool {
+        let more = cap
+            .saturating_sub(HEAD_FIRST_BYTES)
+            .saturating_sub(self.held.get());
+        let used = self.pool.head_room.get();
+        if used + more > HEAD_ROOM_BYTES_PER_WORKER {
+            return false;
+        }
+        self.pool.head_room.set(used + more);
+        self.held.set(self.held.get() + more);
+        buf.reserve_exact(cap.saturating_sub(buf.len()));
+        true
+    }
+
+    /// Give the connection's head buffer back to the pool, and its claim with it.
+    pub fn give(&self, buf: Vec<u8>) {
+        self.pool.give_head(buf);
+        self.release();
+    }
+
+    fn release(&self) {
+        let held = self.held.replace(0);
+        self.pool.head_room.set(self.pool.head_room.get() - held);
+    }
+}
+
+impl Drop for HeadRoom<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,9 +203,43 @@ mod tests {
         assert_eq!(b.large.borrow().len(), LARGE_PER_WORKER - 2);
         b.give_body(lent, v);
         for _ in 0..FREE_MAX * 2 {
-            b.give_head(Vec::with_capacity(64));
+            b.give_head(Vec::with_capacity(HEAD_FIRST_BYTES));
         }
         assert_eq!(b.heads.borrow().len(), FREE_MAX);
         assert!(b.head(128).capacity() >= 128);
+    }
+
+    #[test]
+    fn head_room_is_a_budget_per_worker_given_back_with_the_buffer_or_the_connection() {
+        let b = Buffers::default();
+        let big = 32 * 1024;
+        let per = big - HEAD_FIRST_BYTES;
+        let n = HEAD_ROOM_BYTES_PER_WORKER / per;
+        let rooms: Vec<_> = (0..n).map(|_| b.head_room()).collect();
+        let mut bufs = Vec::new();
+        for r in &rooms {
+            let mut v = b.head(HEAD_FIRST_BYTES);
+            // Growing in steps claims only the difference.
+            assert!(r.grow(&mut v, 2 * HEAD_FIRST_BYTES));
+            assert!(r.grow(&mut v, big));
+            assert!(v.capacity() >= big);
+            bufs.push(v);
+        }
+        assert_eq!(b.head_room_used(), n * per);
+        // Over budget: refused, unchanged; the first size needs no room.
+        let last = b.head_room();
+        let mut v = b.head(HEAD_FIRST_BYTES);
+        assert!(!last.grow(&mut v, big));
+        assert_eq!(v.capacity(), HEAD_FIRST_BYTES);
+        assert!(last.grow(&mut v, HEAD_FIRST_BYTES));
+        // Given back: a grown buffer is freed, not kept; the claim goes with it.
+        let kept = b.heads.borrow().len();
+        rooms[0].give(bufs.remove(0));
+        assert_eq!(b.heads.borrow().len(), kept);
+        assert!(last.grow(&mut v, big));
+        // A connection that ends (its buffer lost or not) releases its claim.
+        drop(rooms);
+        drop(last);
+        assert_eq!(b.head_room_used(), 0);
     }
 }

@@ -1,13 +1,19 @@
 //! The debug listener (`http.debug.addr`, as in the reference registry's config): Prometheus
-//! `/metrics`, `GET /debug/health`, and `POST /debug/health/down|up` for a manual drain. It runs
-//! on a thread of its own with blocking sockets, off the data path; one request at a time, each
-//! with a read timeout and a size limit.
+//! `/metrics`, `GET /debug/health`, and `POST /debug/health/down|up` for a manual drain. Off the
+//! data path, with blocking sockets: an accepting thread and a thread per connection, at most
+//! [`CONNECTIONS_MAX`] at once (past it, a 503 at once), each with a whole-head deadline and a
+//! size limit — a slow client costs one thread for [`HEAD_TIMEOUT`] and never delays a probe.
+//!
+//! Browsers must not reach it: a web page can send a "simple" cross-origin POST (no preflight)
+//! to a loopback address and drain the node. Requests carrying `Origin`, or a `Sec-Fetch-Site`
+//! other than `same-origin`/`none`, are refused (403), and the POSTs need the header
+//! `X-Ringcache-Admin: 1`, which no page can add without a CORS preflight (which fails here).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::metrics::{render, Gauges};
 use crate::store::incident::Class;
@@ -16,53 +22,175 @@ use crate::worker::Shared;
 
 /// A health request head is small; anything bigger is refused.
 const HEAD_MAX: usize = 8 * 1024;
+/// The whole head must arrive within this (probes and scrapers send theirs at once): a slow
+/// client holds its thread no longer.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Writing a response (a scrape is a few KiB) to a client that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once (a thread each); past it new ones get 503 and are closed.
+/// With [`HEAD_TIMEOUT`], this many slow clients block new ones for at most that long.
+pub const CONNECTIONS_MAX: usize = 32;
+/// A connection thread's stack: enough for rendering the metrics and the checks.
+const STACK_BYTES: usize = 256 * 1024;
+/// Request body bytes read and dropped (so the answer is not lost to a reset); past it the
+/// connection closes with the rest unread.
+const BODY_DRAIN_MAX: u64 = 64 * 1024;
+/// The header a POST must carry (a custom header makes a browser's request non-simple).
+pub const ADMIN_HEADER: &str = "X-Ringcache-Admin";
 /// Upstream counts as unreachable while its last failure (after its last success) is younger
 /// than this.
 const UPSTREAM_WINDOW_MS: u64 = 60_000;
+/// A worker whose heartbeat (every [`crate::service::HEARTBEAT_EVERY`]) is older than this is
+/// not answering: its event loop is stuck (or it stopped).
+const WORKER_STALE_MS: u64 = 2_000;
 
-/// Bind the debug listener and serve it on its own thread.
+/// Bind the debug listener and serve it from a thread of its own.
 pub fn start(shared: Arc<Shared>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     std::thread::Builder::new()
         .name("ringcache-debug".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                if let Err(e) = serve(&shared, conn) {
-                    tracing::debug!(error = %e, "debug request failed");
-                }
-            }
-        })?;
+        .spawn(move || accept(shared, listener))?;
     tracing::info!(addr = %local, "debug listener (metrics, health) on {local}");
     Ok(local)
 }
 
+/// Counts a connection thread while it lives.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn accept(shared: Arc<Shared>, listener: TcpListener) {
+    let open = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "debug listener: accept failed");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if open.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS_MAX {
+            open.fetch_sub(1, Ordering::AcqRel);
+            refuse(conn);
+            continue;
+        }
+        let slot = Slot(open.clone());
+        let shared = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ringcache-debug-conn".into())
+            .stack_size(STACK_BYTES)
+            .spawn(move || {
+                let _slot = slot;
+                if let Err(e) = serve(&shared, conn) {
+                    tracing::debug!(error = %e, "debug request failed");
+                }
+            });
+        // On failure the closure (and the slot in it) is dropped: the count goes back down.
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "debug listener: cannot start a connection thread");
+        }
+    }
+}
+
+/// Over [`CONNECTIONS_MAX`]: a short 503 without waiting for the request, and close.
+fn refuse(mut conn: TcpStream) {
+    let _ = conn.set_nonblocking(true);
+    let body = "too many debug connections\n";
+    let _ = write!(
+        conn,
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// What the handler needs from a request head.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Request {
+    method: String,
+    path: String,
+    /// `Origin` was sent, or `Sec-Fetch-Site` says another site: a browser on some web page.
+    cross_origin: bool,
+    /// `X-Ringcache-Admin: 1` was sent.
+    admin: bool,
+    content_length: u64,
+    /// Bytes after the head already read.
+    body_read: usize,
+}
+
+/// Parse a complete head (`None`: not complete yet); `Err` for a malformed one.
+fn parse(buf: &[u8]) -> Result<Option<Request>, httparse::Error> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf)? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let mut out = Request {
+        method: req.method.unwrap_or("").to_string(),
+        path: req.path.unwrap_or("").to_string(),
+        body_read: buf.len().saturating_sub(len),
+        ..Default::default()
+    };
+    for h in req.headers.iter() {
+        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if h.name.eq_ignore_ascii_case("origin") {
+            out.cross_origin = true;
+        } else if h.name.eq_ignore_ascii_case("sec-fetch-site") {
+            if !matches!(value, "same-origin" | "none") {
+                out.cross_origin = true;
+            }
+        } else if h.name.eq_ignore_ascii_case(ADMIN_HEADER) {
+            out.admin = value == "1";
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            // Unparseable: treated as a large body (not drained; the connection closes anyway).
+            out.content_length = value.parse().unwrap_or(u64::MAX);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Read a head within [`HEAD_TIMEOUT`] and [`HEAD_MAX`], answer it, close.
 fn serve(shared: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+    conn.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let deadline = Instant::now() + HEAD_TIMEOUT;
     let mut buf = vec![0u8; HEAD_MAX];
     let mut len = 0;
-    let (method, path) = loop {
-        let n = conn.read(&mut buf[len..])?;
+    let req = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        conn.set_read_timeout(Some(left))?;
+        // `len < HEAD_MAX` here: a full buffer without a complete head is refused below.
+        let n = conn.read(buf.get_mut(len..).unwrap_or_default())?;
         if n == 0 {
             return Ok(());
         }
         len += n;
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => {
-                break (
-                    req.method.unwrap_or("").to_string(),
-                    req.path.unwrap_or("").to_string(),
-                );
-            }
-            Ok(httparse::Status::Partial) if len < HEAD_MAX => continue,
+        match parse(buf.get(..len).unwrap_or_default()) {
+            Ok(Some(req)) => break req,
+            Ok(None) if len < HEAD_MAX => continue,
             _ => return respond(&mut conn, 400, "text/plain", "bad request\n"),
         }
     };
-    match (method.as_str(), path.as_str()) {
+    drain_body(&mut conn, &req, deadline);
+    if req.cross_origin {
+        tracing::warn!(method = %req.method.escape_debug(), path = %req.path.escape_debug(), "debug listener: refused a request from a web page (Origin / Sec-Fetch-Site)");
+        return respond(
+            &mut conn,
+            403,
+            "text/plain",
+            "cross-origin requests are refused\n",
+        );
+    }
+    match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/metrics") => {
             let text = render(&shared.counters, &gauges(shared));
             respond(
@@ -86,6 +214,12 @@ fn serve(shared: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
                 respond(&mut conn, 503, "application/json", &body.to_string())
             }
         }
+        ("POST", "/debug/health/down" | "/debug/health/up") if !req.admin => respond(
+            &mut conn,
+            403,
+            "text/plain",
+            "POST needs the header X-Ringcache-Admin: 1\n",
+        ),
         ("POST", "/debug/health/down") => {
             shared.health_down.store(true, Ordering::SeqCst);
             tracing::warn!(
@@ -102,6 +236,26 @@ fn serve(shared: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
     }
 }
 
+/// Read and drop a request body of up to [`BODY_DRAIN_MAX`] bytes before answering: closing
+/// with unread bytes sends a reset, which can destroy the answer before the client reads it.
+fn drain_body(conn: &mut TcpStream, req: &Request, deadline: Instant) {
+    if req.content_length > BODY_DRAIN_MAX {
+        return;
+    }
+    let mut left = req.content_length.saturating_sub(req.body_read as u64);
+    let mut sink = [0u8; 4096];
+    while left > 0 {
+        let t = deadline.saturating_duration_since(Instant::now());
+        if t.is_zero() || conn.set_read_timeout(Some(t)).is_err() {
+            return;
+        }
+        match conn.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n as u64),
+        }
+    }
+}
+
 /// The failing health checks, by name, with what is wrong.
 pub fn checks(shared: &Shared) -> Vec<(&'static str, String)> {
     let mut failing = Vec::new();
@@ -111,8 +265,28 @@ pub fn checks(shared: &Shared) -> Vec<(&'static str, String)> {
             "marked down with POST /debug/health/down".to_string(),
         ));
     }
-    // The store is writable: a file can be created and removed in ingest/.
-    let probe = shared.store.ingest_dir().join(".health-probe");
+    // Every worker's event loop answers (a stuck one stops beating; a dead one aborts the
+    // process: see service::abort_on_panic). Draining, workers stop once they are done.
+    let stale = shared.heartbeats.stale(WORKER_STALE_MS);
+    if shared.drain.is_draining() {
+        failing.push((
+            "draining",
+            "stopping: finishing in-flight requests and fills".to_string(),
+        ));
+    } else if !stale.is_empty() {
+        let names: Vec<String> = stale
+            .iter()
+            .map(|(w, age)| format!("w{w} (last heartbeat {age} ms ago)"))
+            .collect();
+        failing.push(("workers", format!("not answering: {}", names.join(", "))));
+    }
+    // The store is writable: a file can be created and removed in ingest/ (a name of its own
+    // per probe: two probes at once must not remove each other's file).
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    let probe = shared.store.ingest_dir().join(format!(
+        ".health-probe-{}",
+        PROBES.fetch_add(1, Ordering::Relaxed)
+    ));
     match std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe)) {
         Ok(()) => {}
         Err(e) => failing.push(("store", format!("not writable: {e}"))),
@@ -155,4 +329,40 @@ fn respond(conn: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std::i
     );
     conn.write_all(head.as_bytes())?;
     conn.write_all(body.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(head: &str) -> Request {
+        parse(head.as_bytes()).unwrap().unwrap()
+    }
+
+    #[test]
+    fn web_pages_and_simple_posts_are_told_apart() {
+        let base = "POST /debug/health/down HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+        // (extra headers, cross-origin, admin)
+        let cases: &[(&str, bool, bool)] = &[
+            ("", false, false),
+            ("X-Ringcache-Admin: 1\r\n", false, true),
+            ("x-ringcache-admin:  1 \r\n", false, true),
+            ("X-Ringcache-Admin: yes\r\n", false, false),
+            ("Content-Type: text/plain\r\n", false, false),
+            ("Origin: http://evil.example\r\n", true, false),
+            ("Origin: null\r\nX-Ringcache-Admin: 1\r\n", true, true),
+            ("Sec-Fetch-Site: cross-site\r\n", true, false),
+            ("Sec-Fetch-Site: same-site\r\n", true, false),
+            ("Sec-Fetch-Site: same-origin\r\n", false, false),
+            ("Sec-Fetch-Site: none\r\n", false, false),
+        ];
+        for (extra, cross, admin) in cases {
+            let r = req(&format!("{base}{extra}\r\n"));
+            assert_eq!((r.cross_origin, r.admin), (*cross, *admin), "{extra:?}");
+        }
+        let r = req(&format!("{base}Content-Length: 5\r\n\r\nab"));
+        assert_eq!((r.content_length, r.body_read), (5, 2));
+        assert_eq!(parse(base.as_bytes()).unwrap(), None, "partial");
+        assert!(parse(b"\x01\x02 / HTTP/1.1\r\n\r\n").is_err());
+    }
 }

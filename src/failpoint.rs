@@ -5,6 +5,8 @@
 //!
 //! `RINGCACHE_FAILPOINTS=name=duration[,name=duration]` pauses at each named point (the
 //! duration in the config's syntax, e.g. `500ms`) after logging `failpoint <name>`.
+//! [`block`] stalls a whole thread instead, and [`panic`] panics (once the process has run
+//! for the duration).
 
 /// Pause here if the failpoint `name` is set.
 #[cfg(feature = "failpoints")]
@@ -55,3 +57,25 @@ pub fn block(name: &str) {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub fn block(_name: &str) {}
+
+/// Panic here if the failpoint `name` is set and the process has run for its duration (e.g.
+/// `worker-panic=1s`): how tests make a thread die.
+#[cfg(feature = "failpoints")]
+pub fn panic(name: &str) {
+    let Ok(spec) = std::env::var("RINGCACHE_FAILPOINTS") else {
+        return;
+    };
+    for item in spec.split(',') {
+        if let Some((n, d)) = item.split_once('=') {
+            let after = crate::config::parse_duration(d).unwrap_or_default();
+            if n.trim() == name && u128::from(crate::store::index::uptime_ms()) >= after.as_millis()
+            {
+                panic!("failpoint {name}");
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn panic(_name: &str) {}

@@ -57,8 +57,12 @@ fn run() {
                 }
             }
         };
-        // A job that panics (a bug) loses its own work, not the thread.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        // A job that panics (a bug) loses its own work, not the thread; under `serve` the panic
+        // hook aborts the process first (`service::abort_on_panic`: its fill would wait forever).
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::failpoint::panic("job-panic");
+            job()
+        }));
     }
 }
 

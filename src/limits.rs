@@ -70,6 +70,12 @@ pub const UPSTREAM_IDLE_TTL: Duration = Duration::from_secs(30);
 /// Size of one read from the store or from upstream: large enough to amortise a syscall,
 /// small enough that thousands of followers stay within memory (one buffer per connection).
 pub const CHUNK_BYTES: usize = 256 * 1024;
+/// Request-head buffer bytes past the first 4 KiB (`buffers::HEAD_FIRST_BYTES`) that one
+/// worker's connections hold at once (128 heads of 32 KiB): heads longer than 4 KiB are rare,
+/// and without a total, clients that send most of a head and stop would hold
+/// `head_bytes_max` each (over 1 GiB at the default connection caps). Past it, a connection
+/// that needs more head room gets 503.
+pub const HEAD_ROOM_BYTES_PER_WORKER: usize = 4 * 1024 * 1024;
 /// Fills in flight at once across the process; past it new misses get 503 UNAVAILABLE.
 pub const FILLS_INFLIGHT_MAX: usize = 4096;
 /// Shards of the in-flight map and of the index (a power of two).

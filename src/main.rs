@@ -262,6 +262,8 @@ fn reload(shared: &Shared, path: Option<&PathBuf>) {
 
 fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     use anyhow::Context;
+    // From here a panic on any thread aborts the process (logged first): see the function.
+    ringcache::service::abort_on_panic();
     // Signals are blocked before any thread starts (every thread inherits the mask) and taken
     // by one thread with sigwait, which starts the drain; a second signal stops at once.
     let signals = block_signals();

@@ -1,7 +1,8 @@
 //! Running as a systemd service: readiness (`READY=1` once every worker accepts and the index
 //! is loaded), `STATUS=` lines, `STOPPING=1` when draining starts, the watchdog (`WATCHDOG=1`
 //! at half `WATCHDOG_USEC`, only while every worker's event loop answers), socket activation
-//! (`LISTEN_FDS`), and the open-files limit. Nothing here runs per request.
+//! (`LISTEN_FDS`), the open-files limit, and what a panic does (the process aborts, so the
+//! service manager restarts all of it). Nothing here runs per request.
 
 use std::os::fd::{FromRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,6 +93,17 @@ impl Heartbeats {
         self.beats[worker].store(now_ms(), Ordering::Relaxed);
     }
 
+    /// The workers whose last beat is older than `ms`, with its age (ms): the health check.
+    pub fn stale(&self, ms: u64) -> Vec<(usize, u64)> {
+        let now = now_ms();
+        self.beats
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i, now.saturating_sub(b.load(Ordering::Relaxed))))
+            .filter(|&(_, age)| age > ms)
+            .collect()
+    }
+
     /// The worker whose last beat is oldest, and how long ago (ms).
     pub fn stalest(&self) -> (usize, u64) {
         let now = now_ms();
@@ -131,4 +143,35 @@ pub fn start_watchdog(heartbeats: Arc<Heartbeats>) {
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the watchdog thread");
     }
+}
+
+/// Make every panic in the process fatal: log it (with the thread, where, and a backtrace)
+/// through the configured logger, then abort, so systemd restarts the whole service
+/// (`Restart=on-failure`; the watchdog is only a backstop).
+///
+/// A panic is a bug, and a process that outlives one is half-broken in ways nobody sees: a
+/// worker that died leaves its SO_REUSEPORT listener open, taking its share of new connections
+/// with nobody accepting them, while the other workers answer health checks; a fill job or the
+/// expiry thread that died leaves followers waiting, or the index unsaved. Aborting here, not
+/// unwinding, also overrides the `catch_unwind`s on the way (the job pool's, monoio's), and
+/// behaves the same in builds that unwind (tests) and in release (`panic = "abort"`, see
+/// Cargo.toml). Nothing depends on destructors running: the store is crash-safe.
+pub fn abort_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(not a string)");
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        // Everything that matters on the first line (fields would follow the backtrace).
+        tracing::error!(
+            "panic in thread {} at {location}: {message}; aborting (the service manager restarts the process)\n{backtrace}",
+            thread.name().unwrap_or("unnamed"),
+        );
+        std::process::abort();
+    }));
 }

@@ -1,7 +1,8 @@
 //! Thread-per-core (data path step 1): `workers` threads, each a single-threaded monoio
 //! runtime (io_uring; the fusion driver falls back to epoll where io_uring is blocked) that
 //! accepts on its own SO_REUSEPORT listener and owns its connections, buffers, upstream
-//! connection pool and token cache. Only [`Shared`] crosses threads.
+//! connection pool and token cache. Only [`Shared`] crosses threads. A worker that panics
+//! takes the process down ([`crate::service::abort_on_panic`]): its listener must not outlive it.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -310,6 +311,11 @@ pub struct Worker {
     pub upstream: Upstream,
     /// Open client connections on this worker (bounded by `connections_per_worker_max`).
     connections: Cell<usize>,
+    /// The most connections open, and the most head room claimed, since memory was last
+    /// given back; and the connections open at the last heartbeat (see [`give_back_memory`]).
+    connections_high: Cell<usize>,
+    head_room_high: Cell<usize>,
+    connections_last: Cell<usize>,
     /// Open descriptors of committed files (the hit path's).
     pub files: Files,
     /// Head and body buffers, borrowed per request.
@@ -452,6 +458,9 @@ async fn serve_worker(
         shared,
         upstream,
         connections: Cell::new(0),
+        connections_high: Cell::new(0),
+        head_room_high: Cell::new(0),
+        connections_last: Cell::new(0),
         files: Files::default(),
         buffers: Default::default(),
         tags: Default::default(),
@@ -465,7 +474,12 @@ async fn serve_worker(
             beat.files.sweep();
             let keepalive = beat.shared.live.limits.read().unwrap().keepalive_idle;
             beat.idle.sweep(keepalive, beat.shared.drain.is_draining());
+            give_back_memory(&beat);
             crate::failpoint::block("worker-stall");
+            if beat.id == 1 {
+                // A worker other than w0 (which `main` joins first) dies.
+                crate::failpoint::panic("worker-panic");
+            }
             monoio::time::sleep(crate::service::HEARTBEAT_EVERY).await;
         }
     });
@@ -493,6 +507,51 @@ async fn serve_worker(
         );
     } else {
         tracing::info!(worker = id, "worker drained");
+    }
+}
+
+/// Connections that must have closed, or head room (bytes) been given back, since the most
+/// there were before freed memory is handed back to the system; once the count stops falling,
+/// or at once past [`TRIM_AT_ONCE`] times this.
+const TRIM_AFTER_CLOSED: usize = 256;
+const TRIM_AFTER_HEAD_ROOM: usize = 1024 * 1024;
+const TRIM_AT_ONCE: usize = 8;
+
+/// After a crowd of connections leaves, or long heads' buffers are freed ([`TRIM_AFTER_CLOSED`],
+/// [`TRIM_AFTER_HEAD_ROOM`]), hand the memory they freed back to the system: once the crowd
+/// has left (the count stopped falling), not once per heartbeat while it leaves. Their head
+/// buffers, tasks and timers are freed, but the allocator returns only the top of a heap: one
+/// allocation that outlives the crowd (a table that grew meanwhile) pins everything under it
+/// (measured: 2,000 connections that sent a partial head and closed left RSS 22 MiB up; with
+/// this, 1 to 2 MiB).
+fn give_back_memory(worker: &Worker) {
+    let open = worker.connections.get();
+    let falling = open < worker.connections_last.replace(open);
+    let high = worker.connections_high.get().max(open);
+    let room = worker.buffers.head_room_used();
+    let room_high = worker.head_room_high.get().max(room);
+    let (closed, freed) = (high - open, room_high - room);
+    let due = closed >= TRIM_AFTER_CLOSED || freed >= TRIM_AFTER_HEAD_ROOM;
+    let urgent =
+        closed >= TRIM_AFTER_CLOSED * TRIM_AT_ONCE || freed >= TRIM_AFTER_HEAD_ROOM * TRIM_AT_ONCE;
+    if !due || (falling && !urgent) {
+        worker.connections_high.set(high);
+        worker.head_room_high.set(room_high);
+        return;
+    }
+    worker.connections_high.set(open);
+    worker.head_room_high.set(room);
+    tracing::debug!(
+        worker = worker.id,
+        closed,
+        head_room_freed = freed,
+        "handing freed memory back to the system"
+    );
+    // SAFETY: malloc_trim only returns free pages of the allocator's heaps to the system; it
+    // takes each arena's lock, so it is safe beside other threads' allocations.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -187,7 +187,14 @@ fn health_checks_and_manual_down_up() {
     );
     assert_eq!(http::get(rc.addr, "/").status, 200);
     assert_eq!(
-        http::request(dbg, "POST", "/debug/health/down", &[], b"").status,
+        http::request(
+            dbg,
+            "POST",
+            "/debug/health/down",
+            &[("X-Ringcache-Admin", "1")],
+            b""
+        )
+        .status,
         200
     );
     let r = http::get(dbg, "/debug/health");
@@ -204,7 +211,14 @@ fn health_checks_and_manual_down_up() {
         "but it keeps serving"
     );
     assert_eq!(
-        http::request(dbg, "POST", "/debug/health/up", &[], b"").status,
+        http::request(
+            dbg,
+            "POST",
+            "/debug/health/up",
+            &[("X-Ringcache-Admin", "1")],
+            b""
+        )
+        .status,
         200
     );
     assert_eq!(http::get(dbg, "/debug/health").status, 200);

@@ -22,7 +22,7 @@ use monoio::net::TcpStream;
 
 use super::parse::{parse_range, parse_request, Head, Parsed};
 use super::sendfile;
-use crate::buffers::{Buffers, Lent, SMALL_CHUNK_BYTES};
+use crate::buffers::{Buffers, HeadRoom, Lent, HEAD_FIRST_BYTES, SMALL_CHUNK_BYTES};
 use crate::error::{Error, Kind};
 use crate::limits::CHUNK_BYTES;
 use crate::proxy::{self, Request};
@@ -31,10 +31,6 @@ use crate::worker::Worker;
 
 /// Header slots on the stack for one parse; `limits.headers_max` (≤ this) of them are used.
 pub const HEADER_SLOTS_MAX: usize = 1024;
-/// A request head is read into this much first, and the buffer doubles while a longer head
-/// arrives, up to `limits.head_bytes_max`: the head buffer is held for the whole exchange (the
-/// parsed head points into it), and the heads clients send are well under 4 KiB.
-pub const HEAD_FIRST_BYTES: usize = 4 * 1024;
 /// How long a closing connection keeps reading what the client still sends.
 pub const LINGER_TIME: Duration = Duration::from_secs(2);
 /// How much a closing connection reads and drops at most.
@@ -330,27 +326,33 @@ pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::Sock
     );
     // Pipelined bytes not yet answered; empty (and unallocated) while idle.
     let mut buf: Vec<u8> = Vec::new();
+    // What the head buffer holds past its first size, out of the worker's budget; released
+    // with the buffer, or when the connection ends.
+    let room = pool.head_room();
     loop {
         if buf.is_empty() && !idle(&worker, &sock).await {
-            pool.give_head(buf);
+            room.give(buf);
             return;
         }
-        let (next, back) = Box::pin(exchange(&worker, &mut sock, peer, policy, buf, &limits)).await;
+        let (next, back) = Box::pin(exchange(
+            &worker, &mut sock, peer, policy, buf, &limits, &room,
+        ))
+        .await;
         buf = back;
         match next {
             Next::Keep => {}
             Next::Close => {
-                pool.give_head(buf);
+                room.give(buf);
                 return;
             }
             Next::Linger => {
                 // Boxed, like the exchange: the idle task stays small.
-                Box::pin(linger(&mut sock, buf, pool)).await;
+                Box::pin(linger(&mut sock, buf, pool, &room)).await;
                 return;
             }
         }
         if buf.is_empty() {
-            pool.give_head(std::mem::take(&mut buf));
+            room.give(std::mem::take(&mut buf));
         }
     }
 }
@@ -407,7 +409,7 @@ fn peek(fd: std::os::fd::RawFd) -> Peek {
 
 /// Shut our side for writing, then read and drop what the client still sends until it closes,
 /// within [`LINGER_TIME`] and [`LINGER_BYTES`]; the connection closes when this returns.
-async fn linger(sock: &mut TcpStream, mut buf: Vec<u8>, pool: &Buffers) {
+async fn linger(sock: &mut TcpStream, mut buf: Vec<u8>, pool: &Buffers, room: &HeadRoom<'_>) {
     use std::os::fd::AsRawFd;
     // SAFETY: our own socket; shutting its write side sends FIN after the answer.
     unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_WR) };
@@ -434,7 +436,7 @@ async fn linger(sock: &mut TcpStream, mut buf: Vec<u8>, pool: &Buffers) {
             Err(_) => return,
         }
     }
-    pool.give_head(buf);
+    room.give(buf);
 }
 
 /// Read one request head and answer it. Returns what the connection does next, and the bytes
@@ -446,9 +448,10 @@ async fn exchange(
     policy: sendfile::Policy,
     buf: Vec<u8>,
     limits: &crate::limits::Limits,
+    room: &HeadRoom<'_>,
 ) -> (Next, Vec<u8>) {
     let pool = &worker.buffers;
-    let (head, mut buf) = read_head(sock, buf, limits, pool).await;
+    let (head, mut buf) = read_head(sock, buf, limits, pool, room).await;
     let head = match head {
         Ok(Some(h)) => h,
         Ok(None) => return (Next::Close, buf),
@@ -572,11 +575,16 @@ fn accept_of(head: &Head, buf: &[u8]) -> Option<String> {
 /// Read until `buf` holds a complete head (called once bytes are ready, or with pipelined
 /// bytes in `buf`; an empty `buf` borrows a head buffer from `pool`). `Ok(None)`: the client
 /// closed, or did not finish the head within the head timeout.
+///
+/// The buffer starts at [`HEAD_FIRST_BYTES`] and doubles while a longer head arrives, up to
+/// `limits.head_bytes_max`, each growth claimed from the worker's budget through `room` (the
+/// buffer is held for the whole exchange: the parsed head points into it). No room left: 503.
 async fn read_head(
     sock: &mut TcpStream,
     mut buf: Vec<u8>,
     limits: &crate::limits::Limits,
     pool: &Buffers,
+    room: &HeadRoom<'_>,
 ) -> (Result<Option<Head>, Error>, Vec<u8>) {
     let deadline = Instant::now() + limits.head_timeout;
     if buf.capacity() == 0 {
@@ -591,10 +599,18 @@ async fn read_head(
             }
         }
         // Below the limit here (a longer partial head is refused by the parser). A full
-        // buffer doubles, up to the limit.
+        // buffer doubles, up to the limit, if the worker's head budget has room.
         let len = buf.len();
         if len == buf.capacity() {
-            buf.reserve(len.max(HEAD_FIRST_BYTES).min(limits.head_bytes_max - len));
+            let cap = (len + len.max(HEAD_FIRST_BYTES)).min(limits.head_bytes_max);
+            if !room.grow(&mut buf, cap) {
+                let e = Error::new(
+                    Kind::Unavailable,
+                    crate::error::Side::Internal,
+                    "too many long request heads in progress",
+                );
+                return (Err(e), buf);
+            }
         }
         let want = (buf.capacity() - len).min(limits.head_bytes_max - len);
         let timeout = deadline.saturating_duration_since(Instant::now());
