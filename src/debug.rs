@@ -111,10 +111,14 @@ pub fn checks(shared: &Shared) -> Vec<(&'static str, String)> {
             "marked down with POST /debug/health/down".to_string(),
         ));
     }
-    // The store is writable: a file can be created and removed in ingest/.
-    let probe = shared.store.ingest_dir().join(".health-probe");
-    match std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe)) {
-        Ok(()) => {}
+    // The store is writable (a file can be created and removed in ingest/) and commits land
+    // (no shard directory that its last commit could not use is still unusable).
+    match shared.store.probe() {
+        Ok(()) => {
+            if let Some(why) = shared.store.commit_health() {
+                failing.push(("store", why));
+            }
+        }
         Err(e) => failing.push(("store", format!("not writable: {e}"))),
     }
     let ok = shared.upstream_health.ok_ms.load(Ordering::Relaxed);
