@@ -245,7 +245,10 @@ const SCHEMA: &[(&str, Rule)] = {
         ("validation", Note(NO_PUSH)),
         ("policy", Note(NO_PUSH)),
         ("compatibility", Note("ringcache serves manifests as upstream sends them")),
-        ("catalog", Note("_catalog pages hold up to n entries (default 1000)")),
+        (
+            "catalog",
+            Note("maxentries is not applied: a _catalog page holds n entries (default 1000)"),
+        ),
     ]
 };
 
@@ -355,8 +358,8 @@ fn edit_distance(a: &[char], b: &[char]) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {

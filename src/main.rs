@@ -238,8 +238,9 @@ fn reload(shared: &Shared, path: Option<&PathBuf>) {
         *shared.live.limits.write().unwrap() = new.limits.clone();
         applied.push("ringcache.limits");
     }
-    let checks: [(&str, bool); 14] = [
+    let checks: [(&str, bool); 15] = [
         ("http.addr", new.http_addr != old.http_addr),
+        ("log.accesslog.disabled", new.access_log != old.access_log),
         ("http.debug.addr", new.debug_addr != old.debug_addr),
         ("log.formatter", new.log_json != old.log_json),
         (

@@ -258,3 +258,17 @@ fn the_embedded_default_says_so_in_one_line() {
         assert!(line.contains(want), "{want} in {line}");
     }
 }
+
+#[test]
+fn the_example_config_is_valid_and_clean() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringcache"))
+        .arg("check-config")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/config.example.yml"
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.is_empty(), "{err}");
+}

@@ -54,10 +54,11 @@ fn a_second_instance_on_one_root_exits_2_and_the_first_keeps_serving() {
     std::fs::write(root.join("ingest/in-progress"), b"a fill of the first").unwrap();
     let mut second = Proc::spawn(serve(&root));
     let status = second.wait_exit(Duration::from_secs(20));
+    let want = format!("cache directory {} is in use by pid {pid}", root.display());
+    // Its output is read on other threads: wait for the line, not only for the exit.
+    second.wait_log(&want, Duration::from_secs(5));
     assert_eq!(status.code(), Some(2), "{}", second.log.lock().unwrap());
     let log = second.log.lock().unwrap().clone();
-    let want = format!("cache directory {} is in use by pid {pid}", root.display());
-    assert!(log.contains(&want), "{log}");
     assert_eq!(
         log.lines().filter(|l| l.contains("is in use")).count(),
         1,
@@ -96,66 +97,28 @@ fn a_second_instance_on_one_root_exits_2_and_the_first_keeps_serving() {
     );
 }
 
+/// A directory outside the root with a file in it that must survive.
+fn outside(dir: &Path, name: &str) -> PathBuf {
+    let d = dir.join("outside").join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("precious"), b"not the cache's").unwrap();
+    d
+}
+
 #[test]
-fn links_in_the_tree_are_never_followed() {
+fn a_linked_shard_directory_never_takes_a_commit_outside_the_root() {
     let up = TestUpstream::start();
     let dir = tempfile::tempdir().unwrap();
-    let (root, outside) = (dir.path().join("data"), dir.path().join("outside"));
+    let (root, target) = (dir.path().join("data"), outside(dir.path(), "shard"));
     let data = image::pseudo_random(7, 50_000);
     let hex = sha256_hex(&data);
-    // A shard directory that is a link out of the root, an ingest/ that is one, a directory
-    // inside ingest/ (with a link in it), before the first start.
-    for d in ["shard", "ingest", "elsewhere"] {
-        std::fs::create_dir_all(outside.join(d)).unwrap();
-        std::fs::write(outside.join(d).join("precious"), b"not the cache's").unwrap();
-    }
     std::fs::create_dir_all(root.join("blobs/sha256")).unwrap();
-    symlink(
-        outside.join("shard"),
-        root.join("blobs/sha256").join(&hex[..2]),
-    )
-    .unwrap();
-    symlink(outside.join("ingest"), root.join("ingest")).unwrap();
-    let rc = Ringcache::start_at(&up.url(), "", &root);
-    assert!(
-        outside.join("ingest/precious").exists(),
-        "start-up swept the target of a linked ingest/"
-    );
-    rc.proc.wait_log("symbolic link", Duration::from_secs(5));
-    drop(rc);
-    std::fs::create_dir_all(root.join("ingest/left-behind/deeper")).unwrap();
-    symlink(
-        outside.join("elsewhere"),
-        root.join("ingest/left-behind/link"),
-    )
-    .unwrap();
-    symlink(outside.join("elsewhere"), root.join("ingest/link")).unwrap();
-    std::fs::remove_dir(root.join("blobs/sha256").join(&hex[..2])).unwrap();
-    symlink(
-        outside.join("shard"),
-        root.join("blobs/sha256").join(&hex[..2]),
-    )
-    .unwrap();
+    symlink(&target, root.join("blobs/sha256").join(&hex[..2])).unwrap();
 
     let rc = Ringcache::start_at(&up.url(), "", &root);
-    for (path, what) in [
-        ("ingest", "ingest/"),
-        (&format!("blobs/sha256/{}", &hex[..2]) as &str, "the shard"),
-    ] {
-        let meta = std::fs::symlink_metadata(root.join(path)).unwrap();
-        assert!(meta.is_dir(), "{what} is a real directory again");
-    }
-    assert!(
-        std::fs::read_dir(root.join("ingest"))
-            .unwrap()
-            .next()
-            .is_none(),
-        "ingest/ emptied, the directory in it too"
-    );
-    assert!(
-        outside.join("elsewhere/precious").exists(),
-        "links in ingest/ not followed"
-    );
+    rc.proc.wait_log("symbolic link", Duration::from_secs(5));
+    let shard = std::fs::symlink_metadata(root.join("blobs/sha256").join(&hex[..2])).unwrap();
+    assert!(shard.is_dir(), "a real directory in place of the link");
     let digest = up.add_blob(data.clone(), Fault::None);
     assert_eq!(
         http::get(rc.addr, &format!("/v2/x/blobs/{digest}")).body,
@@ -167,15 +130,57 @@ fn links_in_the_tree_are_never_followed() {
         blob_file(&root, &digest).is_file(),
         "committed inside the root"
     );
-    let outside_files: Vec<_> = std::fs::read_dir(outside.join("shard"))
+    let names: Vec<_> = std::fs::read_dir(&target)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(
-        outside_files,
-        ["precious"],
-        "nothing committed outside the root"
+    assert_eq!(names, ["precious"], "nothing committed outside the root");
+}
+
+#[test]
+fn a_linked_ingest_directory_is_not_swept_through() {
+    let up = TestUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (root, target) = (dir.path().join("data"), outside(dir.path(), "ingest"));
+    std::fs::create_dir_all(&root).unwrap();
+    symlink(&target, root.join("ingest")).unwrap();
+    let rc = Ringcache::start_at(&up.url(), "", &root);
+    assert!(
+        target.join("precious").exists(),
+        "start-up swept the target of a linked ingest/"
     );
+    assert!(std::fs::symlink_metadata(root.join("ingest"))
+        .unwrap()
+        .is_dir());
+    let d = up.add_blob(image::pseudo_random(3, 10_000), Fault::None);
+    assert_eq!(http::get(rc.addr, &format!("/v2/x/blobs/{d}")).status, 200);
+    rc.proc
+        .wait_count(&[&d, "fill committed"], 1, Duration::from_secs(10));
+}
+
+#[test]
+fn a_directory_in_ingest_does_not_stop_the_start_and_links_in_it_are_not_followed() {
+    let up = TestUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (root, target) = (dir.path().join("data"), outside(dir.path(), "elsewhere"));
+    std::fs::create_dir_all(root.join("ingest/left-behind/deeper")).unwrap();
+    std::fs::write(root.join("ingest/left-behind/deeper/f"), b"x").unwrap();
+    symlink(&target, root.join("ingest/left-behind/link")).unwrap();
+    symlink(&target, root.join("ingest/link")).unwrap();
+    let rc = Ringcache::start_at(&up.url(), "", &root);
+    assert!(
+        std::fs::read_dir(root.join("ingest"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "ingest/ emptied, the directory in it too"
+    );
+    assert!(
+        target.join("precious").exists(),
+        "links in ingest/ not followed"
+    );
+    let d = up.add_blob(image::pseudo_random(4, 10_000), Fault::None);
+    assert_eq!(http::get(rc.addr, &format!("/v2/x/blobs/{d}")).status, 200);
 }
 
 #[test]

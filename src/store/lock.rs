@@ -57,26 +57,17 @@ impl Lock {
     /// Take the lock on `root` (an existing directory), or fail with an [`InUse`] inside the
     /// `io::Error` (kind `WouldBlock`) if another process holds it.
     ///
-    /// On a read-only filesystem the existing file is locked through a read-only descriptor;
-    /// if there is none, nothing can write the tree and no lock is taken.
+    /// The descriptor held is read-only (`flock` needs no write access), so the filesystem
+    /// can still be remounted read-only under a running cache; the pid is written through a
+    /// second descriptor, closed at once (closing it leaves the lock alone). On a read-only
+    /// filesystem without a lock file, nothing can write the tree and no lock is taken.
     pub fn acquire(root: &Path) -> io::Result<Lock> {
         let path = root.join(LOCK_FILE);
-        let file = match open(&path, true) {
+        let file = match open(&path) {
             Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(libc::EROFS) => match open(&path, false) {
-                Ok(f) => f,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    tracing::warn!(root = %root.display(), "read-only cache directory without a lock file: not locked");
-                    return Ok(Lock { _file: None });
-                }
-                Err(e) => return Err(e),
-            },
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                // A link where the lock file belongs (no ringcache makes one): remove the
-                // link itself, never write through it.
-                tracing::warn!(path = %path.display(), "the lock file is a symbolic link: removing the link");
-                std::fs::remove_file(&path)?;
-                open(&path, true)?
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+                tracing::warn!(root = %root.display(), "read-only cache directory without a lock file: not locked");
+                return Ok(Lock { _file: None });
             }
             Err(e) => return Err(e),
         };
@@ -107,10 +98,11 @@ impl Lock {
             ));
         }
         // Ours now: say who holds it. Best effort (a full or read-only disk still locks).
-        let pid = format!("{}\n", std::process::id());
-        let written = file
-            .set_len(0)
-            .and_then(|()| (&file).write_all(pid.as_bytes()));
+        let written = options()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{}\n", std::process::id()).as_bytes()));
         if let Err(e) = written {
             tracing::debug!(error = %e, "cannot write the pid into the lock file");
         }
@@ -118,16 +110,29 @@ impl Lock {
     }
 }
 
-/// Open the lock file without following a link (`O_CLOEXEC` is std's default).
-fn open(path: &Path, write: bool) -> io::Result<File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(write)
-        .create(write)
-        .truncate(false)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
+/// `O_NOFOLLOW` (and std's `O_CLOEXEC`): never through a link.
+fn options() -> std::fs::OpenOptions {
+    let mut o = std::fs::OpenOptions::new();
+    o.custom_flags(libc::O_NOFOLLOW).mode(0o644);
+    o
+}
+
+/// The lock file, read-only, made first if it is missing. A link where it belongs (no
+/// ringcache makes one) is removed — the link itself — and never written through.
+fn open(path: &Path) -> io::Result<File> {
+    for _ in 0..2 {
+        match options().read(true).open(path) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                options().write(true).create(true).open(path)?;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                tracing::warn!(path = %path.display(), "the lock file is a symbolic link: removing the link");
+                std::fs::remove_file(path)?;
+            }
+            r => return r,
+        }
+    }
+    options().read(true).open(path)
 }
 
 #[cfg(test)]
