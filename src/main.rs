@@ -86,6 +86,9 @@ fn main() -> ExitCode {
                     for d in &r.corrupt {
                         println!("corrupt: {d} ({verb})");
                     }
+                    for d in &r.not_dirs {
+                        println!("not a directory (a link?), left alone: {d}");
+                    }
                     println!(
                         "{} corrupt files {verb}; {} unfinished ingest files {verb}; {} state records without files {}",
                         r.corrupt.len(),

@@ -116,9 +116,6 @@ fn a_linked_shard_directory_never_takes_a_commit_outside_the_root() {
     symlink(&target, root.join("blobs/sha256").join(&hex[..2])).unwrap();
 
     let rc = Ringcache::start_at(&up.url(), "", &root);
-    rc.proc.wait_log("symbolic link", Duration::from_secs(5));
-    let shard = std::fs::symlink_metadata(root.join("blobs/sha256").join(&hex[..2])).unwrap();
-    assert!(shard.is_dir(), "a real directory in place of the link");
     let digest = up.add_blob(data.clone(), Fault::None);
     assert_eq!(
         http::get(rc.addr, &format!("/v2/x/blobs/{digest}")).body,
@@ -135,6 +132,9 @@ fn a_linked_shard_directory_never_takes_a_commit_outside_the_root() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, ["precious"], "nothing committed outside the root");
+    let shard = std::fs::symlink_metadata(root.join("blobs/sha256").join(&hex[..2])).unwrap();
+    assert!(shard.is_dir(), "a real directory in place of the link");
+    rc.proc.wait_log("symbolic link", Duration::from_secs(5));
 }
 
 #[test]
@@ -228,4 +228,40 @@ fn a_shard_removed_at_run_time_is_made_again_and_a_store_that_cannot_commit_is_u
     assert_eq!(get(&second).status, 200);
     rc.proc
         .wait_count(&[&second, "fill committed"], 1, Duration::from_secs(10));
+}
+
+#[test]
+fn verify_follows_no_link_below_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, target) = (dir.path().join("data"), outside(dir.path(), "shard"));
+    // Named like content of that shard, but not hashing to its name: verify would remove it.
+    let name = format!("ab{}", "0".repeat(62));
+    std::fs::write(target.join(&name), b"not this digest").unwrap();
+    std::fs::create_dir_all(root.join("blobs/sha256")).unwrap();
+    symlink(&target, root.join("blobs/sha256/ab")).unwrap();
+    let cfg = root.with_extension("yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "storage: {{filesystem: {{rootdirectory: {}}}}}\nproxy: {{remoteurl: http://127.0.0.1:9}}\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringcache"))
+        .args(["verify", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        target.join(&name).exists(),
+        "removed through a link: {text}"
+    );
+    assert!(text.contains("left alone: blobs/sha256/ab"), "{text}");
 }
