@@ -11,7 +11,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -280,15 +280,14 @@ pub fn checks(shared: &Shared) -> Vec<(&'static str, String)> {
             .collect();
         failing.push(("workers", format!("not answering: {}", names.join(", "))));
     }
-    // The store is writable: a file can be created and removed in ingest/ (a name of its own
-    // per probe: two probes at once must not remove each other's file).
-    static PROBES: AtomicU64 = AtomicU64::new(0);
-    let probe = shared.store.ingest_dir().join(format!(
-        ".health-probe-{}",
-        PROBES.fetch_add(1, Ordering::Relaxed)
-    ));
-    match std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe)) {
-        Ok(()) => {}
+    // The store is writable (a file can be created and removed in ingest/) and commits land
+    // (no shard directory that its last commit could not use is still unusable).
+    match shared.store.probe() {
+        Ok(()) => {
+            if let Some(why) = shared.store.commit_health() {
+                failing.push(("store", why));
+            }
+        }
         Err(e) => failing.push(("store", format!("not writable: {e}"))),
     }
     let ok = shared.upstream_health.ok_ms.load(Ordering::Relaxed);

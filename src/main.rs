@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use ringcache::config::{Config, DEFAULT_YAML};
+use ringcache::store::lock::InUse;
 use ringcache::worker::{self, Shared};
 
 #[derive(Parser)]
@@ -31,7 +32,8 @@ enum Command {
     /// Validate a config file and print the effective config, secrets masked.
     CheckConfig { file: PathBuf },
     /// Re-hash the store: remove files that do not match their name and state records without
-    /// files, and report. Run it while the cache is stopped.
+    /// files, and report. Run it while the cache is stopped (it takes the cache directory's
+    /// lock, as `serve` does).
     Verify {
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -55,8 +57,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            for key in &config.ignored_keys {
-                eprintln!("ringcache: note: {key} is not used by ringcache and is ignored");
+            for note in &config.notes {
+                eprintln!("ringcache: note: {note}");
             }
             print!(
                 "{}",
@@ -84,6 +86,9 @@ fn main() -> ExitCode {
                     for d in &r.corrupt {
                         println!("corrupt: {d} ({verb})");
                     }
+                    for d in &r.not_dirs {
+                        println!("not a directory (a link?), left alone: {d}");
+                    }
                     println!(
                         "{} corrupt files {verb}; {} unfinished ingest files {verb}; {} state records without files {}",
                         r.corrupt.len(),
@@ -93,10 +98,16 @@ fn main() -> ExitCode {
                     );
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("ringcache: verify: {e}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => match e.get_ref().and_then(|i| i.downcast_ref::<InUse>()) {
+                    Some(busy) => {
+                        eprintln!("ringcache: verify: {busy}; stop it first");
+                        ExitCode::from(EXIT_CONFIG)
+                    }
+                    None => {
+                        eprintln!("ringcache: verify: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
             }
         }
         Command::Serve { config: path } => {
@@ -107,17 +118,41 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            init_logging(&config.log_level, config.log_json);
+            init_logging(&config.log_level, config.log_json, config.access_log);
+            if path.is_none() {
+                tracing::info!(
+                    "no --config: on the embedded default config: upstream {}, listening on {}, caching under {}",
+                    config.upstream.url.to_string().trim_end_matches('/'),
+                    config.http_addr,
+                    config.root_dir.display()
+                );
+            }
+            for note in &config.notes {
+                tracing::warn!("config: {note}");
+            }
+            // Logged once: the log goes to stderr already (printing it too showed it twice).
             match serve(config, path) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("ringcache: {e:#}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => match in_use(&e) {
+                    Some(busy) => {
+                        tracing::error!("{busy}");
+                        ExitCode::from(EXIT_CONFIG)
+                    }
+                    None => {
+                        tracing::error!("{e:#}");
+                        ExitCode::FAILURE
+                    }
+                },
             }
         }
     }
+}
+
+/// The store's "in use by another process" error, if that is what stopped the start.
+fn in_use(e: &anyhow::Error) -> Option<&InUse> {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .find_map(|io| io.get_ref()?.downcast_ref())
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
@@ -130,17 +165,26 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
 
 /// `log.level` (overridden by `RUST_LOG`), `log.formatter` text or json; under systemd's
 /// journal (`JOURNAL_STREAM` set) no timestamps and no colours, since journald adds its own.
-fn init_logging(level: &str, json: bool) {
+/// `log.accesslog.disabled` turns the access log's target off.
+fn init_logging(level: &str, json: bool, access_log: bool) {
+    let directives = move |level: &str| {
+        let access = if access_log {
+            ""
+        } else {
+            ",ringcache::access=off"
+        };
+        format!("ringcache={level},warn{access}")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("ringcache={level},warn")));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives(level)));
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     // Colours only on a terminal: a pipe or the journal gets plain text.
     let ansi = !journal && std::io::IsTerminal::is_terminal(&std::io::stderr());
     use tracing_subscriber::prelude::*;
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let _ = RELOAD_LEVEL.set(Box::new(move |level: &str| {
-        let filter = tracing_subscriber::EnvFilter::try_new(format!("ringcache={level},warn"))
-            .map_err(|e| e.to_string())?;
+        let filter =
+            tracing_subscriber::EnvFilter::try_new(directives(level)).map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())
     }));
     let fmt = tracing_subscriber::fmt::layer()
@@ -197,8 +241,9 @@ fn reload(shared: &Shared, path: Option<&PathBuf>) {
         *shared.live.limits.write().unwrap() = new.limits.clone();
         applied.push("ringcache.limits");
     }
-    let checks: [(&str, bool); 14] = [
+    let checks: [(&str, bool); 15] = [
         ("http.addr", new.http_addr != old.http_addr),
+        ("log.accesslog.disabled", new.access_log != old.access_log),
         ("http.debug.addr", new.debug_addr != old.debug_addr),
         ("log.formatter", new.log_json != old.log_json),
         (
@@ -267,9 +312,6 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     // Signals are blocked before any thread starts (every thread inherits the mask) and taken
     // by one thread with sigwait, which starts the drain; a second signal stops at once.
     let signals = block_signals();
-    for key in &config.ignored_keys {
-        tracing::info!("config key {key} is not used by ringcache and is ignored");
-    }
     let tls = ringcache::http::client::tls_config(config.upstream.ca_file.as_deref())
         .map_err(|e| anyhow::anyhow!("upstream TLS setup: {e}"))?;
     let mut store = ringcache::store::Store::open(&config.root_dir)

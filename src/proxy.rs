@@ -803,9 +803,15 @@ async fn tags_list(w: &Rc<Worker>, x: &mut Exchange<'_>, name: &str, page: &Page
     x.send_full(200, &headers, body).await.map_err(io)
 }
 
-/// `_catalog` lists the repositories with cached content (the cache's own view).
+/// `_catalog` lists the repositories with cached content (the cache's own view), each once
+/// under the name upstream knows it by: on Docker Hub `alpine` and `library/alpine` are one
+/// repository, listed as `library/alpine`.
 async fn catalog(w: &Rc<Worker>, x: &mut Exchange<'_>, page: &Page) -> Result<()> {
-    let all = w.shared.store.index.repositories();
+    let all = w
+        .shared
+        .store
+        .index
+        .repositories_as(|r| w.upstream.repo_name(r).into_owned());
     let start = page
         .last
         .as_ref()

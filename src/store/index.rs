@@ -202,11 +202,18 @@ impl Index {
 
     /// Every repository some committed digest is linked to, sorted (for `_catalog`).
     pub fn repositories(&self) -> Vec<String> {
+        self.repositories_as(str::to_string)
+    }
+
+    /// Every repository, each under the one name `name` gives it, sorted and listed once:
+    /// links are kept under the name the client used, so Docker Hub's `alpine` and
+    /// `library/alpine` are two links but one repository.
+    pub fn repositories_as(&self, name: impl Fn(&str) -> String) -> Vec<String> {
         let mut all = std::collections::BTreeSet::new();
         for s in self.shards.iter() {
             for e in s.read().unwrap().values() {
                 for r in e.repos() {
-                    all.insert(r.to_string());
+                    all.insert(name(&r));
                 }
             }
         }
@@ -230,6 +237,10 @@ mod tests {
         assert!(idx.get(&d).unwrap().linked("a/b"));
         assert!(!idx.get(&d).unwrap().linked("a"));
         assert_eq!(idx.repositories(), ["a/b", "c"]);
+        // One name per repository: Docker Hub's `library/` rule.
+        idx.get(&d).unwrap().link("library/c");
+        let hub = |r: &str| crate::upstream::upstream_name(true, r).into_owned();
+        assert_eq!(idx.repositories_as(hub), ["a/b", "library/c"]);
         assert_eq!((idx.len(), idx.bytes()), (1, 1));
         idx.remove(&d);
         assert!(idx.is_empty());

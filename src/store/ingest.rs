@@ -819,15 +819,15 @@ impl Ingest {
         crate::failpoint::hit("commit-before-fsync").await;
         self.file.sync_all().await.map_err(CommitError::Io)?;
         crate::failpoint::hit("commit-before-rename").await;
-        let dest = store.blob_path(&expected);
-        monoio::fs::rename(&self.path, &dest)
-            .await
+        // Into the shard directory opened from the store's root without following a link
+        // (made again if it was removed): never outside the root. A blocking renameat, not
+        // io_uring's: monoio's rename takes paths only; it is one metadata operation per fill.
+        let dir = store
+            .commit_rename(&self.path, &expected)
             .map_err(CommitError::Io)?;
         self.committed = true;
         crate::failpoint::hit("commit-after-rename").await;
         // The rename is durable only once the directory entry is: fsync the directory.
-        let dir = std::fs::File::open(dest.parent().expect("blob paths have a parent"))
-            .map_err(CommitError::Io)?;
         let dir = monoio::fs::File::from_std(dir).map_err(CommitError::Io)?;
         dir.sync_all().await.map_err(CommitError::Io)?;
         Ok(self.accepted)
