@@ -36,6 +36,8 @@ pub enum Kind {
     RangeNotSatisfiable,
     /// Upstream answered something we cannot use (bad framing, digest mismatch, too large).
     BadGateway,
+    /// The request has been through this ringcache before (its `Via`): a loop of proxies.
+    LoopDetected,
     Internal,
 }
 
@@ -59,6 +61,7 @@ impl Kind {
             Kind::HeadTooLarge => ("BAD_REQUEST", 431),
             Kind::RangeNotSatisfiable => ("RANGE_INVALID", 416),
             Kind::BadGateway => ("UNAVAILABLE", 502),
+            Kind::LoopDetected => ("UNAVAILABLE", 508),
             Kind::Internal => ("UNKNOWN", 500),
         }
     }
@@ -126,6 +129,7 @@ impl Error {
             Kind::HeadTooLarge => "request header fields too large",
             Kind::RangeNotSatisfiable => "requested range not satisfiable",
             Kind::BadGateway => "bad response from upstream",
+            Kind::LoopDetected => "request loop detected",
             Kind::Internal => "unknown error",
         };
         let detail = serde_json::Value::String(self.context.to_string());
@@ -188,6 +192,7 @@ mod tests {
             (Kind::HeadTooLarge, 431),
             (Kind::NameInvalid, 400),
             (Kind::ManifestUnknown, 404),
+            (Kind::LoopDetected, 508),
         ] {
             assert_eq!(kind.status(), status, "{kind:?}");
         }

@@ -27,8 +27,10 @@ fn tally(counter: &std::sync::atomic::AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Run one fill to its end: `Committed`, or `Failed` with the reason clients are told.
-pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
+/// Run one fill to its end: `Committed`, or `Failed` with the reason clients are told. `via`
+/// is the leader's `Via`, passed on upstream (a loop of proxies ends at the one that sees its
+/// own entry come back).
+pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content, via: Option<String>) {
     let fill = lease.fill().clone();
     let digest = fill.digest;
     let started = std::time::Instant::now();
@@ -41,7 +43,10 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
             MANIFEST_BYTES_MAX,
         ),
     };
-    let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+    let mut headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+    if let Some(v) = &via {
+        headers.push(("Via", v));
+    }
     let ty = match content {
         Content::Blob => crate::metrics::Type::Blob,
         Content::Manifest { .. } => crate::metrics::Type::Manifest,
@@ -53,7 +58,12 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
     {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(%digest, repo = %fill.repo, error = %e, "fill failed before the body");
+            if e.kind == Kind::Unauthorized {
+                // The upstream module warns about refused credentials, once a minute.
+                tracing::debug!(%digest, repo = %fill.repo, error = %e, "fill failed before the body");
+            } else {
+                tracing::warn!(%digest, repo = %fill.repo, error = %e, "fill failed before the body");
+            }
             tally(&worker.shared.tallies.failed_upstream_status);
             return lease.failed(e.kind);
         }
@@ -171,7 +181,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                     tracing::info!(%digest, written, resume = resumes, "upstream body broke; resuming with Range");
                     match worker
                         .upstream
-                        .get_range(&fill.repo, &tail, accept, written, None, unknown)
+                        .get_range(&fill.repo, &tail, (accept, via.as_deref()), written, None, unknown)
                         .await
                     {
                         Ok((r, s)) => {

@@ -42,6 +42,9 @@ impl Span {
 
 /// Up to this many Accept headers are kept (clients send one or a few).
 pub const ACCEPT_MAX: usize = 8;
+/// Up to this many Via headers are kept: the first ones and the last (proxies append to one
+/// line; the loop check looks for ringcache's own entry).
+pub const VIA_MAX: usize = 4;
 
 /// What the `Connection` header asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +67,10 @@ pub struct Head {
     pub accept: [Span; ACCEPT_MAX],
     pub accept_count: usize,
     pub range: Option<Span>,
+    /// `Via` header values (RFC 9110 §7.6.3), in order; past [`VIA_MAX`] the last one
+    /// replaces the last kept.
+    pub via: [Span; VIA_MAX],
+    pub via_count: usize,
     /// The request declares a body (Content-Length > 0 or Transfer-Encoding).
     pub has_body: bool,
 }
@@ -83,6 +90,10 @@ impl Head {
         self.accept[..self.accept_count]
             .iter()
             .map(move |s| s.str(buf))
+    }
+
+    pub fn vias<'a>(&'a self, buf: &'a [u8]) -> impl Iterator<Item = &'a str> + 'a {
+        self.via[..self.via_count].iter().map(move |s| s.str(buf))
     }
 }
 
@@ -179,6 +190,8 @@ pub fn parse_request<'b>(
         accept: [Span::default(); ACCEPT_MAX],
         accept_count: 0,
         range: None,
+        via: [Span::default(); VIA_MAX],
+        via_count: 0,
         has_body: false,
     };
     let mut hosts = 0;
@@ -217,6 +230,10 @@ pub fn parse_request<'b>(
                 return Err(bad("duplicate Range"));
             }
             head.range = Some(Span::within(buf, h.value));
+        } else if name.eq_ignore_ascii_case("via") {
+            let i = head.via_count.min(VIA_MAX - 1);
+            head.via[i] = Span::within(buf, h.value);
+            head.via_count = i + 1;
         }
     }
     if content_length.is_some() && transfer_encoding {
