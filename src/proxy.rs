@@ -734,7 +734,12 @@ async fn revalidate_tag(
     };
     let digest = match w
         .upstream
-        .send("HEAD", name, &tail, &upstream_headers(Some(&accept), req.via.as_deref()))
+        .send(
+            "HEAD",
+            name,
+            &tail,
+            &upstream_headers(Some(&accept), req.via.as_deref()),
+        )
         .await
     {
         Err(e) => stale(e)?,

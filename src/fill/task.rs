@@ -181,7 +181,14 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content, via: Option
                     tracing::info!(%digest, written, resume = resumes, "upstream body broke; resuming with Range");
                     match worker
                         .upstream
-                        .get_range(&fill.repo, &tail, (accept, via.as_deref()), written, None, unknown)
+                        .get_range(
+                            &fill.repo,
+                            &tail,
+                            (accept, via.as_deref()),
+                            written,
+                            None,
+                            unknown,
+                        )
                         .await
                     {
                         Ok((r, s)) => {

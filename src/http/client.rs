@@ -663,8 +663,8 @@ impl Client {
                                 at += len;
                                 continue;
                             }
-                            let framing = response_framing(status, is_head, resp.headers)
-                                .map_err(|e| {
+                            let framing =
+                                response_framing(status, is_head, resp.headers).map_err(|e| {
                                     (
                                         true,
                                         Error::upstream(
@@ -692,10 +692,7 @@ impl Client {
                         Err(httparse::Error::TooManyHeaders) => {
                             return Err((
                                 true,
-                                Error::upstream(
-                                    Kind::BadGateway,
-                                    "too many headers from upstream",
-                                ),
+                                Error::upstream(Kind::BadGateway, "too many headers from upstream"),
                             ));
                         }
                         Err(e) => {
@@ -999,5 +996,141 @@ mod tests {
         assert_eq!(base.join("//cdn2/x").unwrap().to_string(), "https://cdn2/x");
         assert!(base.join("relative/path").is_none());
         assert!(base.join("file:///etc/passwd").is_none());
+    }
+
+    #[test]
+    fn listeners_include_unspecified_binds() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let listeners = [a("127.0.0.1:5000"), a("0.0.0.0:6000"), a("[::]:7000")];
+        let cases: &[(&str, bool)] = &[
+            ("127.0.0.1:5000", true),
+            ("127.0.0.2:5000", false),
+            ("127.0.0.1:5001", false),
+            ("127.0.0.1:6000", true),
+            ("127.0.0.9:6000", true),
+            ("0.0.0.0:6000", true),
+            ("[::1]:7000", true),
+            ("[::ffff:127.0.0.1]:5000", true),
+            ("127.0.0.1:7000", true),
+            ("192.0.2.1:6000", false),
+            ("[::1]:5000", false),
+        ];
+        for (addr, want) in cases {
+            assert_eq!(is_listener(a(addr), &listeners), *want, "{addr}");
+        }
+    }
+
+    /// A canned upstream on loopback: answers each request read with the next of `answers`.
+    fn canned(answers: Vec<&'static [u8]>) -> SocketAddr {
+        use std::io::{BufRead, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut r = std::io::BufReader::new(s);
+            for answer in answers {
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                w.write_all(answer).unwrap();
+            }
+        });
+        addr
+    }
+
+    fn client() -> Client {
+        let roots = rustls::RootCertStore::empty();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Client::new(Arc::new(tls), Limits::default())
+    }
+
+    /// Interim answers and the final one in one read; a chunked body handed out across chunk
+    /// boundaries, a data run cut to the room there is; the connection reused after it.
+    #[test]
+    fn interim_answers_and_chunks_across_reads_and_room() {
+        let addr = canned(vec![
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
+              HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3\r\nabc\r\n5\r\ndefgh\r\n1\r\ni\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ]);
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let c = client();
+            let url = Url::parse(&format!("http://{addr}/x")).unwrap();
+            let req = Request {
+                method: "GET",
+                url: &url,
+                headers: &[],
+            };
+            let mut resp = c.send(&req).await.unwrap();
+            assert_eq!(resp.status, 200);
+            let mut pieces = Vec::new();
+            loop {
+                // Room for 4 bytes: a data run longer than that is cut, a full sink handed back.
+                let out = Vec::with_capacity(4);
+                let room = out.capacity();
+                match resp.chunk_into(out).await.unwrap() {
+                    Some(p) => {
+                        assert!(!p.is_empty() && p.len() <= room, "{p:?}");
+                        pieces.push(p);
+                    }
+                    None => break,
+                }
+            }
+            assert_eq!(pieces.concat(), b"abcdefghi");
+            if pieces[0].capacity() == 4 {
+                // Filled across chunks: "abcd", "efgh", "i".
+                assert_eq!(pieces.len(), 3, "{pieces:?}");
+            }
+            drop(resp);
+            // The same connection carries the next request.
+            let resp = c.send(&req).await.unwrap();
+            assert_eq!(resp.read_capped(10).await.unwrap(), b"ok");
+        });
+    }
+
+    /// Bytes past a body: the connection is not reused (a fresh one answers the next
+    /// request).
+    #[test]
+    fn bytes_past_a_body_retire_the_connection() {
+        let addr = canned(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokJUNK",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno",
+        ]);
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let c = client();
+            let url = Url::parse(&format!("http://{addr}/x")).unwrap();
+            let req = Request {
+                method: "GET",
+                url: &url,
+                headers: &[],
+            };
+            let resp = c.send(&req).await.unwrap();
+            assert_eq!(resp.read_capped(10).await.unwrap(), b"ok");
+            assert!(
+                c.pool.take(&url.origin).is_none(),
+                "not pooled with JUNK after it"
+            );
+        });
     }
 }

@@ -424,6 +424,20 @@ mod tests {
     }
 
     #[test]
+    fn via_headers_kept_first_and_last() {
+        let one = "GET / HTTP/1.1\r\nHost: x\r\nVia: 1.1 a, 1.1 b\r\n\r\n";
+        let h = complete(one);
+        assert_eq!(h.vias(one.as_bytes()).collect::<Vec<_>>(), ["1.1 a, 1.1 b"]);
+        let many = "GET / HTTP/1.1\r\nHost: x\r\nvia: 1\r\nVia: 2\r\nVia: 3\r\nVia: 4\r\nVia: 5\r\nVia: 6\r\n\r\n";
+        let h = complete(many);
+        assert_eq!(
+            h.vias(many.as_bytes()).collect::<Vec<_>>(),
+            ["1", "2", "3", "6"]
+        );
+        assert_eq!(complete("GET / HTTP/1.1\r\nHost: x\r\n\r\n").via_count, 0);
+    }
+
+    #[test]
     fn keep_alive_rules() {
         let cases = [
             ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", true),

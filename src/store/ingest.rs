@@ -249,9 +249,8 @@ impl OpenBlock {
         let n = n.min(fresh);
         // SAFETY: `[published, filled)` past `base` is initialised, inside the allocation, and
         // read by no one else (only published bytes are shared).
-        let bytes = unsafe {
-            std::slice::from_raw_parts_mut(self.block.base().add(published), fresh)
-        };
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(self.block.base().add(published), fresh) };
         bytes.copy_within(n.., 0);
         self.filled -= n;
     }
@@ -804,7 +803,10 @@ impl Ingest {
         if block.filled == before {
             return;
         }
-        assert!(block.filled > before, "a block's published bytes never shrink");
+        assert!(
+            block.filled > before,
+            "a block's published bytes never shrink"
+        );
         // The bytes were written before this store (Release): a reader that loads `len`
         // (Acquire) sees them.
         b.len.store(block.filled, Ordering::Release);

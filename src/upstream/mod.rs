@@ -291,7 +291,9 @@ impl Upstream {
                     }
                 }
                 401 if same_origin
-                    && authorization.as_deref().is_some_and(|a| a.starts_with("Basic ")) =>
+                    && authorization
+                        .as_deref()
+                        .is_some_and(|a| a.starts_with("Basic ")) =>
                 {
                     // The configured credentials themselves were refused (a Bearer token
                     // refused may only lack this repository's scope).
@@ -550,6 +552,38 @@ pub fn status_error(status: u16, unknown: Kind) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn via_entries_and_loops() {
+        let me = via_entry();
+        let id = instance();
+        assert_eq!(me, format!("1.1 {id} (ringcache)"));
+        assert_eq!(id.len(), 16);
+        let cases: &[(String, bool)] = &[
+            (me.to_string(), true),
+            (format!("1.0 proxy-a, {me}"), true),
+            (format!("{me}, 1.1 edge (ringcache)"), true),
+            (format!("HTTP/1.1 {id}"), true),
+            (format!("1.1   {id}   (comment, with comma)"), true),
+            ("1.1 other (ringcache)".into(), false),
+            (format!("1.1 {id}x (ringcache)"), false),
+            (format!("1.1 proxy ({id})"), false),
+            (String::new(), false),
+        ];
+        for (via, want) in cases {
+            assert_eq!(via_loops(via), *want, "{via}");
+        }
+        assert_eq!(via_forward(None), me);
+        assert_eq!(via_forward(Some(" ")), me);
+        assert_eq!(via_forward(Some("1.0 a")), format!("1.0 a, {me}"));
+    }
+
+    #[test]
+    fn warnings_are_rate_limited_per_subject() {
+        assert!(warn_now("test subject a"));
+        assert!(!warn_now("test subject a"));
+        assert!(warn_now("test subject b"));
+    }
 
     #[test]
     fn docker_hub_names() {

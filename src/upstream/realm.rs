@@ -76,39 +76,119 @@ mod tests {
         // (upstream, realm, credentials go there)
         let cases: &[(&str, &str, bool)] = &[
             // The upstream's own authority.
-            ("https://registry.example", "https://registry.example/token", true),
-            ("http://127.0.0.1:5000", "http://127.0.0.1:5000/token?x=1", true),
+            (
+                "https://registry.example",
+                "https://registry.example/token",
+                true,
+            ),
+            (
+                "http://127.0.0.1:5000",
+                "http://127.0.0.1:5000/token?x=1",
+                true,
+            ),
             ("http://[::1]:5000", "http://[::1]:5000/token", true),
             // Docker Hub: another host of the same registrable domain.
-            ("https://registry-1.docker.io", "https://auth.docker.io/token", true),
+            (
+                "https://registry-1.docker.io",
+                "https://auth.docker.io/token",
+                true,
+            ),
             ("https://ghcr.io", "https://ghcr.io/token", true),
-            ("https://registry.example.com", "https://auth.example.com:8443/t", true),
-            ("https://registry.example.com.", "https://auth.example.com/t", true),
+            (
+                "https://registry.example.com",
+                "https://auth.example.com:8443/t",
+                true,
+            ),
+            (
+                "https://registry.example.com.",
+                "https://auth.example.com/t",
+                true,
+            ),
             // ... but not over another scheme, nor another registrable domain.
-            ("https://registry-1.docker.io", "http://auth.docker.io/token", false),
-            ("https://registry-1.docker.io", "https://auth.docker.io.evil.example/t", false),
-            ("https://registry.example.com", "https://example.net/token", false),
-            ("https://registry.example", "https://auth.example/token", false),
+            (
+                "https://registry-1.docker.io",
+                "http://auth.docker.io/token",
+                false,
+            ),
+            (
+                "https://registry-1.docker.io",
+                "https://auth.docker.io.evil.example/t",
+                false,
+            ),
+            (
+                "https://registry.example.com",
+                "https://example.net/token",
+                false,
+            ),
+            (
+                "https://registry.example",
+                "https://auth.example/token",
+                false,
+            ),
             // A shared public suffix is not a registrable domain.
             ("https://a.github.io", "https://b.github.io/token", false),
             ("https://a.co.uk", "https://b.co.uk/token", false),
             // IP literals and localhost: the exact authority only.
-            ("http://127.0.0.1:5000", "http://127.0.0.1:5001/token", false),
-            ("http://127.0.0.1:5000", "http://127.0.0.2:5000/token", false),
+            (
+                "http://127.0.0.1:5000",
+                "http://127.0.0.1:5001/token",
+                false,
+            ),
+            (
+                "http://127.0.0.1:5000",
+                "http://127.0.0.2:5000/token",
+                false,
+            ),
             ("https://registry.example", "https://10.1.2.3/token", false),
             ("https://registry.example", "https://[::1]/token", false),
             ("https://registry.example", "https://localhost/token", false),
-            ("http://localhost:5000", "http://localhost:5001/token", false),
-            ("http://a.localhost:5000", "http://b.localhost:5000/token", false),
+            (
+                "http://localhost:5000",
+                "http://localhost:5001/token",
+                false,
+            ),
+            (
+                "http://a.localhost:5000",
+                "http://b.localhost:5000/token",
+                false,
+            ),
             ("https://10.1.2.3", "https://10.1.2.3:8443/token", false),
             // Allowed by the operator: authority equal, path within.
-            ("https://registry.example", "https://auth.partner.example:8443/oauth/token", true),
-            ("https://registry.example", "https://auth.partner.example:8443/oauth", true),
-            ("https://registry.example", "https://auth.partner.example:8443/oauthx", false),
-            ("https://registry.example", "https://auth.partner.example/oauth/token", false),
-            ("https://registry.example", "http://auth.partner.example:8443/oauth/t", false),
-            ("https://registry.example", "http://10.0.0.9:5001/anything", true),
-            ("https://registry.example", "http://10.0.0.9:5002/anything", false),
+            (
+                "https://registry.example",
+                "https://auth.partner.example:8443/oauth/token",
+                true,
+            ),
+            (
+                "https://registry.example",
+                "https://auth.partner.example:8443/oauth",
+                true,
+            ),
+            (
+                "https://registry.example",
+                "https://auth.partner.example:8443/oauthx",
+                false,
+            ),
+            (
+                "https://registry.example",
+                "https://auth.partner.example/oauth/token",
+                false,
+            ),
+            (
+                "https://registry.example",
+                "http://auth.partner.example:8443/oauth/t",
+                false,
+            ),
+            (
+                "https://registry.example",
+                "http://10.0.0.9:5001/anything",
+                true,
+            ),
+            (
+                "https://registry.example",
+                "http://10.0.0.9:5002/anything",
+                false,
+            ),
         ];
         for (upstream, realm, want) in cases {
             assert_eq!(

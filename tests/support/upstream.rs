@@ -41,7 +41,10 @@ pub enum Framing {
     Close,
     /// Chunked, in chunks of 1 to `max` bytes (sizes drawn from `seed`; all 1 when `max` is
     /// 1), written about 64 KiB of wire bytes at a time.
-    Tiny { max: usize, seed: u64 },
+    Tiny {
+        max: usize,
+        seed: u64,
+    },
 }
 
 #[derive(Clone, Default)]
