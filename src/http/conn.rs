@@ -507,9 +507,11 @@ async fn exchange(
             tracing::info!(%peer, error = %e, "response cut short");
             x.keep_alive = false;
         } else {
-            // Upstream refusing us (401) is logged by the upstream module, once a minute.
+            // Upstream refusing us (401) is a WARN of the upstream module, once a minute.
             if e.side != crate::error::Side::Client && e.kind != Kind::Unauthorized {
                 tracing::info!(%peer, error = %e, "request failed");
+            } else if e.side != crate::error::Side::Client {
+                tracing::debug!(%peer, error = %e, "request failed");
             }
             let _ = x.send_error(&e).await;
         }

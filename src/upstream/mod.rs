@@ -359,6 +359,9 @@ impl Upstream {
         match challenge {
             Challenge::Basic => {
                 if self.credentials.borrow().is_none() {
+                    if warn_now(&format!("no credentials {}", self.base.origin)) {
+                        tracing::warn!(upstream = %self.base.origin, "upstream asks for Basic credentials and none are configured (proxy.username, proxy.password)");
+                    }
                     return Err(Error::upstream(
                         Kind::Unauthorized,
                         "upstream requires credentials; none configured",
