@@ -38,6 +38,8 @@ pub enum Kind {
     RangeNotSatisfiable,
     /// Upstream answered something we cannot use (bad framing, digest mismatch, too large).
     BadGateway,
+    /// The request has been through this ringcache before (its `Via`): a loop of proxies.
+    LoopDetected,
     Internal,
 }
 
@@ -62,6 +64,7 @@ impl Kind {
             Kind::UriTooLong => ("BAD_REQUEST", 414),
             Kind::RangeNotSatisfiable => ("RANGE_INVALID", 416),
             Kind::BadGateway => ("UNAVAILABLE", 502),
+            Kind::LoopDetected => ("UNAVAILABLE", 508),
             Kind::Internal => ("UNKNOWN", 500),
         }
     }
@@ -130,6 +133,7 @@ impl Error {
             Kind::UriTooLong => "request URI too long",
             Kind::RangeNotSatisfiable => "requested range not satisfiable",
             Kind::BadGateway => "bad response from upstream",
+            Kind::LoopDetected => "request loop detected",
             Kind::Internal => "unknown error",
         };
         let detail = serde_json::Value::String(self.context.to_string());
@@ -193,6 +197,7 @@ mod tests {
             (Kind::UriTooLong, 414),
             (Kind::NameInvalid, 400),
             (Kind::ManifestUnknown, 404),
+            (Kind::LoopDetected, 508),
         ] {
             assert_eq!(kind.status(), status, "{kind:?}");
         }

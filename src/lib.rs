@@ -43,12 +43,12 @@
 //!    alone on its worker gets copies read into a buffer, which it receives faster
 //!    ([`store::index`], [`proxy`], [`http::sendfile`]).
 //! 6. **miss** — [`fill::Fills::join_or_lead`]: one fill task per digest writes and hashes the
-//!    upstream body ([`fill::task`]; each piece is copied into an aligned block, published to
-//!    followers at once, then written with `O_DIRECT` (around the page cache) and hashed by
-//!    two jobs on the job pool ([`jobs`]), a few blocks deep, while the fill reads on from
-//!    upstream, [`store::ingest`]); every requester follows the fill up to the received count
-//!    ([`fill::follow`]): the newest bytes from the fill's recent blocks in memory, older
-//!    bytes from the temp file. The fill paces itself, briefly, to its furthest follower.
+//!    upstream body ([`fill::task`]; upstream's reads land in an aligned block, published to
+//!    followers as they arrive; a full block is written with `O_DIRECT` (around the page
+//!    cache) and hashed by two jobs on the job pool ([`jobs`]), a few blocks deep, while the
+//!    fill reads on from upstream, [`store::ingest`]); every requester follows the fill up to
+//!    the received count ([`fill::follow`]): the newest bytes from the fill's recent blocks in
+//!    memory, older bytes from the temp file. The fill paces itself, briefly, to its furthest follower.
 //! 7. **commit** — size and sha256 checked, fsync, rename, fsync the directory, index
 //!    ([`store::ingest`]). Followers send the final byte only once the body is verified (the
 //!    fill's `verified` flag, set before the fsync): a body that fails verification is never

@@ -61,6 +61,16 @@ pub const SMALL_BODY_BYTES_MAX: u64 = 1024 * 1024;
 pub const UPSTREAM_HEAD_BYTES_MAX: usize = 64 * 1024;
 /// Header slots for parsing an upstream response head.
 pub const UPSTREAM_HEADERS_MAX: usize = 128;
+/// Interim (1xx) answers skipped before an upstream's final response: RFC 9110 sets no bound,
+/// a real server sends one or two (100 Continue, 103 Early Hints); an endless stream of them
+/// must not hold a request until the head timeout.
+pub const UPSTREAM_INTERIM_MAX: usize = 16;
+/// A warning about the upstream's configuration (credentials rejected, a realm refused the
+/// credentials) is logged at most this often per subject: once is the signal, a line per
+/// request is noise.
+pub const UPSTREAM_WARN_EVERY: Duration = Duration::from_secs(60);
+/// Subjects of such warnings remembered at once (expired ones are dropped past it).
+pub const UPSTREAM_WARN_KEYS_MAX: usize = 1024;
 /// Redirects followed for one upstream request (Docker Hub uses one, to its CDN).
 pub const REDIRECTS_MAX: usize = 10;
 /// Idle upstream connections kept per worker per origin.

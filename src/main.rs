@@ -337,6 +337,10 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
                 .collect(),
         };
     let addr = listeners[0][0].local_addr()?;
+    // The upstream client never connects to these (a request loop).
+    for l in listeners.iter().flatten() {
+        ringcache::upstream::note_listener(l.local_addr()?);
+    }
     tracing::info!(upstream = %config.upstream.url, workers = config.workers, "listening on {addr}");
     let (journal, loaded) = ringcache::store::state::Journal::open(&config.root_dir.join("state"))
         .with_context(|| {
@@ -365,8 +369,9 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     });
     ringcache::expiry::restore(&shared, &loaded);
     if let Some(debug_addr) = shared.config.debug_addr {
-        ringcache::debug::start(shared.clone(), debug_addr)
+        let debug = ringcache::debug::start(shared.clone(), debug_addr)
             .with_context(|| format!("listening on http.debug.addr {debug_addr}"))?;
+        ringcache::upstream::note_listener(debug);
     }
     let expiry = {
         let shared = shared.clone();

@@ -29,6 +29,9 @@ pub struct Request {
     /// The client's Accept headers joined, forwarded upstream for manifests.
     pub accept: Option<String>,
     pub range: Option<RangeSpec>,
+    /// The client's `Via` headers joined: refused if it holds our own entry (a loop), else
+    /// passed on upstream before ours.
+    pub via: Option<String>,
 }
 
 const JSON: &str = "application/json; charset=utf-8";
@@ -39,6 +42,12 @@ fn io(e: std::io::Error) -> Error {
 }
 
 pub async fn serve(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>) -> Result<()> {
+    if req.via.as_deref().is_some_and(crate::upstream::via_loops) {
+        return Err(Error::client(
+            Kind::LoopDetected,
+            "this request already passed through this ringcache (its Via)",
+        ));
+    }
     match &req.route {
         // Load balancers probe `GET /`: 503 while an operator has marked this node down.
         Route::Root
@@ -78,7 +87,7 @@ pub async fn serve(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>) -> Resul
         }
         // Cold paths are boxed here and below, so that the connection task (one per open
         // connection) is as small as the hit path needs.
-        Route::Tags { name, page } => Box::pin(tags_list(w, x, name, page)).await,
+        Route::Tags { name, page } => Box::pin(tags_list(w, req, x, name, page)).await,
         Route::Catalog { page } => Box::pin(catalog(w, x, page)).await,
         // Not served yet. A 404 whose code is not NAME_UNKNOWN is what the distribution-spec
         // prescribes for a registry without the API: clients fall back to the tag schema.
@@ -117,6 +126,7 @@ async fn blob(
                     &format!("blobs/{digest}"),
                     None,
                     Kind::BlobUnknown,
+                    req.via.as_deref(),
                 ))
                 .await?;
                 w.shared.link(&entry, digest, name);
@@ -134,7 +144,7 @@ async fn blob(
                 x,
                 name,
                 &format!("blobs/{digest}"),
-                None,
+                (None, req.via.as_deref()),
                 Kind::BlobUnknown,
                 digest,
             ))
@@ -204,7 +214,7 @@ async fn serve_miss(
             w.counters()
                 .fills_started
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            monoio::spawn(task::run(w.clone(), lease, content));
+            monoio::spawn(task::run(w.clone(), lease, content, req.via.clone()));
             (fill, Cache::Miss)
         }
         Joined::Follow(fill) => {
@@ -213,7 +223,7 @@ async fn serve_miss(
         }
     };
     if fill.repo != name {
-        confirm(w, name, tail, accept, unknown).await?;
+        confirm(w, name, tail, accept, unknown, req.via.as_deref()).await?;
         fill.add_link(name);
     }
     x.cache = cache;
@@ -223,10 +233,17 @@ async fn serve_miss(
         accept,
         digest,
         unknown,
+        via: req.via.as_deref(),
     };
     follow_fill(w, req, x, &fill, ctype, &src)
         .await
         .map(|()| true)
+}
+
+/// The headers of an upstream request: Accept, and the client's Via (passed on).
+fn upstream_headers<'a>(accept: Option<&'a str>, via: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
+    let accept = accept.map(|a| ("Accept", a));
+    accept.into_iter().chain(via.map(|v| ("Via", v))).collect()
 }
 
 /// HEAD `tail` upstream in `name`: upstream confirms the content exists in that repository.
@@ -236,8 +253,9 @@ async fn confirm(
     tail: &str,
     accept: Option<&str>,
     unknown: Kind,
+    via: Option<&str>,
 ) -> Result<()> {
-    let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+    let headers = upstream_headers(accept, via);
     let resp = w.upstream.send("HEAD", name, tail, &headers).await?;
     match resp.status {
         200 => Ok(()),
@@ -251,11 +269,11 @@ async fn head_upstream(
     x: &mut Exchange<'_>,
     name: &str,
     tail: &str,
-    accept: Option<&str>,
+    (accept, via): (Option<&str>, Option<&str>),
     unknown: Kind,
     digest: Digest,
 ) -> Result<()> {
-    let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+    let headers = upstream_headers(accept, via);
     let resp = w.upstream.send("HEAD", name, tail, &headers).await?;
     if resp.status != 200 {
         return Err(status_error(resp.status, unknown));
@@ -515,6 +533,7 @@ async fn manifest_by_digest(
                         &tail,
                         Some(accept_or_default(req)),
                         Kind::ManifestUnknown,
+                        req.via.as_deref(),
                     ))
                     .await?;
                 }
@@ -533,7 +552,7 @@ async fn manifest_by_digest(
                 x,
                 name,
                 &tail,
-                Some(accept_or_default(req)),
+                (Some(accept_or_default(req)), req.via.as_deref()),
                 Kind::ManifestUnknown,
                 digest,
             ))
@@ -698,7 +717,12 @@ async fn revalidate_tag(
     };
     let digest = match w
         .upstream
-        .send("HEAD", name, &tail, &[("Accept", &accept)])
+        .send(
+            "HEAD",
+            name,
+            &tail,
+            &upstream_headers(Some(&accept), req.via.as_deref()),
+        )
         .await
     {
         Err(e) => stale(e)?,
@@ -743,7 +767,7 @@ async fn manifest_by_tag_get(
             "GET",
             name,
             &format!("manifests/{tag}"),
-            &[("Accept", accept_or_default(req))],
+            &upstream_headers(Some(accept_or_default(req)), req.via.as_deref()),
         )
         .await?;
     if resp.status != 200 {
@@ -777,7 +801,13 @@ async fn manifest_by_tag_get(
 
 // ----- listings -----
 
-async fn tags_list(w: &Rc<Worker>, x: &mut Exchange<'_>, name: &str, page: &Page) -> Result<()> {
+async fn tags_list(
+    w: &Rc<Worker>,
+    req: &Request,
+    x: &mut Exchange<'_>,
+    name: &str,
+    page: &Page,
+) -> Result<()> {
     let mut tail = "tags/list".to_string();
     let mut sep = '?';
     if let Some(n) = page.n {
@@ -789,7 +819,12 @@ async fn tags_list(w: &Rc<Worker>, x: &mut Exchange<'_>, name: &str, page: &Page
     }
     let resp = w
         .upstream
-        .send("GET", name, &tail, &[("Accept", "application/json")])
+        .send(
+            "GET",
+            name,
+            &tail,
+            &upstream_headers(Some("application/json"), req.via.as_deref()),
+        )
         .await?;
     if resp.status != 200 {
         return Err(status_error(resp.status, Kind::NameUnknown));

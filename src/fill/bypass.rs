@@ -31,6 +31,8 @@ pub struct Source<'a> {
     pub digest: Digest,
     /// The kind a 404 maps to.
     pub unknown: Kind,
+    /// The client's `Via`, passed on upstream.
+    pub via: Option<&'a str>,
 }
 
 fn range_value(r: RangeSpec) -> String {
@@ -59,6 +61,9 @@ pub async fn serve_fresh(
     }
     if let Some(r) = &range_h {
         headers.push(("Range", r.as_str()));
+    }
+    if let Some(v) = src.via {
+        headers.push(("Via", v));
     }
     let resp = w.upstream.send("GET", src.repo, src.tail, &headers).await?;
     let digest = src.digest.to_string();
@@ -130,7 +135,14 @@ pub async fn serve_rest(
     };
     let (resp, skip) = w
         .upstream
-        .get_range(src.repo, src.tail, src.accept, pos, Some(end), src.unknown)
+        .get_range(
+            src.repo,
+            src.tail,
+            (src.accept, src.via),
+            pos,
+            Some(end),
+            src.unknown,
+        )
         .await?;
     relay(x, resp, end + 1 - pos, skip, hasher).await
 }

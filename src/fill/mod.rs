@@ -129,7 +129,7 @@ impl Fill {
         self.recent.get()?.piece_at(pos, want)
     }
 
-    /// Called by the fill before it takes another block: wait (at most [`PACE_WAIT`]) while
+    /// Called by the fill before each upstream read: wait (at most [`PACE_WAIT`]) while
     /// followers are streaming and even the furthest ahead of them is behind the newest
     /// [`PACE_BLOCKS`] recent blocks. The fill stays within its followers' reach in memory
     /// while any of them keeps up, and leaves slower ones behind: they read the file.

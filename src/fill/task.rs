@@ -1,6 +1,8 @@
-//! The fill task (data path steps 6–7): GET the content upstream, read each piece straight
-//! into an ingest block and publish it (the ingest writes and hashes behind), then verify and
-//! commit. Owned by its [`Lease`], not by any client.
+//! The fill task (data path steps 6–7): GET the content upstream, read it straight into
+//! ingest blocks — each read appended to the open block and published to followers at once,
+//! a block sealed (then written and hashed behind) only when full or at the body's end, so
+//! the cost per byte does not depend on how upstream cuts its body — then verify and commit.
+//! Owned by its [`Lease`], not by any client.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -25,8 +27,10 @@ fn tally(counter: &std::sync::atomic::AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Run one fill to its end: `Committed`, or `Failed` with the reason clients are told.
-pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
+/// Run one fill to its end: `Committed`, or `Failed` with the reason clients are told. `via`
+/// is the leader's `Via`, passed on upstream (a loop of proxies ends at the one that sees its
+/// own entry come back).
+pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content, via: Option<String>) {
     let fill = lease.fill().clone();
     let digest = fill.digest;
     let started = std::time::Instant::now();
@@ -39,7 +43,10 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
             MANIFEST_BYTES_MAX,
         ),
     };
-    let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+    let mut headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+    if let Some(v) = &via {
+        headers.push(("Via", v));
+    }
     let ty = match content {
         Content::Blob => crate::metrics::Type::Blob,
         Content::Manifest { .. } => crate::metrics::Type::Manifest,
@@ -51,7 +58,12 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
     {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(%digest, repo = %fill.repo, error = %e, "fill failed before the body");
+            if e.kind == Kind::Unauthorized {
+                // The upstream module warns about refused credentials, once a minute.
+                tracing::debug!(%digest, repo = %fill.repo, error = %e, "fill failed before the body");
+            } else {
+                tracing::warn!(%digest, repo = %fill.repo, error = %e, "fill failed before the body");
+            }
             tally(&worker.shared.tallies.failed_upstream_status);
             return lease.failed(e.kind);
         }
@@ -97,44 +109,65 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
     let mut skip = 0u64;
     // Where the fill's time goes, for its log line.
     let (mut read_us, mut pace_us, mut store_us) = (0u128, 0u128, 0u128);
+    // The block being filled: reads are appended to it until it is full or the body ends.
+    let mut open: Option<crate::store::ingest::OpenBlock> = None;
     loop {
-        // Room for one more block in the store's pipeline, and the furthest follower near
-        // enough; then upstream's next read lands straight in the block.
-        let t0 = std::time::Instant::now();
-        let ready = ingest.ready().await;
-        store_us += t0.elapsed().as_micros();
-        if let Err(e) = ready {
-            store.incidents.report("write", &e);
-            tracing::debug!(%digest, error = %e, "writing the ingest file failed; bypassing the store");
-            tally(&worker.counters().bypassed);
-            return lease.bypass();
-        }
+        let block = match open.take() {
+            Some(b) => b,
+            None => {
+                // Room for one more block in the store's pipeline, then a fresh block.
+                let t0 = std::time::Instant::now();
+                let ready = ingest.ready().await;
+                store_us += t0.elapsed().as_micros();
+                if let Err(e) = ready {
+                    store.incidents.report("write", &e);
+                    tracing::debug!(%digest, error = %e, "writing the ingest file failed; bypassing the store");
+                    tally(&worker.counters().bypassed);
+                    return lease.bypass();
+                }
+                ingest.open_block()
+            }
+        };
+        // The furthest follower near enough; then upstream's next read lands straight in the
+        // block.
         let t1 = std::time::Instant::now();
         fill.pace().await;
         pace_us += t1.elapsed().as_micros();
         let t2 = std::time::Instant::now();
-        let got = resp.chunk_into(ingest.open_block()).await;
+        let got = resp.chunk_into(block).await;
         read_us += t2.elapsed().as_micros();
         match got {
             Ok(Some(mut block)) => {
                 if skip > 0 {
-                    let drop = (skip as usize).min(block.len());
-                    block.drop_front(drop);
+                    let drop = (skip as usize).min(block.unpublished());
+                    block.drop_unpublished(drop);
                     skip -= drop as u64;
                 }
-                if ingest.accepted() + block.len() as u64 > cap.min(size.unwrap_or(u64::MAX)) {
+                let fresh = block.unpublished() as u64;
+                if ingest.accepted() + fresh > cap.min(size.unwrap_or(u64::MAX)) {
                     tracing::warn!(%digest, "upstream sent more than it declared or than the cap");
                     tally(&worker.shared.tallies.failed_upstream_body);
                     return lease.failed(Kind::BadGateway);
                 }
-                worker.counters().pulled_bytes[ty as usize]
-                    .fetch_add(block.len() as u64, Ordering::Relaxed);
-                ingest.accept(block);
+                worker.counters().pulled_bytes[ty as usize].fetch_add(fresh, Ordering::Relaxed);
+                if block.is_full() {
+                    ingest.accept(block);
+                } else {
+                    // Followers get what came, at once; the block stays open for more.
+                    ingest.publish(&block);
+                    open = Some(block);
+                }
             }
-            Ok(None) if size.is_none_or(|s| ingest.accepted() == s) => break,
+            Ok(None) if size.is_none_or(|s| ingest.accepted() == s) => {
+                ingest.seal_open();
+                break;
+            }
             Ok(None) | Err(_) if size.is_some() => {
-                // Upstream broke mid-body (error, stall or short body): resume where we are,
-                // with bounded retries and a doubling pause.
+                // Upstream broke mid-body (error, stall or short body): keep what was
+                // published (the read that failed took the block's handle; seal it from the
+                // ingest's side) and resume where we are, with bounded retries and a
+                // doubling pause.
+                ingest.seal_open();
                 let written = ingest.accepted();
                 loop {
                     if resumes >= FILL_RESUMES_MAX {
@@ -148,7 +181,14 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content) {
                     tracing::info!(%digest, written, resume = resumes, "upstream body broke; resuming with Range");
                     match worker
                         .upstream
-                        .get_range(&fill.repo, &tail, accept, written, None, unknown)
+                        .get_range(
+                            &fill.repo,
+                            &tail,
+                            (accept, via.as_deref()),
+                            written,
+                            None,
+                            unknown,
+                        )
                         .await
                     {
                         Ok((r, s)) => {

@@ -2,6 +2,13 @@
 //! hand-written on httparse, one per worker, with a pool of idle connections per origin,
 //! plain TCP or TLS (rustls, ring provider), and a timeout on every phase: connect, response
 //! head, and each body read (stall). Every body read has a cap chosen by the caller.
+//!
+//! A connection goes back to the pool only when its response ended exactly where its framing
+//! said: nothing buffered past it, and never after an answer without a body (HEAD, 204, 304),
+//! where a misbehaving peer's stray body may come late. A pooled connection that has become readable while idle
+//! (the peer closed it, or sent bytes nobody asked for) is closed, not reused. Interim `1xx`
+//! answers before the final one are skipped (a bounded number). The client never connects to
+//! an address it is told is ringcache's own listener (a request loop).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -203,10 +210,34 @@ impl Stream {
     }
 }
 
-/// A connection with the read-ahead bytes that belong to it.
+/// One upstream connection, and since when it has been idle in the pool.
 struct Conn {
     stream: Stream,
     idle_since: Instant,
+    /// The TCP socket under `stream` (owned by it): checked for readability before reuse.
+    fd: std::os::fd::RawFd,
+}
+
+impl Conn {
+    /// Whether an idle connection may carry another request: the peer has neither closed it
+    /// nor sent anything (an idle HTTP/1.1 connection has nothing to say; bytes there belong
+    /// to no request of ours). One non-blocking `recv(MSG_PEEK)`. Under TLS, records rustls
+    /// has already taken in are not seen; an unasked record on the socket (even a session
+    /// ticket) retires the connection, which costs only a reconnect.
+    fn quiet(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: a one-byte buffer we own; `fd` is the socket `stream` owns and keeps open;
+        // MSG_PEEK leaves the byte in the socket, MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recv(
+                self.fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    }
 }
 
 /// An upstream request. Headers are name/value pairs added after Host and User-Agent.
@@ -225,8 +256,10 @@ pub struct Response {
     framing: Framing,
     body: BodyState,
     conn: Option<Conn>,
-    /// Bytes read past the head, not yet handed out.
+    /// Bytes read from the connection: `buf[pos..]` are not yet handed out (consumed by
+    /// offset, so a run of tiny chunks never moves the rest of the buffer).
     buf: Vec<u8>,
+    pos: usize,
     origin: Origin,
     reusable: bool,
     stall: Duration,
@@ -261,35 +294,51 @@ impl Response {
     /// when the body has ended, after which the connection goes back to the pool.
     pub async fn chunk(&mut self, mut out: Vec<u8>) -> Result<Option<Vec<u8>>> {
         out.clear();
+        if out.capacity() == 0 {
+            out.reserve(limits::CHUNK_BYTES);
+        }
         self.chunk_into(out).await
     }
 
-    /// Append the next piece of body to `out` (at most its `room()`); `None` when the body has
-    /// ended, after which the connection goes back to the pool.
+    /// Append body bytes to `out` (at most its `room()`, which must not be 0): what one read
+    /// from upstream brought, or what was already buffered. A chunked body is decoded across
+    /// as many chunks as that holds; the call returns when `out` is full, the body ends, or
+    /// the buffered bytes are used up (before it would wait on upstream again). `None` when
+    /// the body has ended and nothing was appended, after which the connection goes back to
+    /// the pool (if nothing is left over on it).
     pub async fn chunk_into<B: Sink>(&mut self, mut out: B) -> Result<Option<B>> {
         let before = out.filled();
         loop {
+            let room = out.room();
+            let buffered = self.buf.len() - self.pos;
             match &mut self.body {
                 BodyState::Done => {
+                    if out.filled() > before {
+                        return Ok(Some(out));
+                    }
                     self.finish();
                     return Ok(None);
                 }
+                _ if room == 0 => return Ok(Some(out)),
                 BodyState::Length { left } if *left == 0 => {
                     self.body = BodyState::Done;
                 }
                 BodyState::Length { left } => {
-                    if !self.buf.is_empty() {
-                        let n = (self.buf.len() as u64).min(*left).min(out.room() as u64) as usize;
-                        out.push_slice(&self.buf[..n]);
-                        self.buf.drain(..n);
+                    if buffered > 0 {
+                        let n = (buffered as u64).min(*left).min(room as u64) as usize;
+                        out.push_slice(&self.buf[self.pos..self.pos + n]);
+                        self.pos += n;
                         *left -= n as u64;
                         return Ok(Some(out));
                     }
-                    let want = (*left).min(out.room() as u64) as usize;
+                    // Straight into `out`, never past the body: the next response's bytes
+                    // stay in the socket.
+                    let want = (*left).min(room as u64) as usize;
                     let left_before = *left;
                     let (n, back) = self.read_raw(out, want).await?;
                     out = back;
                     if n == 0 {
+                        self.reusable = false;
                         return Err(Error::upstream(
                             Kind::BadGateway,
                             "upstream body ended short",
@@ -300,58 +349,70 @@ impl Response {
                     };
                     return Ok(Some(out));
                 }
+                BodyState::Chunked(_) if buffered == 0 => {
+                    if out.filled() > before {
+                        // Hand out what is decoded before waiting on upstream again.
+                        return Ok(Some(out));
+                    }
+                    let mut raw = std::mem::take(&mut self.buf);
+                    raw.clear();
+                    self.pos = 0;
+                    let (n, back) = self.read_raw(raw, limits::CHUNK_BYTES).await?;
+                    self.buf = back;
+                    if n == 0 {
+                        self.reusable = false;
+                        return Err(Error::upstream(
+                            Kind::BadGateway,
+                            "upstream chunked body ended short",
+                        ));
+                    }
+                }
                 BodyState::Chunked(dec) => {
-                    if self.buf.is_empty() {
-                        let raw = std::mem::take(&mut self.buf);
-                        let (n, back) = self.read_raw(raw, limits::CHUNK_BYTES).await?;
-                        self.buf = back;
-                        if n == 0 {
+                    let input = &self.buf[self.pos..];
+                    // A data run longer than `out` has room for is taken again, cut to fit
+                    // (the decoder's state before the step is a small copy).
+                    let saved = dec.clone();
+                    let mut step = dec.step(input);
+                    if let Ok(Step::Data { start, end, .. }) = step {
+                        if end - start > room {
+                            *dec = saved;
+                            step = dec.step(&input[..start + room]);
+                        }
+                    }
+                    let step = match step {
+                        Ok(s) => s,
+                        Err(e) => {
+                            self.reusable = false;
                             return Err(Error::upstream(
                                 Kind::BadGateway,
-                                "upstream chunked body ended short",
-                            ));
+                                "bad chunked framing from upstream",
+                            )
+                            .with_cause(e));
                         }
-                        continue;
-                    }
-                    let room = out.room();
-                    let input = &self.buf[..];
-                    let step = dec
-                        .step(&input[..input.len().min(room.max(64))])
-                        .or_err(
-                            Kind::BadGateway,
-                            Side::Upstream,
-                            "bad chunked framing from upstream",
-                        )
-                        .inspect_err(|_| self.reusable = false)?;
+                    };
                     match step {
                         Step::Data {
                             start,
                             end,
                             consumed,
                         } => {
-                            out.push_slice(&self.buf[start..end]);
-                            self.buf.drain(..consumed);
-                            if out.filled() > before {
-                                return Ok(Some(out));
-                            }
+                            out.push_slice(&input[start..end]);
+                            self.pos += consumed;
                         }
-                        Step::Consumed(n) => {
-                            self.buf.drain(..n);
-                        }
+                        Step::Consumed(n) => self.pos += n,
                         Step::Done(n) => {
-                            self.buf.drain(..n);
+                            self.pos += n;
                             self.body = BodyState::Done;
                         }
                     }
                 }
                 BodyState::Close => {
-                    if !self.buf.is_empty() {
-                        let n = self.buf.len().min(out.room());
-                        out.push_slice(&self.buf[..n]);
-                        self.buf.drain(..n);
+                    if buffered > 0 {
+                        let n = buffered.min(room);
+                        out.push_slice(&self.buf[self.pos..self.pos + n]);
+                        self.pos += n;
                         return Ok(Some(out));
                     }
-                    let room = out.room();
                     let (n, back) = self.read_raw(out, room).await?;
                     out = back;
                     if n == 0 {
@@ -424,14 +485,28 @@ impl Response {
         }
     }
 
+    /// The body has ended: the connection goes back to the pool if it may carry another
+    /// request — nothing left over past the body (bytes there would be read as the next
+    /// request's answer), and neither side asked to close. Otherwise it is closed.
     fn finish(&mut self) {
+        debug_assert!(matches!(self.body, BodyState::Done));
         if let (true, Some(mut conn), Some(pool)) =
             (self.reusable, self.conn.take(), self.pool.take())
         {
-            if self.buf.is_empty() {
+            if self.pos == self.buf.len() {
                 conn.idle_since = Instant::now();
                 pool.put(self.origin.clone(), conn);
             }
+        }
+    }
+}
+
+impl Drop for Response {
+    /// A response whose body has ended (an empty one: `Content-Length: 0`) returns its
+    /// connection to the pool even if nobody asked for the end of it.
+    fn drop(&mut self) {
+        if matches!(self.body, BodyState::Done) {
+            self.finish();
         }
     }
 }
@@ -443,11 +518,13 @@ struct Pool {
 }
 
 impl Pool {
+    /// The most recently idled connection to `origin` that is still fresh and quiet; the
+    /// others met on the way are closed.
     fn take(&self, origin: &Origin) -> Option<Conn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(origin)?;
         while let Some(conn) = list.pop() {
-            if conn.idle_since.elapsed() < limits::UPSTREAM_IDLE_TTL {
+            if conn.idle_since.elapsed() < limits::UPSTREAM_IDLE_TTL && conn.quiet() {
                 return Some(conn);
             }
         }
@@ -472,6 +549,9 @@ pub struct Client {
     tls: TlsConnector,
     dns: RefCell<HashMap<(String, u16), Resolved>>,
     limits: RefCell<Limits>,
+    /// Addresses never to connect to: ringcache's own listeners (a request sent there would
+    /// come back to us, and again: a loop).
+    refused: RefCell<Vec<SocketAddr>>,
 }
 
 impl Client {
@@ -481,7 +561,14 @@ impl Client {
             tls: TlsConnector::from(tls),
             dns: RefCell::new(HashMap::new()),
             limits: RefCell::new(limits),
+            refused: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Never connect to these listen addresses (an unspecified IP, `0.0.0.0` or `::`, stands
+    /// for every local address on its port).
+    pub fn refuse(&self, listeners: Vec<SocketAddr>) {
+        *self.refused.borrow_mut() = listeners;
     }
 
     /// Use new limits (after a reload) from the next request on.
@@ -538,7 +625,94 @@ impl Client {
         let is_head = req.method == "HEAD";
         let read_head = async {
             let mut buf = Vec::with_capacity(16 * 1024);
+            // Interim (1xx) answers skipped so far, and where the unparsed bytes start.
+            let mut interim = 0;
+            let mut at = 0;
             loop {
+                // Parse what is buffered first: an interim answer and the final one often
+                // come in one read.
+                if buf.len() > at {
+                    let mut slots = [httparse::EMPTY_HEADER; limits::UPSTREAM_HEADERS_MAX];
+                    let mut resp = httparse::Response::new(&mut slots);
+                    match resp.parse(&buf[at..]) {
+                        Ok(httparse::Status::Partial) => {}
+                        Ok(httparse::Status::Complete(len)) => {
+                            let status = resp.code.unwrap_or(0);
+                            if status == 101 {
+                                return Err((
+                                    true,
+                                    Error::upstream(
+                                        Kind::BadGateway,
+                                        "upstream switched protocols unasked",
+                                    ),
+                                ));
+                            }
+                            if (100..200).contains(&status) {
+                                // An interim answer (100 Continue, 103 Early Hints): the
+                                // final one follows (RFC 9110 §15.2).
+                                interim += 1;
+                                if interim > limits::UPSTREAM_INTERIM_MAX {
+                                    return Err((
+                                        true,
+                                        Error::upstream(
+                                            Kind::BadGateway,
+                                            "too many interim responses from upstream",
+                                        ),
+                                    ));
+                                }
+                                at += len;
+                                continue;
+                            }
+                            let framing =
+                                response_framing(status, is_head, resp.headers).map_err(|e| {
+                                    (
+                                        true,
+                                        Error::upstream(
+                                            Kind::BadGateway,
+                                            "bad framing from upstream",
+                                        )
+                                        .with_cause(format!("{e:?}")),
+                                    )
+                                })?;
+                            let mut close = resp.version == Some(0);
+                            let mut headers = Vec::with_capacity(resp.headers.len());
+                            for h in resp.headers.iter() {
+                                let name = h.name.to_ascii_lowercase();
+                                let value =
+                                    String::from_utf8_lossy(h.value.trim_ascii()).into_owned();
+                                if name == "connection"
+                                    && value.to_ascii_lowercase().contains("close")
+                                {
+                                    close = true;
+                                }
+                                headers.push((name, value));
+                            }
+                            return Ok((status, headers, framing, close, buf, at + len));
+                        }
+                        Err(httparse::Error::TooManyHeaders) => {
+                            return Err((
+                                true,
+                                Error::upstream(Kind::BadGateway, "too many headers from upstream"),
+                            ));
+                        }
+                        Err(e) => {
+                            return Err((
+                                true,
+                                Error::upstream(
+                                    Kind::BadGateway,
+                                    "malformed response head from upstream",
+                                )
+                                .with_cause(e),
+                            ));
+                        }
+                    }
+                }
+                if at > 0 {
+                    // Drop the interim answers before reading on (once per read, not per
+                    // answer).
+                    buf.drain(..at);
+                    at = 0;
+                }
                 if buf.len() >= limits::UPSTREAM_HEAD_BYTES_MAX {
                     return Err((
                         true,
@@ -548,74 +722,26 @@ impl Client {
                 let want = (16 * 1024).min(limits::UPSTREAM_HEAD_BYTES_MAX - buf.len());
                 let (res, back) = conn.stream.read_append(buf, want).await;
                 buf = back;
+                let answered = !buf.is_empty() || interim > 0;
                 match res {
                     Ok(0) => {
                         return Err((
-                            !buf.is_empty(),
+                            answered,
                             Error::upstream(Kind::Unavailable, "upstream closed the connection"),
                         ));
                     }
                     Ok(_) => {}
                     Err(e) => {
                         return Err((
-                            !buf.is_empty(),
+                            answered,
                             Error::upstream(Kind::Unavailable, "upstream read failed")
                                 .with_cause(e),
                         ));
                     }
                 }
-                let mut slots = [httparse::EMPTY_HEADER; limits::UPSTREAM_HEADERS_MAX];
-                let mut resp = httparse::Response::new(&mut slots);
-                match resp.parse(&buf) {
-                    Ok(httparse::Status::Partial) => continue,
-                    Ok(httparse::Status::Complete(len)) => {
-                        let status = resp.code.unwrap_or(0);
-                        if (100..200).contains(&status) && status != 101 {
-                            buf.drain(..len);
-                            continue; // interim response (100 Continue): the real one follows
-                        }
-                        let framing =
-                            response_framing(status, is_head, resp.headers).map_err(|e| {
-                                (
-                                    true,
-                                    Error::upstream(Kind::BadGateway, "bad framing from upstream")
-                                        .with_cause(format!("{e:?}")),
-                                )
-                            })?;
-                        let mut close = resp.version == Some(0);
-                        let mut headers = Vec::with_capacity(resp.headers.len());
-                        for h in resp.headers.iter() {
-                            let name = h.name.to_ascii_lowercase();
-                            let value = String::from_utf8_lossy(h.value.trim_ascii()).into_owned();
-                            if name == "connection" && value.to_ascii_lowercase().contains("close")
-                            {
-                                close = true;
-                            }
-                            headers.push((name, value));
-                        }
-                        buf.drain(..len);
-                        return Ok((status, headers, framing, close, buf));
-                    }
-                    Err(httparse::Error::TooManyHeaders) => {
-                        return Err((
-                            true,
-                            Error::upstream(Kind::BadGateway, "too many headers from upstream"),
-                        ));
-                    }
-                    Err(e) => {
-                        return Err((
-                            true,
-                            Error::upstream(
-                                Kind::BadGateway,
-                                "malformed response head from upstream",
-                            )
-                            .with_cause(e),
-                        ));
-                    }
-                }
             }
         };
-        let (status, headers, framing, close, buf) =
+        let (status, headers, framing, close, buf, pos) =
             match monoio::time::timeout(header_timeout, read_head).await {
                 Ok(r) => r?,
                 Err(_) => {
@@ -626,7 +752,7 @@ impl Client {
                 }
             };
         let body = match framing {
-            Framing::Empty => BodyState::Done,
+            Framing::Empty | Framing::Length(0) => BodyState::Done,
             Framing::Length(n) => BodyState::Length { left: n },
             Framing::Chunked => BodyState::Chunked(Chunked::new()),
             Framing::Close => BodyState::Close,
@@ -638,8 +764,12 @@ impl Client {
             body,
             conn: Some(conn),
             buf,
+            pos,
             origin: req.url.origin.clone(),
-            reusable: !close && framing != Framing::Close,
+            // After an answer that has no body (HEAD, 204, 304) the connection is closed: a
+            // peer that sends a body there anyway (a framing confusion) may send it late, past
+            // any check before reuse, where it would be read as the next request's answer.
+            reusable: !close && !matches!(framing, Framing::Close | Framing::Empty),
             stall: body_stall,
             pool: Some(self.pool.clone()),
         })
@@ -648,12 +778,22 @@ impl Client {
     async fn connect(&self, origin: &Origin) -> Result<Conn> {
         let connect_timeout = self.limits.borrow().upstream_connect_timeout;
         let addrs = self.resolve(origin).await?;
+        if addrs
+            .iter()
+            .any(|a| is_listener(*a, &self.refused.borrow()))
+        {
+            return Err(Error::upstream(
+                Kind::BadGateway,
+                "upstream address is one of ringcache's own listeners (a request loop)",
+            ));
+        }
         let mut last_err = None;
         for addr in addrs {
             match monoio::time::timeout(connect_timeout, TcpStream::connect_addr(addr)).await {
                 Ok(Ok(tcp)) => {
                     // Without NODELAY a TLS handshake waits on delayed ACKs (~40 ms each).
                     let _ = tcp.set_nodelay(true);
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
                     let stream = if origin.tls {
                         let name = rustls_pki_types::ServerName::try_from(origin.host.clone())
                             .or_err(Kind::Unavailable, Side::Upstream, "bad upstream host name")?;
@@ -679,6 +819,7 @@ impl Client {
                     return Ok(Conn {
                         stream,
                         idle_since: Instant::now(),
+                        fd,
                     });
                 }
                 Ok(Err(e)) => {
@@ -715,6 +856,24 @@ impl Client {
             .insert(key, (addrs.clone(), Instant::now()));
         Ok(addrs)
     }
+}
+
+/// Whether a connection to `addr` would reach one of `listeners`: the same socket address, or
+/// a listener on an unspecified IP (`0.0.0.0`, `::`) on that port and `addr` a local address.
+pub fn is_listener(addr: SocketAddr, listeners: &[SocketAddr]) -> bool {
+    let ip = addr.ip().to_canonical();
+    listeners.iter().any(|l| {
+        l.port() == addr.port()
+            && (l.ip().to_canonical() == ip || (l.ip().is_unspecified() && is_local(ip)))
+    })
+}
+
+/// Whether `ip` is an address of this host: loopback or unspecified, or one a socket can be
+/// bound to (asked only when a listener on an unspecified IP shares the port).
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// Where the resolver thread leaves its answer.
@@ -837,5 +996,141 @@ mod tests {
         assert_eq!(base.join("//cdn2/x").unwrap().to_string(), "https://cdn2/x");
         assert!(base.join("relative/path").is_none());
         assert!(base.join("file:///etc/passwd").is_none());
+    }
+
+    #[test]
+    fn listeners_include_unspecified_binds() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let listeners = [a("127.0.0.1:5000"), a("0.0.0.0:6000"), a("[::]:7000")];
+        let cases: &[(&str, bool)] = &[
+            ("127.0.0.1:5000", true),
+            ("127.0.0.2:5000", false),
+            ("127.0.0.1:5001", false),
+            ("127.0.0.1:6000", true),
+            ("127.0.0.9:6000", true),
+            ("0.0.0.0:6000", true),
+            ("[::1]:7000", true),
+            ("[::ffff:127.0.0.1]:5000", true),
+            ("127.0.0.1:7000", true),
+            ("192.0.2.1:6000", false),
+            ("[::1]:5000", false),
+        ];
+        for (addr, want) in cases {
+            assert_eq!(is_listener(a(addr), &listeners), *want, "{addr}");
+        }
+    }
+
+    /// A canned upstream on loopback: answers each request read with the next of `answers`.
+    fn canned(answers: Vec<&'static [u8]>) -> SocketAddr {
+        use std::io::{BufRead, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut r = std::io::BufReader::new(s);
+            for answer in answers {
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                w.write_all(answer).unwrap();
+            }
+        });
+        addr
+    }
+
+    fn client() -> Client {
+        let roots = rustls::RootCertStore::empty();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Client::new(Arc::new(tls), Limits::default())
+    }
+
+    /// Interim answers and the final one in one read; a chunked body handed out across chunk
+    /// boundaries, a data run cut to the room there is; the connection reused after it.
+    #[test]
+    fn interim_answers_and_chunks_across_reads_and_room() {
+        let addr = canned(vec![
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
+              HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3\r\nabc\r\n5\r\ndefgh\r\n1\r\ni\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ]);
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let c = client();
+            let url = Url::parse(&format!("http://{addr}/x")).unwrap();
+            let req = Request {
+                method: "GET",
+                url: &url,
+                headers: &[],
+            };
+            let mut resp = c.send(&req).await.unwrap();
+            assert_eq!(resp.status, 200);
+            let mut pieces = Vec::new();
+            loop {
+                // Room for 4 bytes: a data run longer than that is cut, a full sink handed back.
+                let out = Vec::with_capacity(4);
+                let room = out.capacity();
+                match resp.chunk_into(out).await.unwrap() {
+                    Some(p) => {
+                        assert!(!p.is_empty() && p.len() <= room, "{p:?}");
+                        pieces.push(p);
+                    }
+                    None => break,
+                }
+            }
+            assert_eq!(pieces.concat(), b"abcdefghi");
+            if pieces[0].capacity() == 4 {
+                // Filled across chunks: "abcd", "efgh", "i".
+                assert_eq!(pieces.len(), 3, "{pieces:?}");
+            }
+            drop(resp);
+            // The same connection carries the next request.
+            let resp = c.send(&req).await.unwrap();
+            assert_eq!(resp.read_capped(10).await.unwrap(), b"ok");
+        });
+    }
+
+    /// Bytes past a body: the connection is not reused (a fresh one answers the next
+    /// request).
+    #[test]
+    fn bytes_past_a_body_retire_the_connection() {
+        let addr = canned(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokJUNK",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno",
+        ]);
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let c = client();
+            let url = Url::parse(&format!("http://{addr}/x")).unwrap();
+            let req = Request {
+                method: "GET",
+                url: &url,
+                headers: &[],
+            };
+            let resp = c.send(&req).await.unwrap();
+            assert_eq!(resp.read_capped(10).await.unwrap(), b"ok");
+            assert!(
+                c.pool.take(&url.origin).is_none(),
+                "not pooled with JUNK after it"
+            );
+        });
     }
 }

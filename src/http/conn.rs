@@ -484,6 +484,7 @@ async fn exchange(
                 method,
                 route,
                 accept: accept_of(&head, &buf),
+                via: via_of(&head, &buf),
                 range: head.range.and_then(|r| parse_range(r.of(&buf))),
             };
             proxy::serve(worker, &req, &mut x).await
@@ -512,8 +513,11 @@ async fn exchange(
             tracing::info!(%peer, error = %e, "response cut short");
             x.keep_alive = false;
         } else {
-            if e.side != crate::error::Side::Client {
+            // Upstream refusing us (401) is a WARN of the upstream module, once a minute.
+            if e.side != crate::error::Side::Client && e.kind != Kind::Unauthorized {
                 tracing::info!(%peer, error = %e, "request failed");
+            } else if e.side != crate::error::Side::Client {
+                tracing::debug!(%peer, error = %e, "request failed");
             }
             let _ = x.send_error(&e).await;
         }
@@ -558,6 +562,14 @@ async fn exchange(
         Next::Close
     };
     (next, buf)
+}
+
+/// The client's Via headers joined (checked for a loop, and passed on upstream).
+fn via_of(head: &Head, buf: &[u8]) -> Option<String> {
+    if head.via_count == 0 {
+        return None;
+    }
+    Some(head.vias(buf).collect::<Vec<_>>().join(", "))
 }
 
 /// The client's Accept headers joined (forwarded upstream for manifests).
@@ -650,6 +662,7 @@ pub fn reason(status: u16) -> &'static str {
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
+        508 => "Loop Detected",
         _ => "Unknown",
     }
 }

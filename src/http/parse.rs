@@ -49,6 +49,9 @@ impl Span {
 
 /// Up to this many Accept headers are kept (clients send one or a few).
 pub const ACCEPT_MAX: usize = 8;
+/// Up to this many Via headers are kept: the first ones and the last (proxies append to one
+/// line; the loop check looks for ringcache's own entry).
+pub const VIA_MAX: usize = 4;
 
 /// What the `Connection` header asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +74,10 @@ pub struct Head {
     pub accept: [Span; ACCEPT_MAX],
     pub accept_count: usize,
     pub range: Option<Span>,
+    /// `Via` header values (RFC 9110 §7.6.3), in order; past [`VIA_MAX`] the last one
+    /// replaces the last kept.
+    pub via: [Span; VIA_MAX],
+    pub via_count: usize,
     /// The request declares a body (Content-Length > 0 or Transfer-Encoding).
     pub has_body: bool,
 }
@@ -91,6 +98,10 @@ impl Head {
         self.accept[..self.accept_count.min(ACCEPT_MAX)]
             .iter()
             .map(move |s| s.str(buf))
+    }
+
+    pub fn vias<'a>(&'a self, buf: &'a [u8]) -> impl Iterator<Item = &'a str> + 'a {
+        self.via[..self.via_count].iter().map(move |s| s.str(buf))
     }
 }
 
@@ -209,6 +220,8 @@ pub fn parse_request<'b>(
         accept: [Span::default(); ACCEPT_MAX],
         accept_count: 0,
         range: None,
+        via: [Span::default(); VIA_MAX],
+        via_count: 0,
         has_body: false,
     };
     let mut hosts = 0;
@@ -247,6 +260,10 @@ pub fn parse_request<'b>(
                 return Err(bad("duplicate Range"));
             }
             head.range = Some(Span::within(buf, h.value));
+        } else if name.eq_ignore_ascii_case("via") {
+            let i = head.via_count.min(VIA_MAX - 1);
+            head.via[i] = Span::within(buf, h.value);
+            head.via_count = i + 1;
         }
     }
     if content_length.is_some() && transfer_encoding {
@@ -443,6 +460,20 @@ mod tests {
         assert_eq!(h.accepts(buf).collect::<Vec<_>>(), ["a/b", "c/d"]);
         assert_eq!(h.range.unwrap().str(buf), "bytes=0-1");
         assert!(two[h.len..].starts_with("GET /b"));
+    }
+
+    #[test]
+    fn via_headers_kept_first_and_last() {
+        let one = "GET / HTTP/1.1\r\nHost: x\r\nVia: 1.1 a, 1.1 b\r\n\r\n";
+        let h = complete(one);
+        assert_eq!(h.vias(one.as_bytes()).collect::<Vec<_>>(), ["1.1 a, 1.1 b"]);
+        let many = "GET / HTTP/1.1\r\nHost: x\r\nvia: 1\r\nVia: 2\r\nVia: 3\r\nVia: 4\r\nVia: 5\r\nVia: 6\r\n\r\n";
+        let h = complete(many);
+        assert_eq!(
+            h.vias(many.as_bytes()).collect::<Vec<_>>(),
+            ["1", "2", "3", "6"]
+        );
+        assert_eq!(complete("GET / HTTP/1.1\r\nHost: x\r\n\r\n").via_count, 0);
     }
 
     #[test]

@@ -3,13 +3,17 @@
 //!
 //! An `Ingest` is an obligation: dropped uncommitted, it removes its temp file.
 //!
-//! **Blocks.** Each piece the fill receives (one upstream read, up to [`BLOCK_BYTES`]) is
-//! copied into a [`Block`] of aligned memory, joins the fill's [`Recent`] blocks and counts as
-//! accepted: followers may send it from memory at once. Its write and its hash are queued
-//! for two pool jobs (a writer and a hasher per fill, each taking its blocks in order), which
-//! run in parallel with each other and with the fill's next upstream reads. At most
-//! [`IN_FLIGHT`] blocks wait for either job; past that the fill waits, and upstream's bytes
-//! wait in the socket.
+//! **Blocks.** The fill reads upstream's bytes into a [`Block`] of aligned memory, read after
+//! read (and chunk after chunk of a chunked body) until it holds [`BLOCK_BYTES`] or the body
+//! ends: however upstream cuts its body, a block is [`BLOCK_BYTES`] (the last one less).
+//! After each read, what the open block holds is *published* ([`Ingest::publish`]): the block
+//! joins the fill's [`Recent`] blocks and its bytes so far count as accepted, so followers
+//! may send them from memory at once while the fill goes on appending past them. A full (or
+//! last) block is *sealed* ([`Ingest::accept`]): its write and its hash are queued for two pool
+//! jobs (a writer and a hasher per fill, each taking its blocks in order), which run in
+//! parallel with each other and with the fill's next upstream reads. At most [`IN_FLIGHT`]
+//! sealed blocks wait for either job; past that the fill waits before it opens another block,
+//! and upstream's bytes wait in the socket.
 //!
 //! **Direct writes.** Blocks are written with `O_DIRECT` where the filesystem takes it: the
 //! fill does not go through the page cache, so it pays neither for allocating page-cache pages
@@ -149,19 +153,23 @@ impl Alloc {
     }
 }
 
-/// A piece of the body at a file offset, in aligned memory: copied in on the event loop,
-/// then shared read-only (`Arc`) with the jobs that write and hash it and with followers.
+/// A piece of the body at a file offset, in aligned memory: filled on the event loop, shared
+/// (`Arc`) with followers as it grows, and with the jobs that write and hash it once sealed.
 pub struct Block {
     mem: Option<Alloc>,
     /// Where the bytes start in `mem`: the file offset's distance past an [`ALIGN`] boundary,
     /// so that aligned file offsets fall on aligned memory.
     skew: usize,
-    len: usize,
+    /// Bytes published: `[0, len)` are written and never change again; only the fill, through
+    /// the block's [`OpenBlock`], writes, and only past `len`. Stored with Release after the
+    /// bytes, loaded with Acquire before reading them; it never decreases.
+    len: AtomicUsize,
     /// File offset of the first byte.
     at: u64,
 }
 
-// SAFETY: a shared `Block` is never written (only `Block::new` fills it).
+// SAFETY: readers see only the published bytes `[0, len)`, which are never written again; the
+// one writer (the fill's `OpenBlock`) writes only past `len` and publishes with Release.
 unsafe impl Sync for Block {}
 
 impl Block {
@@ -171,7 +179,7 @@ impl Block {
         Block {
             mem: Some(Alloc::get()),
             skew: (at % ALIGN as u64) as usize,
-            len: 0,
+            len: AtomicUsize::new(0),
             at,
         }
     }
@@ -183,57 +191,88 @@ impl Block {
         unsafe { p.as_ptr().add(self.skew) }
     }
 
-    pub fn bytes(&self) -> &[u8] {
-        // SAFETY: the first `len` bytes past `base` were written (`OpenBlock`), and the
-        // allocation holds `skew + BLOCK_BYTES >= skew + len` bytes.
-        unsafe { std::slice::from_raw_parts(self.base(), self.len) }
-    }
-
-    pub fn end(&self) -> u64 {
-        self.at + self.len as u64
-    }
-}
-
-/// A block being filled (see [`Ingest::open_block`]): upstream's bytes are read straight into
-/// it, then it is accepted, and from then on shared and never written again.
-pub struct OpenBlock(Block);
-
-impl OpenBlock {
+    /// Bytes published so far.
     pub fn len(&self) -> usize {
-        self.0.len
+        self.len.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.len == 0
+        self.len() == 0
     }
 
-    /// Drop the first `n` bytes (upstream resent what we have).
-    pub fn drop_front(&mut self, n: usize) {
-        let len = self.0.len;
-        let n = n.min(len);
-        // SAFETY: the first `len` bytes past `base` are initialised and owned by this block.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(self.0.base(), len) };
-        bytes.copy_within(n.., 0);
-        self.0.len = len - n;
+    /// The published bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the first `len` bytes past `base` were written before `len` was published
+        // (Release, paired with the Acquire in `len()`) and are never written again; the
+        // allocation holds `skew + BLOCK_BYTES >= skew + len` bytes.
+        unsafe { std::slice::from_raw_parts(self.base(), self.len()) }
+    }
+
+    pub fn end(&self) -> u64 {
+        self.at + self.len() as u64
     }
 }
 
-// SAFETY: the pointer is into the block's own mapping, which does not move while it lives;
-// `len` bytes past it are initialised.
+/// The fill's handle on the block it is filling (see [`Ingest::open_block`]): upstream's
+/// bytes are read straight into it, past what is published; [`Ingest::publish`] shows them to
+/// followers, [`Ingest::accept`] seals the block. The only writer of the block's memory.
+pub struct OpenBlock {
+    block: Arc<Block>,
+    /// Bytes in the block: `[0, block.len)` published, `[block.len, filled)` not yet.
+    filled: usize,
+}
+
+impl OpenBlock {
+    /// Bytes in the block, published or not.
+    pub fn len(&self) -> usize {
+        self.filled
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filled == 0
+    }
+
+    /// Bytes received since the last publish.
+    pub fn unpublished(&self) -> usize {
+        self.filled - self.block.len()
+    }
+
+    /// Whether the block has no room left.
+    pub fn is_full(&self) -> bool {
+        self.filled == BLOCK_BYTES
+    }
+
+    /// Drop the first `n` of the bytes not yet published (upstream resent what we have).
+    pub fn drop_unpublished(&mut self, n: usize) {
+        let published = self.block.len();
+        let fresh = self.filled - published;
+        let n = n.min(fresh);
+        // SAFETY: `[published, filled)` past `base` is initialised, inside the allocation, and
+        // read by no one else (only published bytes are shared).
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(self.block.base().add(published), fresh) };
+        bytes.copy_within(n.., 0);
+        self.filled -= n;
+    }
+}
+
+// SAFETY: the pointer is into the block's own mapping, which does not move while the `Arc`
+// lives; `filled` bytes past it are initialised.
 unsafe impl monoio::buf::IoBuf for OpenBlock {
     fn read_ptr(&self) -> *const u8 {
-        self.0.base()
+        self.block.base()
     }
 
     fn bytes_init(&self) -> usize {
-        self.0.len
+        self.filled
     }
 }
 
-// SAFETY: as for `IoBuf`; the mapping holds `BLOCK_BYTES` past `base`.
+// SAFETY: as for `IoBuf`; the mapping holds `BLOCK_BYTES` past `base`. Reads land past
+// `filled` (`Sink::filled`), never in the published bytes.
 unsafe impl monoio::buf::IoBufMut for OpenBlock {
     fn write_ptr(&mut self) -> *mut u8 {
-        self.0.base()
+        self.block.base()
     }
 
     fn bytes_total(&mut self) -> usize {
@@ -241,17 +280,17 @@ unsafe impl monoio::buf::IoBufMut for OpenBlock {
     }
 
     unsafe fn set_init(&mut self, pos: usize) {
-        self.0.len = pos;
+        self.filled = pos;
     }
 }
 
 impl crate::http::client::Sink for OpenBlock {
     fn filled(&self) -> usize {
-        self.0.len
+        self.filled
     }
 
     fn room(&self) -> usize {
-        BLOCK_BYTES - self.0.len
+        BLOCK_BYTES - self.filled
     }
 
     fn make_room(&mut self, n: usize) {
@@ -260,16 +299,16 @@ impl crate::http::client::Sink for OpenBlock {
 
     fn push_slice(&mut self, bytes: &[u8]) {
         assert!(bytes.len() <= self.room(), "a block does not grow");
-        // SAFETY: `len + bytes.len() <= BLOCK_BYTES` past `base`, inside the allocation;
-        // `bytes` is not in it (the block is borrowed mutably).
+        // SAFETY: `filled + bytes.len() <= BLOCK_BYTES` past `base`, inside the allocation,
+        // past the published bytes (no one else reads there); `bytes` is not in it.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
-                self.0.base().add(self.0.len),
+                self.block.base().add(self.filled),
                 bytes.len(),
             );
         }
-        self.0.len += bytes.len();
+        self.filled += bytes.len();
     }
 }
 
@@ -332,17 +371,19 @@ impl Recent {
     /// Up to `want` bytes of the body at `pos`, if a recent block has them (`None`: read the
     /// file): the block stays alive (and in memory) while the `Piece` does.
     pub fn piece_at(&self, pos: u64, want: usize) -> Option<Piece> {
-        let (newer, block) = {
+        let (newer, block, end) = {
             let blocks = self.blocks.lock().unwrap();
-            let (newer, b) = blocks
+            let (newer, b, end) = blocks
                 .iter()
                 .rev()
                 .enumerate()
-                .find(|(_, b)| b.at <= pos && pos < b.end())?;
-            (newer, b.clone())
+                .map(|(newer, b)| (newer, b, b.end()))
+                .find(|(_, b, end)| b.at <= pos && pos < *end)?;
+            (newer, b.clone(), end)
         };
         let from = (pos - block.at) as usize;
-        let len = want.min(block.len - from);
+        // What was published when it was found (a block being filled grows meanwhile).
+        let len = want.min((end - pos) as usize);
         Some(Piece {
             block,
             from,
@@ -379,7 +420,8 @@ impl Recent {
 
     /// Drop the oldest blocks that are wholly in the file (`written`) while more than `keep`
     /// are held (or while blocks past the process budget are alive): blocks not yet written
-    /// always stay.
+    /// always stay (the block being filled joins only once it has bytes, so its end is past
+    /// `written`).
     fn evict(&self, written: u64, keep: usize) {
         let mut blocks = self.blocks.lock().unwrap();
         while blocks.front().is_some_and(|b| b.end() <= written)
@@ -405,9 +447,12 @@ pub struct Ingest {
     recent: Arc<Recent>,
     /// The blocks on their way to the file and through the hash.
     pipe: Arc<Pipeline>,
-    /// Bytes handed to [`Ingest::append`]: in a block, so readable by followers.
+    /// Bytes published: in a block, so readable by followers.
     accepted: u64,
-    /// Blocks made (for the fill's log line: average piece size).
+    /// The block being filled, if any (shared with its [`OpenBlock`]): sealed from here when
+    /// the fill could not keep its handle (an upstream read that failed took it).
+    open: Option<Arc<Block>>,
+    /// Blocks sealed (for the fill's log line: average block size).
     pieces: u64,
     on_accepted: Option<OnAccepted>,
     /// Set once the file is renamed into the store; Drop then leaves it alone.
@@ -609,6 +654,7 @@ impl Ingest {
                 event: event_listener::Event::new(),
             }),
             accepted: 0,
+            open: None,
             pieces: 0,
             on_accepted: None,
             committed: false,
@@ -653,7 +699,7 @@ impl Ingest {
         self.pipe.lock().written
     }
 
-    /// Blocks made so far.
+    /// Blocks sealed so far.
     pub fn pieces(&self) -> u64 {
         self.pieces
     }
@@ -664,8 +710,8 @@ impl Ingest {
         (st.write.busy, st.hash.busy)
     }
 
-    /// Bytes handed to [`Ingest::append`]: readable from [`Recent`] or the file, being or
-    /// done being written and hashed.
+    /// Bytes published: readable from [`Recent`] or the file (written and hashed once their
+    /// block is sealed).
     pub fn accepted(&self) -> u64 {
         self.accepted
     }
@@ -737,22 +783,60 @@ impl Ingest {
         }
     }
 
-    /// An empty block for the bytes after those accepted (call [`Ingest::ready`] first).
-    pub fn open_block(&self) -> OpenBlock {
-        OpenBlock(Block::open(self.accepted))
+    /// An empty block for the bytes after those accepted (call [`Ingest::ready`] first). A
+    /// block still open is sealed first ([`Ingest::seal_open`]).
+    pub fn open_block(&mut self) -> OpenBlock {
+        self.seal_open();
+        let block = Arc::new(Block::open(self.accepted));
+        self.open = Some(block.clone());
+        OpenBlock { block, filled: 0 }
     }
 
-    /// Accept `block` (from [`Ingest::open_block`], with nothing accepted since): it joins
-    /// [`Recent`], its write and hash are queued, and its bytes count as accepted (told to
-    /// `on_accepted`): followers may send them right away.
-    pub fn accept(&mut self, block: OpenBlock) {
-        let block = Arc::new(block.0);
-        assert_eq!(block.at, self.accepted, "blocks are accepted in order");
-        if block.len == 0 {
+    /// Publish what `block` (the open block) holds: it joins [`Recent`] with its first bytes,
+    /// and they count as accepted (told to `on_accepted`): followers may send them right
+    /// away. The block stays open for more.
+    pub fn publish(&mut self, block: &OpenBlock) {
+        let open = self.open.as_ref().expect("publish an open block");
+        assert!(Arc::ptr_eq(open, &block.block), "publish the open block");
+        let b = &block.block;
+        let before = b.len();
+        if block.filled == before {
             return;
         }
-        self.recent.push(block.clone());
-        self.accepted = block.end();
+        assert!(
+            block.filled > before,
+            "a block's published bytes never shrink"
+        );
+        // The bytes were written before this store (Release): a reader that loads `len`
+        // (Acquire) sees them.
+        b.len.store(block.filled, Ordering::Release);
+        if before == 0 {
+            self.recent.push(b.clone());
+        }
+        self.accepted = b.end();
+        if let Some(f) = &self.on_accepted {
+            f(self.accepted);
+        }
+    }
+
+    /// Publish and seal `block` (the open block): its write and hash are queued. No byte is
+    /// added to it afterwards.
+    pub fn accept(&mut self, block: OpenBlock) {
+        self.publish(&block);
+        self.seal_open();
+    }
+
+    /// Seal the open block as far as it is published (the fill's handle may be gone with a
+    /// failed read; bytes read into it but never published are dropped): its write and hash
+    /// are queued, and the next block starts after it. Nothing happens if no block is open.
+    pub fn seal_open(&mut self) {
+        let Some(block) = self.open.take() else {
+            return;
+        };
+        assert_eq!(block.end(), self.accepted, "blocks are sealed in order");
+        if block.is_empty() {
+            return;
+        }
         {
             let mut st = self.pipe.lock();
             st.write.queue.push_back(block.clone());
@@ -760,14 +844,12 @@ impl Ingest {
         }
         self.pieces += 1;
         self.kick();
-        if let Some(f) = &self.on_accepted {
-            f(self.accepted);
-        }
     }
 
     /// Wait until every accepted block is in the file: afterwards `written() == accepted()`.
-    /// An error is that of a write.
+    /// A block still open is sealed first. An error is that of a write.
     pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.seal_open();
         self.wait_until(|st| st.failed.is_some() || st.write.idle())
             .await;
         match self.pipe.failure() {
@@ -778,8 +860,10 @@ impl Ingest {
 
     /// Check that what was accepted is `size` bytes (when known) and hashes to `expected` —
     /// the first half of [`Ingest::commit`], callable on its own so followers can finish
-    /// while the last writes, the fsync and the rename are still to come.
+    /// while the last writes, the fsync and the rename are still to come. A block still open
+    /// is sealed first.
     pub async fn verify(&mut self, expected: Digest, size: Option<u64>) -> Result<(), CommitError> {
+        self.seal_open();
         self.wait_until(|st| st.hash.idle()).await;
         if let Some(expected) = size {
             if expected != self.accepted {

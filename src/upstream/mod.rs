@@ -1,13 +1,24 @@
 //! The registry client (data path steps 4 and 6): requests to the configured upstream
 //! registry with authentication and redirects, on the worker's HTTP client.
 //!
-//! Credentials go only to the configured upstream's origin and to its token realm; never to a
-//! redirect target on another origin (Docker Hub redirects blobs to a CDN with a signed URL),
-//! never into logs or responses.
+//! - **Credentials** go only to the configured upstream's origin and to a token realm that
+//!   [`realm`] allows (its authority, its registrable domain, or one the operator listed);
+//!   never to a redirect target on another origin (Docker Hub redirects blobs to a CDN with a
+//!   signed URL), never into logs or responses. Rejected credentials are a WARN once a minute.
+//! - **Redirects** may leave the upstream's origin only for a blob (Docker Hub → CDN); a
+//!   manifest, a tag list or anything else is read from the upstream's own origin only.
+//! - **Loops.** Every upstream request carries `Via` with this process's entry
+//!   ([`via_entry`]) after the client's own `Via`; a request that arrives with our entry
+//!   already in its `Via` has been here before ([`via_loops`]: answered 508). The client never
+//!   connects to ringcache's own listeners ([`note_listener`]), whether the remote URL, a
+//!   redirect or a realm names them.
 
 pub mod auth;
+pub mod realm;
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::config::UpstreamConfig;
@@ -31,9 +42,92 @@ pub struct Upstream {
     generation: std::cell::Cell<u64>,
     base: Url,
     credentials: RefCell<Option<(String, String)>>,
+    /// Token realms the operator allows the credentials to go to (see [`realm`]).
+    token_realms: Vec<Url>,
     docker_hub: bool,
     client: Client,
     tokens: RefCell<Tokens>,
+}
+
+/// This process's instance: 16 random hex digits, drawn once.
+fn instance() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+            // No randomness: the time and pid still tell two processes apart.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            bytes = (t.as_nanos() as u64 ^ (std::process::id() as u64) << 32).to_le_bytes();
+        }
+        crate::digest::hex(&bytes)
+    })
+}
+
+/// This process's `Via` entry (RFC 9110 §7.6.3: `protocol received-by (comment)`), a
+/// pseudonym per process: `1.1 <instance> (ringcache)`.
+pub fn via_entry() -> &'static str {
+    static VIA: OnceLock<String> = OnceLock::new();
+    VIA.get_or_init(|| format!("1.1 {} (ringcache)", instance()))
+}
+
+/// Whether an incoming `Via` value (its lines joined with `,`) holds this process's entry: the
+/// request was sent by this ringcache, and came back (a loop).
+pub fn via_loops(via: &str) -> bool {
+    let me = instance();
+    via.split(',').any(|entry| {
+        let mut words = entry.split_ascii_whitespace();
+        let _protocol = words.next();
+        words.next() == Some(me)
+    })
+}
+
+/// The `Via` to send upstream: the client's (if any), then ours.
+fn via_forward(incoming: Option<&str>) -> String {
+    match incoming.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(v) => format!("{v}, {}", via_entry()),
+        None => via_entry().to_string(),
+    }
+}
+
+/// Addresses ringcache listens on (its listeners, inherited sockets, the debug listener),
+/// noted at start; the upstream client never connects to them.
+static LISTENERS: Mutex<Vec<SocketAddr>> = Mutex::new(Vec::new());
+
+/// Note a listen address of this process (before the workers start).
+pub fn note_listener(addr: SocketAddr) {
+    let mut all = LISTENERS.lock().unwrap();
+    if !all.contains(&addr) {
+        all.push(addr);
+    }
+}
+
+/// The listen addresses noted so far.
+pub fn listeners() -> Vec<SocketAddr> {
+    LISTENERS.lock().unwrap().clone()
+}
+
+/// When each rate-limited warning was last logged (by what it is about).
+static WARNED: Mutex<Option<std::collections::HashMap<String, Instant>>> = Mutex::new(None);
+
+/// Whether a warning about `key` may be logged now: at most once per
+/// [`limits::UPSTREAM_WARN_EVERY`] for each key, across the process.
+fn warn_now(key: &str) -> bool {
+    let now = Instant::now();
+    let mut warned = WARNED.lock().unwrap();
+    let warned = warned.get_or_insert_with(Default::default);
+    if warned
+        .get(key)
+        .is_some_and(|at| now.duration_since(*at) < limits::UPSTREAM_WARN_EVERY)
+    {
+        return false;
+    }
+    if warned.len() >= limits::UPSTREAM_WARN_KEYS_MAX {
+        warned.retain(|_, at| now.duration_since(*at) < limits::UPSTREAM_WARN_EVERY);
+    }
+    warned.insert(key.to_string(), now);
+    true
 }
 
 /// Media types a manifest request accepts when the client sent no Accept header.
@@ -51,12 +145,14 @@ impl Upstream {
     ) -> Upstream {
         let host = config.url.origin.host.as_str();
         let credentials = live.credentials.read().unwrap().clone();
+        client.refuse(listeners());
         Upstream {
             health,
             generation: std::cell::Cell::new(
                 live.generation.load(std::sync::atomic::Ordering::Acquire),
             ),
             credentials: RefCell::new(credentials),
+            token_realms: config.token_realms.clone(),
             live,
             base: config.url.clone(),
             docker_hub: matches!(
@@ -74,7 +170,9 @@ impl Upstream {
         upstream_name(self.docker_hub, name)
     }
 
-    /// `method` `/v2/<name>/<tail>` upstream, authenticating and following redirects.
+    /// `method` `/v2/<name>/<tail>` upstream, authenticating and following redirects (off the
+    /// upstream's origin only for a blob). A `Via` in `headers` is the client's, passed on with
+    /// ours after it.
     pub async fn send(
         &self,
         method: &str,
@@ -89,7 +187,11 @@ impl Upstream {
             origin: self.base.origin.clone(),
             path: format!("{base_path}/v2/{name}/{tail}"),
         };
-        self.send_url(method, &mut url, &scope, headers).await
+        // Registries redirect blob GETs, and HEADs too (Distribution answers both from the
+        // same handler), to their storage's URL on another host; nothing else leaves.
+        let may_leave = tail.starts_with("blobs/") && matches!(method, "GET" | "HEAD");
+        self.send_url(method, &mut url, &scope, headers, may_leave)
+            .await
     }
 
     /// `GET /v2/_catalog`-style requests that are not under a repository.
@@ -105,7 +207,7 @@ impl Upstream {
             origin: self.base.origin.clone(),
             path: format!("{base_path}{path}"),
         };
-        self.send_url(method, &mut url, scope, headers).await
+        self.send_url(method, &mut url, scope, headers, false).await
     }
 
     /// After a reload (SIGHUP): take the new credentials and limits, drop cached tokens.
@@ -128,8 +230,14 @@ impl Upstream {
         url: &mut Url,
         scope: &str,
         headers: &[(&str, &str)],
+        may_leave: bool,
     ) -> Result<Response> {
         self.refresh();
+        let incoming = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("via"))
+            .map(|(_, v)| *v);
+        let via = via_forward(incoming);
         let mut challenged = false;
         let mut hops = 0;
         loop {
@@ -139,7 +247,12 @@ impl Upstream {
             } else {
                 None
             };
-            let mut all: Vec<(&str, &str)> = headers.to_vec();
+            let mut all: Vec<(&str, &str)> = headers
+                .iter()
+                .filter(|(n, _)| !n.eq_ignore_ascii_case("via"))
+                .copied()
+                .collect();
+            all.push(("Via", &via));
             if let Some(a) = &authorization {
                 all.push(("Authorization", a));
             }
@@ -177,6 +290,16 @@ impl Upstream {
                         }
                     }
                 }
+                401 if same_origin
+                    && authorization
+                        .as_deref()
+                        .is_some_and(|a| a.starts_with("Basic ")) =>
+                {
+                    // The configured credentials themselves were refused (a Bearer token
+                    // refused may only lack this repository's scope).
+                    self.credentials_rejected();
+                    return Ok(resp);
+                }
                 301 | 302 | 303 | 307 | 308 => {
                     hops += 1;
                     if hops > limits::REDIRECTS_MAX {
@@ -187,15 +310,31 @@ impl Upstream {
                     }
                     let next = resp.header("location").and_then(|l| url.join(l));
                     resp.discard().await;
-                    *url = next.ok_or_else(|| {
+                    let next = next.ok_or_else(|| {
                         Error::upstream(
                             Kind::BadGateway,
                             "upstream redirect to an unusable location",
                         )
                     })?;
+                    if next.origin != self.base.origin && !may_leave {
+                        tracing::debug!(from = %url.origin, to = %next.origin, "refused a redirect off the upstream's origin");
+                        return Err(Error::upstream(
+                            Kind::BadGateway,
+                            "upstream redirected off its origin (only blobs may leave it)",
+                        ));
+                    }
+                    *url = next;
                 }
                 _ => return Ok(resp),
             }
+        }
+    }
+
+    /// Upstream refused the configured credentials: a WARN naming the upstream, once a
+    /// minute (a wrong password would otherwise log a line per request).
+    fn credentials_rejected(&self) {
+        if warn_now(&format!("rejected {}", self.base.origin)) {
+            tracing::warn!(upstream = %self.base.origin, "upstream rejected the configured credentials (username/password); requests needing them fail with 401");
         }
     }
 
@@ -220,6 +359,9 @@ impl Upstream {
         match challenge {
             Challenge::Basic => {
                 if self.credentials.borrow().is_none() {
+                    if warn_now(&format!("no credentials {}", self.base.origin)) {
+                        tracing::warn!(upstream = %self.base.origin, "upstream asks for Basic credentials and none are configured (proxy.username, proxy.password)");
+                    }
                     return Err(Error::upstream(
                         Kind::Unauthorized,
                         "upstream requires credentials; none configured",
@@ -270,12 +412,20 @@ impl Upstream {
             origin: realm_url.origin.clone(),
             path: format!("{}{sep}{query}", realm_url.path),
         };
-        let basic = self
+        let mut basic = self
             .credentials
             .borrow()
             .as_ref()
             .map(|(u, p)| auth::basic(u, p));
-        let mut headers = vec![("Accept", "application/json")];
+        if basic.is_some()
+            && !realm::may_receive_credentials(&self.base.origin, &realm_url, &self.token_realms)
+        {
+            basic = None;
+            if warn_now(&format!("realm {realm_url}")) {
+                tracing::warn!(realm = %realm_url, upstream = %self.base.origin, "token realm is on neither the upstream's authority nor its registrable domain, nor in ringcache.upstream.token_realms: not sending the credentials there (asking for an anonymous token)");
+            }
+        }
+        let mut headers = vec![("Accept", "application/json"), ("Via", via_entry())];
         if let Some(b) = &basic {
             headers.push(("Authorization", b));
         }
@@ -297,10 +447,13 @@ impl Upstream {
         match status {
             200 => {}
             401 | 403 => {
+                if basic.is_some() {
+                    self.credentials_rejected();
+                }
                 return Err(Error::upstream(
                     Kind::Unauthorized,
                     "token endpoint refused the credentials",
-                ))
+                ));
             }
             _ => return Err(Error::upstream(Kind::Unavailable, "token endpoint failed")),
         }
@@ -327,7 +480,8 @@ pub fn upstream_name(docker_hub: bool, name: &str) -> std::borrow::Cow<'_, str> 
 }
 
 impl Upstream {
-    /// GET bytes `from..=to` (or `from..` to the end) of `tail` in `name`. Returns the response
+    /// GET bytes `from..=to` (or `from..` to the end) of `tail` in `name` (with the client's
+    /// Accept and Via, if any). Returns the response
     /// and how many of its leading bytes to skip: 0 for a 206 that starts at `from`, `from` for a
     /// 200 (upstream ignored the Range). Any other answer is an error; a 429/503 carrying
     /// `Retry-After` (seconds) is honoured, within `RETRY_AFTER_MAX`, before returning it.
@@ -335,7 +489,7 @@ impl Upstream {
         &self,
         name: &str,
         tail: &str,
-        accept: Option<&str>,
+        (accept, via): (Option<&str>, Option<&str>),
         from: u64,
         to: Option<u64>,
         unknown: Kind,
@@ -347,6 +501,9 @@ impl Upstream {
         let mut headers = vec![("Range", range.as_str())];
         if let Some(a) = accept {
             headers.push(("Accept", a));
+        }
+        if let Some(v) = via {
+            headers.push(("Via", v));
         }
         let resp = self.send("GET", name, tail, &headers).await?;
         match resp.status {
@@ -396,6 +553,38 @@ pub fn status_error(status: u16, unknown: Kind) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn via_entries_and_loops() {
+        let me = via_entry();
+        let id = instance();
+        assert_eq!(me, format!("1.1 {id} (ringcache)"));
+        assert_eq!(id.len(), 16);
+        let cases: &[(String, bool)] = &[
+            (me.to_string(), true),
+            (format!("1.0 proxy-a, {me}"), true),
+            (format!("{me}, 1.1 edge (ringcache)"), true),
+            (format!("HTTP/1.1 {id}"), true),
+            (format!("1.1   {id}   (comment, with comma)"), true),
+            ("1.1 other (ringcache)".into(), false),
+            (format!("1.1 {id}x (ringcache)"), false),
+            (format!("1.1 proxy ({id})"), false),
+            (String::new(), false),
+        ];
+        for (via, want) in cases {
+            assert_eq!(via_loops(via), *want, "{via}");
+        }
+        assert_eq!(via_forward(None), me);
+        assert_eq!(via_forward(Some(" ")), me);
+        assert_eq!(via_forward(Some("1.0 a")), format!("1.0 a, {me}"));
+    }
+
+    #[test]
+    fn warnings_are_rate_limited_per_subject() {
+        assert!(warn_now("test subject a"));
+        assert!(!warn_now("test subject a"));
+        assert!(warn_now("test subject b"));
+    }
 
     #[test]
     fn docker_hub_names() {

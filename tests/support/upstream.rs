@@ -1,6 +1,7 @@
 //! The in-repo test upstream: speaks the registry read API, counts every request, can demand
-//! Bearer tokens from its own token realm, records the Authorization each request carried,
-//! and injects faults (corrupt a byte, truncate, hold the body behind a gate, pace it).
+//! Bearer tokens from its own token realm (or name another realm), records the headers each
+//! request carried, and injects faults (corrupt a byte, truncate, hold the body behind a gate,
+//! pace it, interim 1xx answers, bytes past the body, tiny chunks, redirects of any path).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -38,6 +39,12 @@ pub enum Framing {
     Chunked,
     /// No length: the body ends when the connection closes.
     Close,
+    /// Chunked, in chunks of 1 to `max` bytes (sizes drawn from `seed`; all 1 when `max` is
+    /// 1), written about 64 KiB of wire bytes at a time.
+    Tiny {
+        max: usize,
+        seed: u64,
+    },
 }
 
 #[derive(Clone, Default)]
@@ -58,6 +65,14 @@ pub struct Blob {
     /// `(seed, len)`: the body is `image::pseudo_random(seed, len)`, produced as it is sent
     /// and never stored (`data` is then unused).
     pub generated: Option<(u64, usize)>,
+    /// Send this many interim `100`/`103` responses before the final one, all of it (interims,
+    /// head and the whole body) in one write (Length framing; a stored blob).
+    pub interim: usize,
+    /// Bytes sent after the body, in the same write as its last piece: a body longer than its
+    /// Content-Length (Length framing).
+    pub trailing: Option<&'static [u8]>,
+    /// Answer a HEAD with the body too (a separate write right after the head).
+    pub head_body: bool,
 }
 
 #[derive(Default)]
@@ -84,6 +99,13 @@ pub struct State {
     token_status: Mutex<Option<u16>>,
     /// Pause before answering a manifest request (a slow upstream for tag HEADs).
     manifest_delay: Mutex<Option<Duration>>,
+    /// (request line, every header as (lowercased name, value)) for every request.
+    headers: Mutex<Vec<(String, Vec<(String, String)>)>>,
+    /// The realm named in Bearer challenges instead of this upstream's own `/token`.
+    realm: Mutex<Option<String>>,
+    /// (path fragment, Location): a request whose path contains the fragment is answered
+    /// `302` to that location (checked before anything else but `/token`).
+    redirects: Mutex<Vec<(String, String)>>,
 }
 
 pub const TOKEN: &str = "test-token-123";
@@ -248,6 +270,38 @@ impl TestUpstream {
         *self.state.token_status.lock().unwrap() = Some(status);
     }
 
+    /// Name `realm` in Bearer challenges (another host's token endpoint).
+    pub fn set_realm(&self, realm: &str) {
+        *self.state.realm.lock().unwrap() = Some(realm.to_string());
+    }
+
+    /// Answer every request whose path contains `fragment` with `302 Location: location`.
+    pub fn redirect_matching(&self, fragment: &str, location: &str) {
+        self.state
+            .redirects
+            .lock()
+            .unwrap()
+            .push((fragment.to_string(), location.to_string()));
+    }
+
+    pub fn clear_redirects(&self) {
+        self.state.redirects.lock().unwrap().clear();
+    }
+
+    /// Every request's line and headers (names lowercased), in arrival order.
+    pub fn headers(&self) -> Vec<(String, Vec<(String, String)>)> {
+        self.state.headers.lock().unwrap().clone()
+    }
+
+    /// The value of header `name` on each request whose line starts with `prefix`.
+    pub fn header_of(&self, prefix: &str, name: &str) -> Vec<Option<String>> {
+        self.headers()
+            .into_iter()
+            .filter(|(l, _)| l.starts_with(prefix))
+            .map(|(_, hs)| hs.into_iter().find(|(n, _)| n == name).map(|(_, v)| v))
+            .collect()
+    }
+
     pub fn ranges(&self) -> Vec<(String, String)> {
         self.state.ranges.lock().unwrap().clone()
     }
@@ -277,6 +331,7 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
         let line = line.trim_end().to_string();
         let mut authz = None;
         let mut range = None;
+        let mut all = Vec::new();
         loop {
             let mut h = String::new();
             r.read_line(&mut h)?;
@@ -285,6 +340,7 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
                 break;
             }
             if let Some((n, v)) = h.split_once(':') {
+                all.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
                 if n.eq_ignore_ascii_case("authorization") {
                     authz = Some(v.trim().to_string());
                 } else if n.eq_ignore_ascii_case("range") {
@@ -300,6 +356,10 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
             .unwrap()
             .entry(format!("{method} {target}"))
             .or_default() += 1;
+        st.headers
+            .lock()
+            .unwrap()
+            .push((format!("{method} {target}"), all));
         st.seen
             .lock()
             .unwrap()
@@ -337,6 +397,17 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
             }
             continue;
         }
+        let redirect = st
+            .redirects
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(fragment, _)| path.contains(fragment.as_str()))
+            .map(|(_, location)| location.clone());
+        if let Some(location) = redirect {
+            respond(&mut w, 302, &[("Location", &location)], b"", head)?;
+            continue;
+        }
         if st.bearer.lock().unwrap().is_some()
             && authz.as_deref() != Some(&format!("Bearer {TOKEN}"))
         {
@@ -346,8 +417,14 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
                 .nth(2)
                 .unwrap_or("")
                 .to_string();
+            let realm = st
+                .realm
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}/token"));
             let challenge = format!(
-                r#"Bearer realm="http://{addr}/token",service="test-upstream",scope="repository:{name}:pull""#
+                r#"Bearer realm="{realm}",service="test-upstream",scope="repository:{name}:pull""#
             );
             respond(
                 &mut w,
@@ -381,6 +458,31 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
             continue;
         };
         match kind {
+            "tags" if reference == "list" => {
+                let mut tags: Vec<String> = st
+                    .manifests
+                    .lock()
+                    .unwrap()
+                    .keys()
+                    .filter(|(n, t)| n == name && !t.starts_with("sha256:"))
+                    .map(|(_, t)| t.clone())
+                    .collect();
+                tags.sort();
+                let body = format!(
+                    r#"{{"name":"{name}","tags":[{}]}}"#,
+                    tags.iter()
+                        .map(|t| format!("\"{t}\""))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                respond(
+                    &mut w,
+                    200,
+                    &[("Content-Type", "application/json")],
+                    body.as_bytes(),
+                    head,
+                )?;
+            }
             "manifests" => {
                 let delay = *st.manifest_delay.lock().unwrap();
                 if let Some(d) = delay {
@@ -495,14 +597,37 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
                 };
                 let framing_header = match b.framing {
                     Framing::Length => format!("Content-Length: {}\r\n", total - start),
-                    Framing::Chunked => "Transfer-Encoding: chunked\r\n".to_string(),
+                    Framing::Chunked | Framing::Tiny { .. } => {
+                        "Transfer-Encoding: chunked\r\n".to_string()
+                    }
                     Framing::Close => "Connection: close\r\n".to_string(),
                 };
                 let head_bytes = format!(
                     "HTTP/1.1 {status}\r\n{framing_header}{extra}Content-Type: application/octet-stream\r\nDocker-Content-Digest: {reference}\r\n\r\n"
                 );
+                if b.interim > 0 && !head {
+                    // Interim answers, the final head and the whole body in one write: a
+                    // client must find the final response in what it has already read.
+                    let mut all = Vec::new();
+                    for i in 0..b.interim {
+                        if i % 2 == 0 {
+                            all.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        } else {
+                            all.extend_from_slice(
+                                b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
+                            );
+                        }
+                    }
+                    all.extend_from_slice(head_bytes.as_bytes());
+                    all.extend_from_slice(&b.data[start..]);
+                    w.write_all(&all)?;
+                    continue;
+                }
                 w.write_all(head_bytes.as_bytes())?;
                 if head {
+                    if b.head_body {
+                        w.write_all(&b.data)?;
+                    }
                     continue;
                 }
                 let nth_get = {
@@ -538,6 +663,33 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
                     _ => len,
                 }
                 .min(len);
+                if let Framing::Tiny { max, seed } = b.framing {
+                    // Tiny chunks, batched into writes of about 64 KiB of wire bytes.
+                    let mut rng = seed | 1;
+                    let mut wire = Vec::with_capacity(80 * 1024);
+                    let mut sent = 0;
+                    while sent < limit {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let n = (1 + (rng as usize) % max.max(1)).min(limit - sent);
+                        wire.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                        wire.extend_from_slice(&piece_at(sent, n));
+                        wire.extend_from_slice(b"\r\n");
+                        sent += n;
+                        if wire.len() >= 64 * 1024 {
+                            w.write_all(&wire)?;
+                            wire.clear();
+                        }
+                    }
+                    if limit < len {
+                        w.write_all(&wire)?;
+                        return Ok(());
+                    }
+                    wire.extend_from_slice(b"0\r\n\r\n");
+                    w.write_all(&wire)?;
+                    continue;
+                }
                 let mut sent = 0;
                 if b.gated {
                     let first = b.gate_at.min(limit);
@@ -552,12 +704,18 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
                 }
                 while sent < limit {
                     let n = (limit - sent).min(64 * 1024);
-                    let piece = piece_at(sent, n);
+                    let mut piece = piece_at(sent, n);
                     if b.framing == Framing::Chunked {
                         w.write_all(format!("{n:x}\r\n").as_bytes())?;
                         w.write_all(&piece)?;
                         w.write_all(b"\r\n")?;
                     } else {
+                        if sent + n == limit && limit == len {
+                            if let Some(extra) = b.trailing {
+                                // Past the Content-Length, in the same write.
+                                piece.extend_from_slice(extra);
+                            }
+                        }
                         w.write_all(&piece)?;
                     }
                     sent += n;
