@@ -5,7 +5,7 @@
 //!
 //! `RINGCACHE_FAILPOINTS=name=duration[,name=duration]` pauses at each named point (the
 //! duration in the config's syntax, e.g. `500ms`) after logging `failpoint <name>`.
-//! [`block`] stalls a whole thread instead, and [`panic`] panics (once the process has run
+//! [`block`] stalls a whole thread instead, and [`panic()`] panics (once the process has run
 //! for the duration).
 
 /// Pause here if the failpoint `name` is set.

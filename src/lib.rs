@@ -9,24 +9,26 @@
 //!
 //! | module | what it is |
 //! |---|---|
-//! | `main.rs` | CLI: `serve`, `check-config`; wires config → store → workers |
-//! | [`config`] | YAML (the reference registry's shape) → [`config::Config`] |
+//! | `main.rs` | CLI: `serve`, `check-config`, `verify`; wires config → store (locked) → workers; signals |
+//! | [`config`] | YAML (the reference registry's shape) → [`config::Config`]; unknown keys and unsupported sections are errors |
 //! | [`limits`] | every hard bound, each with its reason |
 //! | [`error`] | one [`error::Error`]; one table kind → OCI code + status |
 //! | [`expiry`] | the expiry thread: TTL from last use, size cap (LRU), persisted state |
-//! | [`failpoint`] | named pauses for tests (feature `failpoints`, never in release) |
-//! | [`buffers`] | per-worker pools of head and body buffers: idle connections hold none |
+//! | [`failpoint`] | named pauses (and panics) for tests (feature `failpoints`, never in release) |
+//! | [`buffers`] | per-worker pools of head and body buffers, and the budget for heads grown past 4 KiB |
+//! | [`jobs`] | the job pool: blocking work (O_DIRECT writes, sha256, fsync) off the event loops |
 //! | [`worker`] | one monoio runtime per core: listeners, accept loops, connection cap, kept file descriptors for hits, drain |
 //! | [`http`] | `parse` (pure request heads), `body` (framing), `conn` (server), `client` (upstream), `sendfile` (page cache → socket) |
 //! | [`route`] | method + path → [`route::Route`]; OCI name/tag/digest grammar |
-//! | [`debug`] | the debug listener: `/metrics`, `/debug/health`, manual down/up |
+//! | [`media`] | manifest media types; which answer a client's `Accept` gets ([`media::Accepts`]) |
+//! | [`debug`] | the debug listener: `/metrics`, `/debug/health` (every worker, the store, upstream), manual down/up |
 //! | [`digest`] | the sha256 [`digest::Digest`] newtype |
 //! | [`metrics`] | per-worker counters, summed into Prometheus text at scrape time |
 //! | [`proxy`] | `serve(request)`: the one place where hit / miss / fill is decided |
-//! | [`service`] | systemd: readiness, watchdog, socket activation, open-files limit |
-//! | [`store`] | content-addressed files, the index, ingest and commit, tag resolutions |
+//! | [`service`] | systemd: readiness, watchdog, socket activation, open-files limit; a panic anywhere aborts the process |
+//! | [`store`] | content-addressed files, the index, ingest and commit, tag resolutions, the root's lock, a tree walked without following links |
 //! | [`fill`] | the sharded in-flight map, the fill task, followers |
-//! | [`upstream`] | registry client: auth (Basic, Bearer), redirects |
+//! | [`upstream`] | registry client: auth (Basic, Bearer), which realms get credentials, redirects, `Via` and loop refusal |
 //! | [`wheel`] | hierarchical timing wheel, pure: `advance(now)` → expired keys |
 //!
 //! # The data path

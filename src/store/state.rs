@@ -46,7 +46,7 @@ pub enum Record {
     Remove { d: String },
     /// Tag `t` of repository `n` resolved to `d` (media type `m`) for requests accepting the
     /// manifest types `q` ([`crate::media::Accepts`] bits). Lines written before `q` existed
-    /// have none: see [`Loaded::apply`].
+    /// have none: see `Loaded::apply`.
     #[serde(rename = "t")]
     Tag {
         n: String,
