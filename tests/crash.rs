@@ -36,7 +36,8 @@ fn sigkill_at_every_point_of_a_fill_loses_nothing_committed_and_serves_nothing_p
         let digest = up.add_blob_with(Blob {
             data: Arc::new(data.clone()),
             gated: *point == "mid-write",
-            gate_at: 1024 * 1024,
+            // Past one whole fill block (2 MiB): blocks are written when full.
+            gate_at: 2 * 1024 * 1024 + 64 * 1024,
             ..Default::default()
         });
         let env = [("RINGCACHE_FAILPOINTS", format!("{point}=60s"))];
@@ -54,17 +55,17 @@ fn sigkill_at_every_point_of_a_fill_loses_nothing_committed_and_serves_nothing_p
             let (addr, path) = (rc.addr, format!("/v2/x/blobs/{digest}"));
             let client = std::thread::spawn(move || http::get_hashed(addr, &path));
             if *point == "mid-write" {
-                // The first MiB is written and published; upstream holds the rest.
+                // The first block (2 MiB) is written and published; upstream holds the rest.
                 rc.proc.wait_log("fill started", Duration::from_secs(10));
                 let deadline = std::time::Instant::now() + Duration::from_secs(10);
                 while std::fs::read_dir(root.join("ingest"))
                     .unwrap()
                     .filter_map(|e| e.ok())
-                    .all(|e| e.metadata().unwrap().len() < 1024 * 1024)
+                    .all(|e| e.metadata().unwrap().len() < 2 * 1024 * 1024)
                 {
                     assert!(
                         std::time::Instant::now() < deadline,
-                        "the fill never wrote its first MiB"
+                        "the fill never wrote its first block"
                     );
                     std::thread::sleep(Duration::from_millis(5));
                 }
