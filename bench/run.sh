@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The side-by-side benchmark, one command: ringcache vs the reference registry in proxy mode vs
 # nginx (sendfile), on this machine, loopback only. Installs what it needs (Debian), builds the
-# release binary, runs every scenario 3 times (bench/harness.rs), prints the table and writes
+# release binary, runs every scenario 3 times (bench/harness/), prints the table and writes
 # target/bench/results.jsonl (+ results.md). Takes ~10 minutes and ~12 GiB of free disk.
 # Usage: bench/run.sh [--reps N] [--secs S] [--only abcdef] [--quick]
 set -euo pipefail

@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod image;
+pub mod stream;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
