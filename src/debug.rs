@@ -306,6 +306,7 @@ fn gauges(shared: &Shared) -> Gauges {
     Gauges {
         fills_inflight: shared.fills.inflight() as u64,
         store_bytes: shared.store.index.bytes(),
+        store_bytes_max: shared.config.size_max_bytes,
         store_entries: shared.store.index.len() as u64,
         evictions: shared.tallies.evictions.load(Ordering::Relaxed),
         expirations: shared.tallies.expirations.load(Ordering::Relaxed),

@@ -1,12 +1,13 @@
-//! The `ringcache` command: `serve`, `check-config`, `verify`. Wires config → store → workers.
+//! The `ringcache` command: `serve`, `check-config`, `verify` (and the hidden `man`, which
+//! writes the man pages). Wires config → store → workers.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ringcache::config::{Config, DEFAULT_YAML};
 use ringcache::store::lock::InUse;
 use ringcache::worker::{self, Shared};
@@ -26,20 +27,33 @@ struct Cli {
 enum Command {
     /// Serve the cache (with no --config, on the embedded default config).
     Serve {
+        /// The config file (the reference registry's YAML plus a ringcache section).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
     /// Validate a config file and print the effective config, secrets masked.
-    CheckConfig { file: PathBuf },
-    /// Re-hash the store: remove files that do not match their name and state records without
-    /// files, and report. Run it while the cache is stopped (it takes the cache directory's
-    /// lock, as `serve` does).
+    CheckConfig {
+        /// The config file to check.
+        file: PathBuf,
+    },
+    /// Re-hash the store and remove what does not match.
+    ///
+    /// Removes files that do not match their name and state records without files, and
+    /// reports. Run it while the cache is stopped (it takes the cache directory's lock, as
+    /// ringcache serve does).
     Verify {
+        /// The config file whose storage root is checked (default: the embedded config).
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Report only; change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Write the man pages (ringcache.1 and one per subcommand) into DIR, for packaging.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        dir: PathBuf,
     },
 }
 
@@ -49,6 +63,13 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Man { dir } => match write_man(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringcache: man: {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::CheckConfig { file } => {
             let config = match load(Some(&file)) {
                 Ok(c) => c,
@@ -146,6 +167,90 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The man pages, rendered from the CLI definition above (so they cannot drift from it) at
+/// packaging time: a hidden subcommand rather than build.rs, since cargo-deb cannot take assets
+/// from a build script's hashed OUT_DIR and the pages then come from the very binary packaged.
+/// `ringcache.1` adds what `--help` does not say: files, environment, signals, exit status.
+fn write_man(dir: &Path) -> std::io::Result<()> {
+    use clap_mangen::roff::{bold, roman, Roff};
+    use clap_mangen::Man;
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let source = format!("ringcache {}", env!("CARGO_PKG_VERSION"));
+    let see_also = |roff: &mut Roff, page: &str| {
+        roff.control("SH", ["SEE ALSO"]);
+        roff.text([
+            bold(page),
+            roman("(1), "),
+            bold("systemctl"),
+            roman("(1), /usr/share/doc/ringcache/README.md"),
+        ]);
+    };
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let man = Man::new(sub.clone()).source(&source);
+        let mut page = Vec::new();
+        man.render(&mut page)?;
+        let mut roff = Roff::new();
+        see_also(&mut roff, "ringcache");
+        roff.to_writer(&mut page)?;
+        std::fs::write(dir.join(man.get_filename()), page)?;
+    }
+    let man = Man::new(cmd);
+    let mut page = Vec::new();
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    let mut roff = Roff::new();
+    let section = |roff: &mut Roff, name: &str, paragraphs: &[&[&str]]| {
+        roff.control("SH", [name]);
+        for (i, p) in paragraphs.iter().enumerate() {
+            if i > 0 {
+                roff.control("PP", []);
+            }
+            roff.text(p.iter().map(|s| roman(*s)).collect::<Vec<_>>());
+        }
+    };
+    section(&mut roff, "DESCRIPTION", &[
+        &["A drop-in replacement for the reference registry (CNCF Distribution) in proxy mode. On a miss it fetches ",
+          "from the upstream registry once, however many clients wait, streams the bytes to all of them while ",
+          "writing the blob to disk and checking its sha256, and serves later pulls from disk."],
+        &["The configuration is the reference registry's YAML (http, storage, proxy, log) plus a ringcache section; ",
+          "ringcache check-config prints the effective configuration. With http.debug.addr set, a second listener ",
+          "serves Prometheus /metrics and /debug/health."],
+    ]);
+    roff.to_writer(&mut page)?;
+    man.render_options_section(&mut page)?;
+    man.render_subcommands_section(&mut page)?;
+    let mut roff = Roff::new();
+    section(&mut roff, "FILES", &[
+        &["/etc/ringcache/config.yml: the configuration the packaged ringcache.service runs with."],
+        &["/var/cache/ringcache: the cache (storage.filesystem.rootdirectory) under that unit."],
+        &["/usr/share/ringcache/ringcache.json: a Grafana dashboard; /usr/share/ringcache/ringcache-alerts.yml: ",
+          "Prometheus alert rules."],
+    ]);
+    section(&mut roff, "ENVIRONMENT", &[
+        &["Every configuration key can be set from the environment, as with the reference registry: ",
+          "REGISTRY_PROXY_REMOTEURL, REGISTRY_HTTP_DEBUG_ADDR, ..., and RINGCACHE_* for the ringcache section ",
+          "(RINGCACHE_STORAGE_SIZE_MAX=500GiB)."],
+        &["RUST_LOG overrides log.level at start."],
+    ]);
+    section(&mut roff, "SIGNALS", &[
+        &["SIGHUP re-reads the configuration and the environment and applies the log level, the upstream ",
+          "credentials and ringcache.limits; it logs the keys that need a restart."],
+        &["SIGTERM or SIGINT drains: the listeners close, requests and fills in flight finish within ",
+          "ringcache.drain_timeout. A second signal stops at once."],
+    ]);
+    section(&mut roff, "EXIT STATUS", &[
+        &["0 on success; 2 for an invalid configuration or a cache directory in use by another process; ",
+          "1 for any other failure."],
+    ]);
+    see_also(&mut roff, "ringcache-serve");
+    roff.to_writer(&mut page)?;
+    man.render_version_section(&mut page)?;
+    std::fs::write(dir.join(man.get_filename()), page)
 }
 
 /// The store's "in use by another process" error, if that is what stopped the start.

@@ -151,6 +151,8 @@ impl Counters {
 pub struct Gauges {
     pub fills_inflight: u64,
     pub store_bytes: u64,
+    /// `ringcache.storage.size_max`; the series is absent without a cap.
+    pub store_bytes_max: Option<u64>,
     pub store_entries: u64,
     pub evictions: u64,
     pub expirations: u64,
@@ -301,6 +303,14 @@ pub fn render(workers: &[Counters], g: &Gauges) -> String {
         "Bytes of committed content.",
         g.store_bytes,
     );
+    if let Some(max) = g.store_bytes_max {
+        line(
+            "ringcache_store_bytes_max",
+            "gauge",
+            "The size cap (ringcache.storage.size_max); eviction starts at its high-water mark.",
+            max,
+        );
+    }
     line(
         "ringcache_store_entries",
         "gauge",
@@ -371,6 +381,7 @@ mod tests {
         let g = Gauges {
             fills_inflight: 1,
             store_bytes: 10,
+            store_bytes_max: Some(100),
             store_entries: 1,
             evictions: 0,
             expirations: 2,
@@ -392,6 +403,7 @@ mod tests {
             "registry_proxy_pushed_bytes_total{type=\"blob\"} 150",
             "ringcache_upstream_bytes_avoided_total 50",
             "ringcache_expirations_total 2",
+            "ringcache_store_bytes_max 100",
             "ringcache_io_driver{driver=\"io_uring\"} 1",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
