@@ -10,6 +10,7 @@
 //! | module | what it is |
 //! |---|---|
 //! | `main.rs` | CLI: `serve`, `check-config`, `verify`; wires config → store (locked) → workers; signals |
+//! | [`server`] | the composition root: worker threads, listeners, accept loops, connection cap, drain; per connection head → route → [`proxy::serve`] → access log |
 //! | [`config`] | YAML (the reference registry's shape) → [`config::Config`]; unknown keys and unsupported sections are errors |
 //! | [`limits`] | every hard bound, each with its reason |
 //! | [`error`] | one [`error::Error`]; one table kind → OCI code + status |
@@ -17,8 +18,8 @@
 //! | [`failpoint`] | named pauses (and panics) for tests (feature `failpoints`, never in release) |
 //! | [`buffers`] | per-worker pools of head and body buffers, and the budget for heads grown past 4 KiB |
 //! | [`jobs`] | the job pool: blocking work (O_DIRECT writes, sha256, fsync) off the event loops |
-//! | [`worker`] | one monoio runtime per core: listeners, accept loops, connection cap, kept file descriptors for hits, drain |
-//! | [`http`] | `parse` (pure request heads), `body` (framing), `conn` (server), `client` (upstream), `sendfile` (page cache → socket) |
+//! | [`worker`] | a worker's context: [`worker::Shared`] (every worker's) and [`worker::Worker`] (one thread's: upstream client, buffers, kept file descriptors for hits, idle connections) |
+//! | [`http`] | `parse` (pure request heads), `body` (framing), `response` (the one writer to a client socket), `client` (upstream), `sendfile` (page cache → socket) |
 //! | [`route`] | method + path → [`route::Route`]; OCI name/tag/digest grammar |
 //! | [`media`] | manifest media types; which answer a client's `Accept` gets ([`media::Accepts`]) |
 //! | [`debug`] | the debug listener: `/metrics`, `/debug/health` (every worker, the store, upstream), manual down/up |
@@ -33,9 +34,9 @@
 //!
 //! # The data path
 //!
-//! 1. **accept** — a worker accepts and spawns the connection task ([`worker`]).
+//! 1. **accept** — a worker accepts and spawns the connection task ([`server`]).
 //! 2. **parse** — the request head is parsed from the connection's read buffer within the
-//!    limits ([`http::parse`], [`http::conn`]). Pipelined requests are answered in order. An idle
+//!    limits ([`http::parse`], [`server`]). Pipelined requests are answered in order. An idle
 //!    connection waits for readability holding no buffer; buffers come from [`buffers`].
 //! 3. **route** — method + path become a [`route::Route`]; writes get 405 `UNSUPPORTED`.
 //! 4. **tags** — a manifest by tag is resolved upstream with HEAD (within a freshness window,
@@ -86,6 +87,7 @@ pub mod media;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
+pub mod server;
 pub mod service;
 pub mod store;
 pub mod upstream;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use ringcache::config::{Config, DEFAULT_YAML};
 use ringcache::store::lock::InUse;
-use ringcache::worker::{self, Shared};
+use ringcache::worker::Shared;
 
 #[derive(Parser)]
 #[command(
@@ -330,7 +330,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
                 );
                 inherited
             }
-            None => worker::bind(config.http_addr, config.workers)
+            None => ringcache::server::bind(config.http_addr, config.workers)
                 .with_context(|| format!("listening on {}", config.http_addr))?
                 .into_iter()
                 .map(|l| vec![l])
@@ -381,7 +381,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let workers = shared.config.workers;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handles = worker::spawn(shared.clone(), listeners, ready_tx)?;
+    let handles = ringcache::server::spawn(shared.clone(), listeners, ready_tx)?;
     // READY=1 only once every worker accepts (the index is loaded and state restored above).
     for _ in 0..workers {
         ready_rx
