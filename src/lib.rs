@@ -13,6 +13,7 @@
 //! | [`server`] | the composition root: worker threads, listeners, accept loops, connection cap, drain; per connection head → route → [`proxy::serve`] → access log |
 //! | [`config`] | YAML (the reference registry's shape) → [`config::Config`]; unknown keys and unsupported sections are errors |
 //! | [`limits`] | every hard bound, each with its reason |
+//! | [`live`] | what SIGHUP can change while running: limits, upstream credentials, log level |
 //! | [`error`] | one [`error::Error`]; one table kind → OCI code + status |
 //! | [`expiry`] | the expiry thread: TTL from last use, size cap (LRU), persisted state |
 //! | [`failpoint`] | named pauses (and panics) for tests (feature `failpoints`, never in release) |
@@ -27,7 +28,7 @@
 //! | [`metrics`] | per-worker counters, summed into Prometheus text at scrape time |
 //! | [`proxy`] | `serve(request)`: the one place where hit / miss / fill is decided |
 //! | [`service`] | systemd: readiness, watchdog, socket activation, open-files limit; a panic anywhere aborts the process |
-//! | [`store`] | content-addressed files, the index, ingest and commit, tag resolutions, the root's lock, a tree walked without following links |
+//! | [`store`] | content-addressed files, the index, ingest and commit, tag resolutions, each worker's kept descriptors, the changes the expiry thread journals, the root's lock, a tree walked without following links |
 //! | [`fill`] | the sharded in-flight map, the fill task, followers |
 //! | [`upstream`] | registry client: auth (Basic, Bearer), which realms get credentials, redirects, `Via` and loop refusal |
 //! | [`wheel`] | hierarchical timing wheel, pure: `advance(now)` → expired keys |
@@ -83,6 +84,7 @@ pub mod fill;
 pub mod http;
 pub mod jobs;
 pub mod limits;
+pub mod live;
 pub mod media;
 pub mod metrics;
 pub mod proxy;

@@ -17,6 +17,7 @@ use crate::limits;
 use crate::media::Accepts;
 use crate::metrics::{Cache, Type};
 use crate::route::{Method, Page, Reference, Route};
+use crate::store::changes::Change;
 use crate::store::tags::Revalidation;
 use crate::store::{Entry, Ingest};
 use crate::upstream::{status_error, MANIFEST_ACCEPT_DEFAULT};
@@ -129,7 +130,7 @@ async fn blob(
                     req.via.as_deref(),
                 ))
                 .await?;
-                w.shared.link(&entry, digest, name);
+                w.shared.changes.link(&entry, digest, name);
             }
             entry.touch();
             x.cache = Cache::Hit;
@@ -537,7 +538,7 @@ async fn manifest_by_digest(
                     ))
                     .await?;
                 }
-                w.shared.link(&entry, digest, name);
+                w.shared.changes.link(&entry, digest, name);
             }
             entry.touch();
             x.cache = Cache::Hit;
@@ -733,14 +734,16 @@ async fn revalidate_tag(
             let media_type: Arc<str> = resp.header("content-type").unwrap_or("").into();
             match digest {
                 Some(d) => {
-                    shared.tag(name, tag, resolved_for, d, media_type, asked);
+                    shared
+                        .changes
+                        .tag(&shared.tags, name, tag, resolved_for, d, media_type, asked);
                     d
                 }
                 None => return manifest_by_tag_get(w, req, x, name, tag, asked).await,
             }
         }
         Ok(resp) if resp.status == 404 => {
-            shared.untag(name, tag, resolved_for);
+            shared.changes.untag(&shared.tags, name, tag, resolved_for);
             return Err(Error::upstream(
                 Kind::ManifestUnknown,
                 "upstream has no such tag",
@@ -791,11 +794,18 @@ async fn manifest_by_tag_get(
         store
             .index
             .insert(digest, Arc::new(Entry::new(n, Some(media_type.clone()))));
-        w.shared.note(crate::expiry::Event::Committed(digest));
+        w.shared.changes.note(Change::Committed(digest));
     }
     let resolved_for = Accepts::parse(accept_or_default(req));
-    w.shared
-        .tag(name, tag, resolved_for, digest, media_type, asked);
+    w.shared.changes.tag(
+        &w.shared.tags,
+        name,
+        tag,
+        resolved_for,
+        digest,
+        media_type,
+        asked,
+    );
     manifest_by_digest(w, req, x, name, digest, Some(name)).await
 }
 

@@ -36,8 +36,9 @@ use crate::http::response::Exchange;
 use crate::http::sendfile;
 use crate::proxy::{self, Request};
 use crate::route::{self, Method};
+use crate::store::kept::Files;
 use crate::upstream::Upstream;
-use crate::worker::{Files, Shared, Worker};
+use crate::worker::{Shared, Worker};
 
 /// Header slots on the stack for one parse; `limits.headers_max` (≤ this) of them are used.
 pub const HEADER_SLOTS_MAX: usize = 1024;

@@ -5,7 +5,6 @@
 //! crosses threads.
 
 use std::cell::Cell;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -23,7 +22,7 @@ pub struct Shared {
     pub tls: Arc<rustls::ClientConfig>,
     pub drain: Drain,
     /// To the expiry thread: commits, links, tags (never on the hit path).
-    pub events: crate::expiry::EventSender,
+    pub changes: crate::store::changes::Changes,
     /// Each worker's event-loop heartbeat, for the systemd watchdog.
     pub heartbeats: Arc<crate::service::Heartbeats>,
     /// Per-worker counters, indexed by worker id (each written only by its worker).
@@ -36,91 +35,11 @@ pub struct Shared {
     /// balancers drain this node; cleared by `POST /debug/health/up`.
     pub health_down: std::sync::atomic::AtomicBool,
     /// Settings SIGHUP can change.
-    pub live: Arc<Reloadable>,
+    pub live: Arc<crate::live::Reloadable>,
     /// The I/O driver the workers run ("io_uring" or "epoll").
     pub driver: std::sync::OnceLock<&'static str>,
     /// Set once the workers are done: the expiry thread saves the state and ends.
     pub stopping: std::sync::atomic::AtomicBool,
-}
-
-impl Shared {
-    /// Tell the expiry thread something (dropped, with a debug line, if its queue is full).
-    pub fn note(&self, ev: crate::expiry::Event) {
-        if !self.events.try_send(ev) {
-            tracing::debug!("expiry queue full; event dropped");
-        }
-    }
-
-    /// Record a tag resolution for requests accepting `resolved_for` (and journal it).
-    pub fn tag(
-        &self,
-        name: &str,
-        tag: &str,
-        resolved_for: crate::media::Accepts,
-        digest: crate::digest::Digest,
-        media_type: Arc<str>,
-        at: std::time::Instant,
-    ) {
-        self.tags
-            .put(name, tag, resolved_for, digest, media_type.clone(), at);
-        self.note(crate::expiry::Event::Tagged {
-            name: name.into(),
-            tag: tag.into(),
-            resolved_for,
-            digest,
-            media_type: media_type.to_string(),
-        });
-    }
-
-    /// Drop a tag upstream no longer has for requests accepting `resolved_for` (and journal
-    /// that).
-    pub fn untag(&self, name: &str, tag: &str, resolved_for: crate::media::Accepts) {
-        self.tags.remove(name, tag, resolved_for);
-        self.note(crate::expiry::Event::Untagged {
-            name: name.into(),
-            tag: tag.into(),
-            resolved_for,
-        });
-    }
-
-    /// Link a digest to a repository upstream confirmed it in, and remember that.
-    pub fn link(&self, entry: &crate::store::Entry, digest: crate::digest::Digest, repo: &str) {
-        if !entry.linked(repo) {
-            entry.link(repo);
-            self.note(crate::expiry::Event::Linked(digest, repo.to_string()));
-        }
-    }
-}
-
-/// What SIGHUP can change without a restart: limits and upstream credentials (the log level is
-/// reloaded in main). Readers take a copy when they start a connection or an upstream request;
-/// `generation` tells each worker's upstream client to refresh (and drop cached tokens).
-pub struct Reloadable {
-    pub generation: std::sync::atomic::AtomicU64,
-    pub log_level: std::sync::RwLock<String>,
-    pub limits: std::sync::RwLock<crate::limits::Limits>,
-    pub credentials: std::sync::RwLock<Option<(String, String)>>,
-}
-
-impl Reloadable {
-    pub fn new(config: &Config) -> Reloadable {
-        Reloadable {
-            generation: Default::default(),
-            log_level: std::sync::RwLock::new(config.log_level.clone()),
-            limits: std::sync::RwLock::new(config.limits.clone()),
-            credentials: std::sync::RwLock::new(
-                config
-                    .upstream
-                    .username
-                    .clone()
-                    .zip(config.upstream.password.clone()),
-            ),
-        }
-    }
-
-    pub fn limits(&self) -> crate::limits::Limits {
-        self.limits.read().unwrap().clone()
-    }
 }
 
 /// Graceful stop: once started, listeners close, idle connections end, and in-flight requests
@@ -152,102 +71,6 @@ impl Worker {
     /// This worker's own counters.
     pub fn counters(&self) -> &crate::metrics::Counters {
         &self.shared.counters[self.id]
-    }
-}
-
-/// Open descriptors of committed files, per worker: the hit path. A hit on a kept descriptor
-/// needs no open/statx/close, no lock on the index, no reference-count increment and no lock on
-/// the entry — nothing shared is written but the (millisecond-throttled) last access.
-///
-/// A kept descriptor holds its entry; once the index has dropped it (expiry, eviction, a
-/// size mismatch: the entry is marked removed) the descriptor is no longer used, and [`Files::sweep`] closes it within one
-/// heartbeat, so removal frees disk space. Bounded by [`FILES_OPEN_MAX`].
-#[derive(Default)]
-pub struct Files {
-    open: std::cell::RefCell<std::collections::HashMap<crate::digest::Digest, Kept>>,
-}
-
-/// Descriptors one worker keeps open at most.
-pub const FILES_OPEN_MAX: usize = 1024;
-
-/// One kept descriptor: its entry, the file, and the repositories this worker has already
-/// found the entry linked to.
-struct Kept {
-    entry: Arc<crate::store::Entry>,
-    file: Rc<monoio::fs::File>,
-    repos: Vec<Box<str>>,
-    /// The entry's media type when kept (manifests; a worker-local copy).
-    media_type: Option<Rc<str>>,
-}
-
-/// A hit on a kept descriptor.
-pub struct Hit {
-    pub size: u64,
-    pub file: Rc<monoio::fs::File>,
-    pub media_type: Option<Rc<str>>,
-}
-
-impl Kept {
-    /// Still in the index.
-    fn live(&self) -> bool {
-        !self.entry.removed()
-    }
-}
-
-impl Files {
-    /// Whether this worker keeps a descriptor for `digest` whose entry is still in the index.
-    pub fn keeps(&self, digest: &crate::digest::Digest) -> bool {
-        self.open.borrow().get(digest).is_some_and(|k| k.live())
-    }
-
-    /// A hit on a kept descriptor for `repo`: records the use and returns the size, the file
-    /// and the media type. `None` sends the caller to the index (not kept, removed, or `repo`
-    /// not yet seen).
-    pub fn hit(&self, digest: &crate::digest::Digest, repo: &str) -> Option<Hit> {
-        let mut open = self.open.borrow_mut();
-        let kept = open.get_mut(digest).filter(|k| k.live())?;
-        if !kept.repos.iter().any(|r| &**r == repo) {
-            if !kept.entry.linked(repo) {
-                return None;
-            }
-            kept.repos.push(repo.into());
-        }
-        kept.entry.touch();
-        Some(Hit {
-            size: kept.entry.size,
-            file: kept.file.clone(),
-            media_type: kept.media_type.clone(),
-        })
-    }
-
-    pub fn put(
-        &self,
-        digest: crate::digest::Digest,
-        entry: &Arc<crate::store::Entry>,
-        file: monoio::fs::File,
-    ) -> Rc<monoio::fs::File> {
-        let file = Rc::new(file);
-        let mut open = self.open.borrow_mut();
-        if open.len() >= FILES_OPEN_MAX {
-            if let Some(k) = open.keys().next().copied() {
-                open.remove(&k);
-            }
-        }
-        open.insert(
-            digest,
-            Kept {
-                entry: entry.clone(),
-                file: file.clone(),
-                repos: Vec::new(),
-                media_type: entry.media_type().map(|m| Rc::from(&*m)),
-            },
-        );
-        file
-    }
-
-    /// Close the descriptors of entries that left the index.
-    pub fn sweep(&self) {
-        self.open.borrow_mut().retain(|_, k| k.live());
     }
 }
 
@@ -315,7 +138,7 @@ pub struct Worker {
     pub(crate) head_room_high: Cell<usize>,
     pub(crate) connections_last: Cell<usize>,
     /// Open descriptors of committed files (the hit path's).
-    pub files: Files,
+    pub files: crate::store::kept::Files,
     /// Head and body buffers, borrowed per request.
     pub buffers: crate::buffers::Buffers,
     /// This worker's copy of the tag resolutions it has read (see [`crate::store::tags::Local`]).
