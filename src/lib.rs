@@ -26,7 +26,7 @@
 //! | [`debug`] | the debug listener: `/metrics`, `/debug/health` (every worker, the store, upstream), manual down/up |
 //! | [`digest`] | the sha256 [`digest::Digest`] newtype |
 //! | [`metrics`] | per-worker counters, summed into Prometheus text at scrape time |
-//! | [`proxy`] | `serve(request)`: the one place where hit / miss / fill is decided |
+//! | [`proxy`] | `serve(request)`: the one place where hit / miss / fill / bypass is decided; one file per noun (blob, manifest, listing, miss, bypass) |
 //! | [`service`] | systemd: readiness, watchdog, socket activation, open-files limit; a panic anywhere aborts the process |
 //! | [`store`] | content-addressed files, the index, ingest and commit, tag resolutions, each worker's kept descriptors, the changes the expiry thread journals, the root's lock, a tree walked without following links |
 //! | [`fill`] | the sharded in-flight map, the fill task, followers |
@@ -59,7 +59,7 @@
 //!    delivered complete.
 //! 8. **resume** — upstream breaks mid-body: the fill continues with `Range` ([`fill::task`]).
 //!    If the store fails instead (disk full, read-only, I/O), followers finish straight from
-//!    upstream, verifying themselves ([`fill::bypass`], [`store::incident`]).
+//!    upstream, verifying themselves ([`proxy::bypass`], [`store::incident`]).
 //! 9. **expiry** — a timing wheel holds one deadline per entry; last access decides between
 //!    re-arming and removal; a size cap evicts least-recently-used entries; state is journalled
 //!    ([`wheel`], [`expiry`], [`store::state`]).

@@ -13,7 +13,6 @@
 //! the newest bytes from there, and older bytes from the file. The fill paces itself to its
 //! furthest follower ([`Fill::pace`]), briefly, so that one stays within those blocks.
 
-pub mod bypass;
 pub mod follow;
 pub mod task;
 
@@ -51,7 +50,7 @@ pub enum State {
     /// a client mid-body is cut short.
     Failed(Kind),
     /// The store cannot take this content (disk full, read-only, I/O error): nothing will be
-    /// committed, and every follower fetches the rest straight from upstream (`bypass.rs`).
+    /// committed, and every follower fetches the rest straight from upstream ([`crate::proxy::bypass`]).
     Bypass,
 }
 
