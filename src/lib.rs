@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `main.rs` | CLI: `serve`, `check-config`, `verify`; wires config → store (locked) → workers; signals |
 //! | [`server`] | the composition root: worker threads, listeners, accept loops, connection cap, drain; per connection head → route → [`proxy::serve`] → access log |
-//! | [`config`] | YAML (the reference registry's shape) → [`config::Config`]; unknown keys and unsupported sections are errors |
+//! | [`config`] | YAML (the reference registry's shape) → [`config::Config`]; unknown keys and unsupported sections are errors; `schema`, `yaml` walk, `env` overrides, [`config::units`] |
 //! | [`limits`] | every hard bound, each with its reason |
 //! | [`live`] | what SIGHUP can change while running: limits, upstream credentials, log level |
 //! | [`error`] | one [`error::Error`]; one table kind → OCI code + status |
