@@ -109,11 +109,11 @@ pub fn spawn(
     // The job pool: fills write and hash their pieces there (store::ingest), a thread per
     // worker. monoio's own pool stays attached for whatever of monoio needs one.
     crate::jobs::set_threads(listeners.len());
-    let hashers = monoio::blocking::DefaultThreadPool::new(listeners.len().max(1));
+    let blocking = monoio::blocking::DefaultThreadPool::new(listeners.len().max(1));
     for (id, mine) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let ready = ready.clone();
-        let pool = hashers.clone();
+        let pool = blocking.clone();
         let h = std::thread::Builder::new()
             .name(format!("ringcache-w{id}"))
             .spawn(move || run(id, shared, mine, ready, pool))?;
