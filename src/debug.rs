@@ -324,7 +324,7 @@ fn gauges(shared: &Shared) -> Gauges {
 fn respond(conn: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        crate::http::conn::reason(status),
+        crate::http::response::reason(status),
         body.len()
     );
     conn.write_all(head.as_bytes())?;

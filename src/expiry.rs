@@ -14,104 +14,21 @@
 //! - **State**: commits, links, tags and changed access times are appended to the journal
 //!   (`store::state`) every `state_interval` and at shutdown; compacted now and then.
 //!
-//! Workers reach this thread only through a bounded channel of [`Event`]s (commits, links,
-//! tags): nothing on the hit path.
+//! Workers reach this thread only through a bounded queue of [`Change`]s (commits, links,
+//! tags; [`crate::store::changes`]): nothing on the hit path.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::digest::Digest;
+use crate::store::changes::{Change, ChangeReceiver};
 use crate::store::index::{now_ms, now_secs, now_tick};
 use crate::store::state::{Journal, Loaded, Record, Saved};
 use crate::wheel::{TimerId, Wheel};
 use crate::worker::Shared;
-
-/// What workers tell the expiry thread.
-#[derive(Debug, Clone)]
-pub enum Event {
-    /// Content was committed (its entry is in the index).
-    Committed(Digest),
-    /// Upstream confirmed an existing digest in another repository.
-    Linked(Digest, String),
-    /// A tag resolved for requests accepting `resolved_for`.
-    Tagged {
-        name: String,
-        tag: String,
-        resolved_for: crate::media::Accepts,
-        digest: Digest,
-        media_type: String,
-    },
-    /// Upstream said 404 to requests accepting `resolved_for`.
-    Untagged {
-        name: String,
-        tag: String,
-        resolved_for: crate::media::Accepts,
-    },
-}
-
-/// Events waiting for the expiry thread at most; past it an event is dropped (a dropped link
-/// or tag is re-learnt from upstream on the next request).
-pub const EVENTS_MAX: usize = 65_536;
-
-/// The workers' end of the event queue: bounded at [`EVENTS_MAX`], its memory following what
-/// is queued (std's bounded channel allocates and touches every slot up front: 7 MiB of RSS
-/// for 65,536 events that are almost never there).
-pub struct EventSender {
-    tx: std::sync::mpsc::Sender<Event>,
-    queued: Arc<AtomicUsize>,
-}
-
-/// The expiry thread's end.
-pub struct EventReceiver {
-    rx: Receiver<Event>,
-    queued: Arc<AtomicUsize>,
-}
-
-/// A bounded event queue.
-pub fn events() -> (EventSender, EventReceiver) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let queued = Arc::new(AtomicUsize::new(0));
-    (
-        EventSender {
-            tx,
-            queued: queued.clone(),
-        },
-        EventReceiver { rx, queued },
-    )
-}
-
-impl EventSender {
-    /// Queue `ev`; `false` (dropped) when the queue is full or the expiry thread is gone.
-    pub fn try_send(&self, ev: Event) -> bool {
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= EVENTS_MAX {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        if self.tx.send(ev).is_err() {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        true
-    }
-}
-
-impl EventReceiver {
-    fn took(&self, ev: Event) -> Event {
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        ev
-    }
-
-    fn recv_timeout(&self, d: Duration) -> Result<Event, RecvTimeoutError> {
-        self.rx.recv_timeout(d).map(|ev| self.took(ev))
-    }
-
-    fn try_recv(&self) -> Option<Event> {
-        self.rx.try_recv().ok().map(|ev| self.took(ev))
-    }
-}
 
 /// Wall-clock second of a monotonic time (ms).
 fn wall_of(ms: u64) -> u64 {
@@ -175,7 +92,7 @@ struct Expiry {
 }
 
 /// Run the expiry thread until `shared.stopping` is set; flushes the state before returning.
-pub fn run(shared: Arc<Shared>, events: EventReceiver, journal: Journal, state: Loaded) {
+pub fn run(shared: Arc<Shared>, changes: ChangeReceiver, journal: Journal, state: Loaded) {
     let ttl = shared
         .config
         .upstream
@@ -197,11 +114,11 @@ pub fn run(shared: Arc<Shared>, events: EventReceiver, journal: Journal, state: 
     let interval = x.shared.config.state_interval;
     let mut last_flush = Instant::now();
     loop {
-        match events.recv_timeout(Duration::from_millis(250)) {
+        match changes.recv_timeout(Duration::from_millis(250)) {
             Ok(ev) => {
-                x.event(ev);
-                while let Some(ev) = events.try_recv() {
-                    x.event(ev);
+                x.apply(ev);
+                while let Some(ev) = changes.try_recv() {
+                    x.apply(ev);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -219,8 +136,8 @@ pub fn run(shared: Arc<Shared>, events: EventReceiver, journal: Journal, state: 
             last_flush = Instant::now();
         }
         if x.shared.stopping.load(Ordering::SeqCst) {
-            while let Some(ev) = events.try_recv() {
-                x.event(ev);
+            while let Some(ev) = changes.try_recv() {
+                x.apply(ev);
             }
             break;
         }
@@ -243,9 +160,9 @@ impl Expiry {
         self.lru.insert((last_access, digest));
     }
 
-    fn event(&mut self, ev: Event) {
+    fn apply(&mut self, ev: Change) {
         match ev {
-            Event::Committed(digest) => {
+            Change::Committed(digest) => {
                 let Some(entry) = self.shared.store.index.get(&digest) else {
                     return;
                 };
@@ -272,7 +189,7 @@ impl Expiry {
                 }
                 self.state.entries.insert(digest, saved);
             }
-            Event::Linked(digest, repo) => {
+            Change::Linked(digest, repo) => {
                 if let Some(e) = self.state.entries.get_mut(&digest) {
                     if !e.repos.contains(&repo) {
                         e.repos.push(repo.clone());
@@ -283,7 +200,7 @@ impl Expiry {
                     }
                 }
             }
-            Event::Tagged {
+            Change::Tagged {
                 name,
                 tag,
                 resolved_for,
@@ -302,7 +219,7 @@ impl Expiry {
                     self.state.tags.insert(key, (digest, media_type));
                 }
             }
-            Event::Untagged {
+            Change::Untagged {
                 name,
                 tag,
                 resolved_for,
@@ -450,47 +367,5 @@ impl Expiry {
                 self.shared.store.incidents.report("state compaction", &e);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ev(i: usize) -> Event {
-        Event::Untagged {
-            name: "a".into(),
-            tag: i.to_string(),
-            resolved_for: crate::media::Accepts::ALL,
-        }
-    }
-
-    #[test]
-    fn the_event_queue_is_bounded_and_frees_its_room_as_it_is_read() {
-        let (tx, rx) = events();
-        for i in 0..EVENTS_MAX {
-            assert!(tx.try_send(ev(i)), "event {i} fits");
-        }
-        assert!(!tx.try_send(ev(EVENTS_MAX)), "full: dropped");
-        assert!(!tx.try_send(ev(EVENTS_MAX)), "still full");
-        // In order, and each one read makes room for one more.
-        match rx.try_recv() {
-            Some(Event::Untagged { tag, .. }) => assert_eq!(tag, "0"),
-            other => panic!("{other:?}"),
-        }
-        assert!(tx.try_send(ev(0)));
-        assert!(!tx.try_send(ev(0)));
-        let mut n = 0;
-        while rx.try_recv().is_some() {
-            n += 1;
-        }
-        assert_eq!(n, EVENTS_MAX);
-        assert!(rx.recv_timeout(Duration::from_millis(1)).is_err());
-        assert!(tx.try_send(ev(1)));
-        assert!(rx.recv_timeout(Duration::from_millis(1)).is_ok());
-        // The expiry thread gone: refused, and the count not left raised.
-        drop(rx);
-        assert!(!tx.try_send(ev(2)));
-        assert_eq!(tx.queued.load(Ordering::Acquire), 0);
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::{CommandFactory, Parser, Subcommand};
 use ringcache::config::{Config, DEFAULT_YAML};
 use ringcache::store::lock::InUse;
-use ringcache::worker::{self, Shared};
+use ringcache::worker::Shared;
 
 #[derive(Parser)]
 #[command(
@@ -435,7 +435,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
                 );
                 inherited
             }
-            None => worker::bind(config.http_addr, config.workers)
+            None => ringcache::server::bind(config.http_addr, config.workers)
                 .with_context(|| format!("listening on {}", config.http_addr))?
                 .into_iter()
                 .map(|l| vec![l])
@@ -454,19 +454,19 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
                 config.root_dir.display()
             )
         })?;
-    let (events, events_rx) = ringcache::expiry::events();
+    let (changes, changes_rx) = ringcache::store::changes::queue();
     let shared = Arc::new(Shared {
         fills: ringcache::fill::Fills::new(ringcache::limits::FILLS_INFLIGHT_MAX),
         tags: Default::default(),
         drain: Default::default(),
-        events,
+        changes,
         heartbeats: Arc::new(ringcache::service::Heartbeats::new(config.workers)),
         counters: (0..config.workers).map(|_| Default::default()).collect(),
         tallies: Default::default(),
         upstream_health: Default::default(),
         health_down: Default::default(),
         driver: Default::default(),
-        live: Arc::new(ringcache::worker::Reloadable::new(&config)),
+        live: Arc::new(ringcache::live::Reloadable::new(&config)),
         stopping: Default::default(),
         store,
         tls,
@@ -482,11 +482,11 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("ringcache-expiry".into())
-            .spawn(move || ringcache::expiry::run(shared, events_rx, journal, loaded))?
+            .spawn(move || ringcache::expiry::run(shared, changes_rx, journal, loaded))?
     };
     let workers = shared.config.workers;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handles = worker::spawn(shared.clone(), listeners, ready_tx)?;
+    let handles = ringcache::server::spawn(shared.clone(), listeners, ready_tx)?;
     // READY=1 only once every worker accepts (the index is loaded and state restored above).
     for _ in 0..workers {
         ready_rx

@@ -4,8 +4,9 @@
 //! missing digest gets a [`Lease`] and spawns the fill task (`task.rs`), which is owned by the
 //! lease and not by any client: a client that goes away does not stop it. Every requester,
 //! the first one included, then *follows* the fill (`follow.rs`): it streams the temp file up to
-//! the published byte count, waking on progress, and holds the final byte back until the fill
-//! is `Committed`, so a body that fails verification is never delivered complete.
+//! the published byte count, waking on progress, and holds the final byte back until the fill's
+//! body is verified (its `verified` flag, set before the fsync and the rename of the commit), so
+//! a body that fails verification is never delivered complete.
 //!
 //! Only three things cross cores in ringcache; this map is one. Bytes cross through it only
 //! as the fill's few most recent blocks ([`crate::store::ingest::Recent`], in memory,
@@ -13,7 +14,6 @@
 //! the newest bytes from there, and older bytes from the file. The fill paces itself to its
 //! furthest follower ([`Fill::pace`]), briefly, so that one stays within those blocks.
 
-pub mod bypass;
 pub mod follow;
 pub mod task;
 
@@ -51,7 +51,7 @@ pub enum State {
     /// a client mid-body is cut short.
     Failed(Kind),
     /// The store cannot take this content (disk full, read-only, I/O error): nothing will be
-    /// committed, and every follower fetches the rest straight from upstream (`bypass.rs`).
+    /// committed, and every follower fetches the rest straight from upstream ([`crate::proxy::bypass`]).
     Bypass,
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::Lease;
 use crate::error::Kind;
 use crate::limits::{FILL_RESUMES_MAX, FILL_RESUME_BACKOFF, MANIFEST_BYTES_MAX};
+use crate::store::changes::Change;
 use crate::store::ingest::CommitError;
 use crate::store::{Entry, Ingest};
 use crate::upstream::status_error;
@@ -236,7 +237,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content, via: Option
             for repo in fill.take_links() {
                 entry.link(&repo);
             }
-            worker.shared.note(crate::expiry::Event::Committed(digest));
+            worker.shared.changes.note(Change::Committed(digest));
             // upstream_ms / store_ms / paced_ms: time waiting on upstream reads, on the store's
             // jobs (a disk-bound fill shows a large store_ms) and on followers (Fill::pace);
             // write_ms / hash_ms: what the store's jobs took, in all.

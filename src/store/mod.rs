@@ -1,5 +1,7 @@
 //! The content-addressed store (data path steps 5 and 7): committed files, the in-memory
-//! index of what is committed, and ingest (temp files being filled).
+//! index of what is committed ([`index`]), ingest (temp files being filled, [`ingest`]), each
+//! worker's kept descriptors ([`kept`]) and tag resolutions ([`tags`]), and the changes the
+//! expiry thread journals ([`changes`], [`state`]).
 //!
 //! ```text
 //! <root>/
@@ -19,9 +21,11 @@
 //! directory, and a commit opens its shard directory the same way (making it again if it
 //! was removed), so no commit lands outside the root and no sweep deletes outside it.
 
+pub mod changes;
 pub mod incident;
 pub mod index;
 pub mod ingest;
+pub mod kept;
 pub mod lock;
 pub mod state;
 pub mod tags;

@@ -37,7 +37,7 @@ pub struct Health {
 
 pub struct Upstream {
     health: std::sync::Arc<Health>,
-    live: std::sync::Arc<crate::worker::Reloadable>,
+    live: std::sync::Arc<crate::live::Reloadable>,
     /// The reload generation this client's credentials, limits and tokens belong to.
     generation: std::cell::Cell<u64>,
     base: Url,
@@ -141,7 +141,7 @@ impl Upstream {
         config: &UpstreamConfig,
         client: Client,
         health: std::sync::Arc<Health>,
-        live: std::sync::Arc<crate::worker::Reloadable>,
+        live: std::sync::Arc<crate::live::Reloadable>,
     ) -> Upstream {
         let host = config.url.origin.host.as_str();
         let credentials = live.credentials.read().unwrap().clone();

@@ -1,11 +1,16 @@
-//! The server connection (data path steps 1–2, and the response side of every step): read a
-//! request head within the limits, route it, hand it to `proxy::serve`, write the answer;
-//! keep-alive and pipelining (requests answered in order, one at a time).
+//! The composition root (data path steps 1–2, and the access log): the worker threads (one
+//! monoio runtime per core: io_uring, the fusion driver falling back to epoll where io_uring
+//! is blocked), their SO_REUSEPORT listeners and accept loops, the connection cap, drain; and
+//! per connection: wait for a request, read its head within the limits, route it, hand it to
+//! [`proxy::serve`], count and log it; keep-alive and pipelining (requests answered in order,
+//! one at a time). The only module that knows them all; nothing below imports it.
 //!
-//! States: `Idle` (waiting for the first byte, keep-alive timeout) → `Head` (reading the head,
-//! head deadline) → `Serving` (proxy writes the response) → `Idle`, or `Closing` after
-//! `Connection: close`, a framing error, a write refused without reading its body, or a
-//! response cut short.
+//! A worker that panics takes the process down ([`crate::service::abort_on_panic`]): its
+//! listener must not outlive it.
+//!
+//! A connection: waiting for its next request (no buffer, see [`crate::worker::Idle`]) → reading the head
+//! (head deadline) → answered by the proxy → waiting again, or closed after `Connection:
+//! close`, a framing error, a write refused without reading its body, or a response cut short.
 //!
 //! A connection closed while the client may still be sending (a bad head, a body not read,
 //! pipelined requests not answered) *lingers*: our side is shut for writing (the answer goes
@@ -13,21 +18,27 @@
 //! [`LINGER_TIME`] and [`LINGER_BYTES`]. Closing with unread bytes would send a reset, and a
 //! reset can throw away the answer before the client reads it.
 
+use std::cell::Cell;
+use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::buf::IoBufMut;
+use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
-use super::parse::{parse_range, parse_request, Head, Parsed};
-use super::sendfile;
-use crate::buffers::{Buffers, HeadRoom, Lent, HEAD_FIRST_BYTES, SMALL_CHUNK_BYTES};
+use crate::buffers::{Buffers, HeadRoom, HEAD_FIRST_BYTES};
 use crate::error::{Error, Kind};
-use crate::limits::CHUNK_BYTES;
+use crate::http::client::Client;
+use crate::http::parse::{parse_range, parse_request, Head, Parsed};
+use crate::http::response::Exchange;
+use crate::http::sendfile;
 use crate::proxy::{self, Request};
 use crate::route::{self, Method};
-use crate::worker::Worker;
+use crate::store::kept::Files;
+use crate::upstream::Upstream;
+use crate::worker::{Shared, Worker};
 
 /// Header slots on the stack for one parse; `limits.headers_max` (≤ this) of them are used.
 pub const HEADER_SLOTS_MAX: usize = 1024;
@@ -47,266 +58,291 @@ enum Next {
     Linger,
 }
 
-/// One request's response side, handed to the proxy.
-pub struct Exchange<'a> {
-    pub sock: &'a mut TcpStream,
-    /// HEAD: send the head only.
-    pub head_only: bool,
-    /// Whether the connection may serve another request after this one.
-    pub keep_alive: bool,
-    minor_version: u8,
-    /// The body buffer (file reads) borrowed from the worker's pool for this request, if any.
-    buf: Vec<u8>,
-    lent: Lent,
-    pool: &'a Buffers,
-    /// A response head formatted but not yet written (see [`Exchange::defer_head`]).
-    head: Vec<u8>,
-    /// Set once a response head is written (or deferred): after that an error can only cut
-    /// the connection.
-    pub wrote_head: bool,
-    pub status: u16,
-    pub body_bytes: u64,
-    /// Of `body_bytes`, those sent by sendfile straight from the page cache.
-    pub sendfile_bytes: u64,
-    /// Body bytes a follower copied from its fill's recent blocks in memory.
-    pub memory_bytes: u64,
-    pub send_stall: Duration,
-    /// Whether file bytes may go by sendfile (decided per connection, by where the client is).
-    pub sendfile: sendfile::Policy,
-    /// Hit, miss, coalesced... (set by the proxy; for counters and the access log).
-    pub cache: crate::metrics::Cache,
-    /// Blob or manifest, when the request was for one.
-    pub ty: Option<crate::metrics::Type>,
-    /// Time spent waiting for upstream before the first byte (misses).
-    pub upstream_ms: Option<u64>,
+/// Bind `n` SO_REUSEPORT listeners on `addr` (the kernel spreads connections over them). With
+/// port 0 the first bind picks the port and the rest share it.
+pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        // monoio-style SO_REUSEPORT binds would silently share a port with another process:
+        // refuse to start if something already listens there.
+        let probe = if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
+        if std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(200))
+            .is_ok()
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{addr} is already in use by another listener"),
+            ));
+        }
+    }
+    let first = reuseport_listener(addr)?;
+    let addr = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(reuseport_listener(addr)?);
+    }
+    Ok(all)
 }
 
-impl<'a> Exchange<'a> {
-    /// A response not yet started.
-    pub fn new(
-        sock: &'a mut TcpStream,
-        pool: &'a Buffers,
-        send_stall: Duration,
-        head_only: bool,
-        keep_alive: bool,
-        minor_version: u8,
-    ) -> Exchange<'a> {
-        Exchange {
-            sock,
-            head_only,
-            keep_alive,
-            minor_version,
-            buf: Vec::new(),
-            lent: Lent::None,
-            pool,
-            head: Vec::new(),
-            wrote_head: false,
-            status: 0,
-            body_bytes: 0,
-            sendfile_bytes: 0,
-            memory_bytes: 0,
-            send_stall,
-            sendfile: sendfile::Policy::Always,
-            cache: Default::default(),
-            ty: None,
-            upstream_ms: None,
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+/// Start one thread per worker; each accepts on its own listeners (a SO_REUSEPORT socket, or
+/// dups of the sockets systemd passed) and reports its id on `ready` once it accepts.
+pub fn spawn(
+    shared: Arc<Shared>,
+    listeners: Vec<Vec<std::net::TcpListener>>,
+    ready: std::sync::mpsc::Sender<usize>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut handles = Vec::new();
+    // The job pool: fills write and hash their pieces there (store::ingest), a thread per
+    // worker. monoio's own pool stays attached for whatever of monoio needs one.
+    crate::jobs::set_threads(listeners.len());
+    let blocking = monoio::blocking::DefaultThreadPool::new(listeners.len().max(1));
+    for (id, mine) in listeners.into_iter().enumerate() {
+        let shared = shared.clone();
+        let ready = ready.clone();
+        let pool = blocking.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("ringcache-w{id}"))
+            .spawn(move || run(id, shared, mine, ready, pool))?;
+        handles.push(h);
+    }
+    Ok(handles)
+}
+
+fn run(
+    id: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    ready: std::sync::mpsc::Sender<usize>,
+    pool: monoio::blocking::DefaultThreadPool,
+) {
+    // COOP_TASKRUN + SINGLE_ISSUER: the ring is only used from this thread; measured to bring
+    // a keep-alive server on monoio level with nginx (DESIGN.md, stack facts).
+    let mut urb = io_uring::IoUring::builder();
+    urb.setup_coop_taskrun().setup_single_issuer();
+    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(1024)
+        .uring_builder(urb)
+        .attach_thread_pool(Box::new(pool.clone()))
+        .build();
+    let mut rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!(worker = id, error = %e, "io_uring setup flags refused; using defaults");
+            monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .attach_thread_pool(Box::new(pool))
+                .build()
+                .expect("build a monoio runtime")
         }
-    }
+    };
+    let driver = match &rt {
+        monoio::FusionRuntime::Uring(_) => "io_uring",
+        monoio::FusionRuntime::Legacy(_) => "epoll",
+    };
+    let _ = shared.driver.set(driver);
+    tracing::info!(worker = id, driver, "worker started");
+    rt.block_on(serve_worker(id, shared, listeners, ready));
+}
 
-    /// This request's body buffer (borrowed from the worker's pool on first use); hand it back
-    /// with [`Exchange::put_buf`] so later chunks reuse it.
-    pub fn take_buf(&mut self) -> Vec<u8> {
-        if self.lent == Lent::None {
-            let (v, lent) = self.pool.body();
-            self.lent = lent;
-            return v;
+/// Decrements the worker's connection count when a connection task ends, however it ends.
+struct ConnSlot(Rc<Worker>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.connections.set(self.0.connections.get() - 1);
+        self.0
+            .counters()
+            .connections_open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn serve_worker(
+    id: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    ready: std::sync::mpsc::Sender<usize>,
+) {
+    let client = Client::new(shared.tls.clone(), shared.live.limits());
+    let upstream = Upstream::new(
+        &shared.config.upstream,
+        client,
+        shared.upstream_health.clone(),
+        shared.live.clone(),
+    );
+    let worker = Rc::new(Worker {
+        id,
+        shared,
+        upstream,
+        connections: Cell::new(0),
+        connections_high: Cell::new(0),
+        head_room_high: Cell::new(0),
+        connections_last: Cell::new(0),
+        files: Files::default(),
+        buffers: Default::default(),
+        tags: Default::default(),
+        idle: Default::default(),
+    });
+    // The heartbeat proves this event loop answers (the systemd watchdog reads it).
+    let beat = worker.clone();
+    monoio::spawn(async move {
+        loop {
+            beat.shared.heartbeats.beat(beat.id);
+            beat.files.sweep();
+            let keepalive = beat.shared.live.limits.read().unwrap().keepalive_idle;
+            beat.idle.sweep(keepalive, beat.shared.drain.is_draining());
+            give_back_memory(&beat);
+            crate::failpoint::block("worker-stall");
+            if beat.id == 1 {
+                // A worker other than w0 (which `main` joins first) dies.
+                crate::failpoint::panic("worker-panic");
+            }
+            monoio::time::sleep(crate::service::HEARTBEAT_EVERY).await;
         }
-        let v = std::mem::take(&mut self.buf);
-        if v.capacity() == 0 {
-            // Lost to a cancelled write: a fresh one of the size this borrow allows.
-            return Vec::with_capacity(self.chunk());
-        }
-        v
+    });
+    let mut accepting = Vec::new();
+    for l in listeners {
+        let l = monoio::net::TcpListener::from_std(l).expect("register listener");
+        accepting.push(monoio::spawn(accept_loop(worker.clone(), l)));
     }
-
-    pub fn put_buf(&mut self, v: Vec<u8>) {
-        self.buf = v;
+    let _ = ready.send(id);
+    for a in accepting {
+        a.await;
     }
-
-    /// Bytes per file read for this request.
-    pub fn chunk(&self) -> usize {
-        match self.lent {
-            Lent::Small => SMALL_CHUNK_BYTES,
-            _ => CHUNK_BYTES,
-        }
+    // Draining: listeners are closed; let this worker's connections and every fill finish.
+    let deadline = std::time::Instant::now() + worker.shared.config.drain_timeout;
+    let busy = || worker.connections.get() > 0 || worker.shared.fills.inflight() > 0;
+    while busy() && std::time::Instant::now() < deadline {
+        monoio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-
-    /// End of the request: the body buffer goes back to the pool.
-    fn release(&mut self) {
-        let lent = std::mem::take(&mut self.lent);
-        if lent != Lent::None {
-            self.pool.give_body(lent, std::mem::take(&mut self.buf));
-        }
-    }
-
-    /// Write a response head now. `headers` are added after the standard ones.
-    pub async fn send_head(
-        &mut self,
-        status: u16,
-        content_length: u64,
-        headers: &[(&str, &str)],
-    ) -> std::io::Result<()> {
-        self.defer_head(status, content_length, headers);
-        self.flush_head().await
-    }
-
-    /// Format a response head to go out with the first body bytes ([`Exchange::send_file`],
-    /// [`Exchange::send_full`]): one write, one segment for a small response. Whatever is
-    /// still pending when the request ends is flushed by the connection.
-    pub fn defer_head(&mut self, status: u16, content_length: u64, headers: &[(&str, &str)]) {
-        use std::io::Write;
-        assert!(!self.wrote_head, "response head written twice");
-        let h = &mut self.head;
-        h.clear();
-        // Writing to a Vec cannot fail.
-        let _ = write!(
-            h,
-            "HTTP/1.1 {status} {}\r\nContent-Length: {content_length}\r\nDocker-Distribution-API-Version: registry/2.0\r\n",
-            reason(status)
+    if busy() {
+        tracing::warn!(
+            worker = id,
+            connections = worker.connections.get(),
+            fills = worker.shared.fills.inflight(),
+            "drain deadline passed; cutting what is left"
         );
-        if !self.keep_alive {
-            h.extend_from_slice(b"Connection: close\r\n");
-        } else if self.minor_version == 0 {
-            h.extend_from_slice(b"Connection: keep-alive\r\n");
-        }
-        for (name, value) in headers {
-            h.extend_from_slice(name.as_bytes());
-            h.extend_from_slice(b": ");
-            h.extend_from_slice(value.as_bytes());
-            h.extend_from_slice(b"\r\n");
-        }
-        h.extend_from_slice(b"\r\n");
-        self.wrote_head = true;
-        self.status = status;
+    } else {
+        tracing::info!(worker = id, "worker drained");
     }
+}
 
-    /// Write a deferred head, if one is pending.
-    pub async fn flush_head(&mut self) -> std::io::Result<()> {
-        if self.head.is_empty() {
-            return Ok(());
-        }
-        let h = std::mem::take(&mut self.head);
-        self.write(h).await
+/// Connections that must have closed, or head room (bytes) been given back, since the most
+/// there were before freed memory is handed back to the system; once the count stops falling,
+/// or at once past [`TRIM_AT_ONCE`] times this.
+const TRIM_AFTER_CLOSED: usize = 256;
+const TRIM_AFTER_HEAD_ROOM: usize = 1024 * 1024;
+const TRIM_AT_ONCE: usize = 8;
+
+/// After a crowd of connections leaves, or long heads' buffers are freed ([`TRIM_AFTER_CLOSED`],
+/// [`TRIM_AFTER_HEAD_ROOM`]), hand the memory they freed back to the system: once the crowd
+/// has left (the count stopped falling), not once per heartbeat while it leaves. Their head
+/// buffers, tasks and timers are freed, but the allocator returns only the top of a heap: one
+/// allocation that outlives the crowd (a table that grew meanwhile) pins everything under it
+/// (measured: 2,000 connections that sent a partial head and closed left RSS 22 MiB up; with
+/// this, 1 to 2 MiB).
+fn give_back_memory(worker: &Worker) {
+    let open = worker.connections.get();
+    let falling = open < worker.connections_last.replace(open);
+    let high = worker.connections_high.get().max(open);
+    let room = worker.buffers.head_room_used();
+    let room_high = worker.head_room_high.get().max(room);
+    let (closed, freed) = (high - open, room_high - room);
+    let due = closed >= TRIM_AFTER_CLOSED || freed >= TRIM_AFTER_HEAD_ROOM;
+    let urgent =
+        closed >= TRIM_AFTER_CLOSED * TRIM_AT_ONCE || freed >= TRIM_AFTER_HEAD_ROOM * TRIM_AT_ONCE;
+    if !due || (falling && !urgent) {
+        worker.connections_high.set(high);
+        worker.head_room_high.set(room_high);
+        return;
     }
-
-    /// A complete response from memory (the body is skipped for HEAD), in one write.
-    pub async fn send_full(
-        &mut self,
-        status: u16,
-        headers: &[(&str, &str)],
-        body: Vec<u8>,
-    ) -> std::io::Result<()> {
-        self.defer_head(status, body.len() as u64, headers);
-        if !self.head_only && !body.is_empty() {
-            self.body_bytes += body.len() as u64;
-            self.head.extend_from_slice(&body);
-        }
-        self.flush_head().await
+    worker.connections_high.set(open);
+    worker.head_room_high.set(room);
+    tracing::debug!(
+        worker = worker.id,
+        closed,
+        head_room_freed = freed,
+        "handing freed memory back to the system"
+    );
+    // SAFETY: malloc_trim only returns free pages of the allocator's heaps to the system; it
+    // takes each arena's lock, so it is safe beside other threads' allocations.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
     }
+}
 
-    pub async fn send_error(&mut self, e: &Error) -> std::io::Result<()> {
-        let status = e.kind.status();
-        if matches!(
-            e.kind,
-            Kind::BadRequest | Kind::HeadTooLarge | Kind::UriTooLong
-        ) {
-            self.keep_alive = false;
+/// Accept on one listener until draining starts; then close it.
+async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener) {
+    let id = worker.id;
+    let max = worker.shared.live.limits().connections_per_worker_max;
+    loop {
+        let drain = worker.shared.drain.listen();
+        if worker.shared.drain.is_draining() {
+            break;
         }
-        let body = e.body().into_bytes();
-        self.send_full(
-            status,
-            &[("Content-Type", "application/json; charset=utf-8")],
-            body,
-        )
-        .await
-    }
-
-    /// Write bytes with the send-stall timeout: a client that reads nothing is cut.
-    pub async fn write(&mut self, bytes: Vec<u8>) -> std::io::Result<()> {
-        match monoio::time::timeout(self.send_stall, self.sock.write_all(bytes)).await {
-            Ok((res, _)) => res.map(|_| ()),
-            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-        }
-    }
-
-    /// Stream `[start, end]` of an open, complete file to the client: what is in the page
-    /// cache by sendfile (no copy through user space), the rest read through io_uring into
-    /// the pooled buffer, chunk by chunk.
-    pub async fn send_file(
-        &mut self,
-        file: &monoio::fs::File,
-        start: u64,
-        end: u64,
-    ) -> std::io::Result<()> {
-        let mut pos = start;
-        // A body too small for sendfile is no stream for the policy either.
-        let _stream = (end + 1 - start >= sendfile::MIN_BYTES).then(sendfile::streaming);
-        while pos <= end {
-            if let Some(to) = sendfile::span(self.sendfile, file, pos, end + 1) {
-                self.flush_head().await?;
-                let from = pos;
-                let res = sendfile::send(self.sock, file, &mut pos, to, self.send_stall).await;
-                self.body_bytes += pos - from;
-                self.sendfile_bytes += pos - from;
-                res?;
-            } else {
-                pos = self.read_and_send(file, pos, end).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Read one chunk of `[pos, end]` into the pooled buffer and send it (with the deferred
-    /// head in front of it, if one is pending): where the next chunk starts.
-    async fn read_and_send(
-        &mut self,
-        file: &monoio::fs::File,
-        pos: u64,
-        end: u64,
-    ) -> std::io::Result<u64> {
-        let mut buf = self.take_buf();
-        let chunk = self.chunk();
-        buf.clear();
-        // A deferred head goes out in front of the first chunk.
-        buf.extend_from_slice(&self.head);
-        self.head.clear();
-        let at = buf.len();
-        let want = ((end + 1 - pos) as usize).min(chunk.saturating_sub(at).max(1));
-        buf.reserve(want);
-        let (res, slice) = file.read_at(buf.slice_mut(at..at + want), pos).await;
-        buf = slice.into_inner();
-        let n = match res {
-            Ok(n) if n > 0 => n,
-            other => {
-                self.put_buf(buf);
-                return Err(other
-                    .err()
-                    .unwrap_or_else(|| std::io::ErrorKind::UnexpectedEof.into()));
-            }
+        let accepted = monoio::select! {
+            a = listener.accept() => a,
+            _ = drain => break,
         };
-        match monoio::time::timeout(self.send_stall, self.sock.write_all(buf.slice(0..at + n)))
-            .await
-        {
-            Ok((res, slice)) => {
-                self.put_buf(slice.into_inner());
-                res?;
+        match accepted {
+            Ok((stream, peer)) => {
+                if worker.connections.get() >= max {
+                    monoio::spawn(refuse(stream));
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                worker.connections.set(worker.connections.get() + 1);
+                worker
+                    .counters()
+                    .connections_open
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let slot = ConnSlot(worker.clone());
+                monoio::spawn(async move {
+                    let w = slot.0.clone();
+                    serve(w, stream, peer).await;
+                    drop(slot);
+                });
             }
-            // The buffer went with the cancelled write: take_buf makes a fresh one next time.
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(worker = id, error = %e, "accept failed");
+                monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
         }
-        self.body_bytes += n as u64;
-        Ok(pos + n as u64)
     }
+    drop(listener);
+}
+
+/// Over the connection cap: a short 503 and close.
+async fn refuse(mut stream: monoio::net::TcpStream) {
+    use monoio::io::AsyncWriteRentExt;
+    let e = crate::error::Error::new(
+        crate::error::Kind::Unavailable,
+        crate::error::Side::Internal,
+        "too many connections",
+    );
+    let body = e.body();
+    let msg = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(msg.into_bytes()).await;
 }
 
 /// Serve one client connection until it closes, idles out, or breaks the rules.
@@ -641,30 +677,6 @@ fn parse_head(buf: &[u8], limits: &crate::limits::Limits) -> Result<Parsed, Erro
     let mut slots = [const { std::mem::MaybeUninit::uninit() }; HEADER_SLOTS_MAX];
     let n = limits.headers_max.min(HEADER_SLOTS_MAX);
     parse_request(buf, limits, &mut slots[..n])
-}
-
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        206 => "Partial Content",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        414 => "URI Too Long",
-        416 => "Range Not Satisfiable",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        508 => "Loop Detected",
-        _ => "Unknown",
-    }
 }
 
 #[cfg(test)]

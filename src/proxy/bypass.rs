@@ -1,4 +1,4 @@
-//! Bypass (disk faults): when the store cannot take content — disk full, read-only, I/O or
+//! Bypass (data path step 8, disk faults): when the store cannot take content — disk full, read-only, I/O or
 //! fsync errors — the fill publishes `Bypass` and every follower fetches what it still owes its
 //! client straight from upstream: the whole response if it had sent nothing, or the rest of
 //! its range with `Range: bytes=<pos>-<end>` if it was mid-body.
@@ -12,12 +12,12 @@
 use monoio::buf::IoBuf;
 use monoio::io::AsyncWriteRentExt;
 
-use super::Fill;
 use crate::digest::Digest;
 use crate::error::{Error, Kind, OrErr, Result, Side};
+use crate::fill::Fill;
 use crate::http::client::Response;
-use crate::http::conn::Exchange;
 use crate::http::parse::RangeSpec;
+use crate::http::response::Exchange;
 use crate::limits::CHUNK_BYTES;
 use crate::upstream::status_error;
 use crate::worker::Worker;

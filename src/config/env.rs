@@ -1,0 +1,111 @@
+//! Environment overrides: `REGISTRY_*` as the reference registry reads them, `RINGCACHE_*`
+//! for ringcache's own keys.
+
+use serde_json::{Map, Value};
+
+use super::schema::{join, rule, Rule, RINGCACHE_KEYS, RINGCACHE_LISTS};
+use super::{err, ConfigError};
+
+/// Whether a variable of this name is a Kubernetes service link or a Docker link
+/// (`RINGCACHE_PORT=tcp://...`, `RINGCACHE_SERVICE_HOST`), set by the platform for a service
+/// named `ringcache`, not by the operator.
+pub(super) fn is_service_link(rest: &str) -> bool {
+    rest == "PORT" || rest.starts_with("PORT_") || rest.starts_with("SERVICE_")
+}
+
+/// Apply one environment variable, as the reference registry does: `REGISTRY_PROXY_REMOTEURL`
+/// sets `proxy.remoteurl` (names split on `_`, lowercased); `RINGCACHE_STORAGE_SIZE_MAX` sets
+/// `ringcache.storage.size_max`. The value is read as YAML (so `5`, `true`, `[a]` keep their
+/// types); a list key also takes `a,b`. Returns the path set, if any.
+///
+/// Other variables are ignored. A `REGISTRY_*` that names no key of the reference schema is
+/// ignored with a note, as the reference does (a platform may set `REGISTRY_PORT` for a
+/// service named `registry`); one that names a refused section is refused like the file's. An
+/// unknown `RINGCACHE_*` is an error.
+pub(super) fn apply_env(
+    tree: &mut Value,
+    name: &str,
+    value: &str,
+    notes: &mut Vec<String>,
+) -> Result<Option<String>, ConfigError> {
+    let mut list = false;
+    let path: Vec<String> = if let Some(rest) = name.strip_prefix("REGISTRY_") {
+        let path: Vec<String> = rest.split('_').map(|p| p.to_ascii_lowercase()).collect();
+        if path.iter().any(|p| p.is_empty()) || !env_path_known(&path) {
+            notes.push(format!(
+                "{name} is ignored: it names no key of the reference registry's configuration"
+            ));
+            return Ok(None);
+        }
+        path
+    } else if let Some(rest) = name.strip_prefix("RINGCACHE_") {
+        // Read by the failpoints of test builds, not settings.
+        if rest == "FAILPOINTS" || rest == "WALL_OFFSET_SECS" || is_service_link(rest) {
+            return Ok(None);
+        }
+        let want = rest.to_ascii_lowercase();
+        match RINGCACHE_KEYS.iter().find(|k| k.replace('.', "_") == want) {
+            Some(k) => {
+                list = RINGCACHE_LISTS.contains(k);
+                std::iter::once("ringcache".to_string())
+                    .chain(k.split('.').map(String::from))
+                    .collect()
+            }
+            None => return Err(err(name, "no such ringcache setting")),
+        }
+    } else {
+        return Ok(None);
+    };
+    let parsed: Value =
+        serde_saphyr::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+    let parsed = match parsed {
+        Value::Null => Value::String(value.to_string()),
+        Value::String(s) if list => Value::Array(
+            s.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_string()))
+                .collect(),
+        ),
+        v => v,
+    };
+    let mut cur = tree;
+    let Some((last, parents)) = path.split_last() else {
+        return Ok(None);
+    };
+    for part in parents {
+        if !cur.is_object() {
+            *cur = Value::Object(Map::new());
+        }
+        let Value::Object(map) = cur else {
+            unreachable!("made an object above")
+        };
+        cur = map
+            .entry(part.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    if !cur.is_object() {
+        *cur = Value::Object(Map::new());
+    }
+    if let Value::Object(map) = cur {
+        map.insert(last.clone(), parsed);
+    }
+    Ok(Some(path.join(".")))
+}
+
+/// Whether a `REGISTRY_*` path names something in the schema: a key ringcache reads, or a
+/// noted or refused section (anything below those).
+pub(super) fn env_path_known(path: &[String]) -> bool {
+    let mut key = String::new();
+    for (i, part) in path.iter().enumerate() {
+        key = join(&key, part);
+        let last = i + 1 == path.len();
+        match rule(&key) {
+            Some(Rule::Section) => {}
+            Some(Rule::Read) => return last,
+            Some(Rule::Note(_) | Rule::Refuse(_)) => return true,
+            None => return false,
+        }
+    }
+    true
+}

@@ -1,0 +1,378 @@
+//! The YAML walk: the document read into a generic tree (duplicate keys refused by their full
+//! path), and the `ringcache:` section's values read key by key, each error naming its key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::http::client::Url;
+
+use super::schema::{join, ringcache_children, unknown};
+use super::units::{parse_duration, parse_size};
+use super::{err, Config, ConfigError, SendfileMode};
+
+pub(super) fn parse_tree(text: &str) -> Result<Value, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    // Duplicates are found by `Node` (which knows the key's path), not by the YAML library
+    // (which knows only its last component).
+    let options = serde_saphyr::options! {
+        duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::PassThrough,
+    };
+    DUPLICATE.with(|d| d.borrow_mut().take());
+    match serde_saphyr::from_str_with_options::<Tree>(text, options) {
+        Ok(Tree(v)) => Ok(v),
+        Err(e) => {
+            // No line: the parser's position by then is not the duplicate's.
+            if let Some(key) = DUPLICATE.with(|d| d.borrow_mut().take()) {
+                return Err(err(&key, "duplicate key"));
+            }
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            Err(err("", format!("invalid YAML: {first}")))
+        }
+    }
+}
+
+thread_local! {
+    /// The path of the duplicate key that stopped the parse on this thread (see `Node`).
+    static DUPLICATE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A YAML document as a tree, with duplicate keys refused by their full path.
+pub(super) struct Tree(Value);
+
+impl<'de> serde::Deserialize<'de> for Tree {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Tree, D::Error> {
+        serde::de::DeserializeSeed::deserialize(Node(""), d).map(Tree)
+    }
+}
+
+/// One node of the tree at a key path (`proxy.ttl`, `ringcache.upstream.token_realms[0]`).
+pub(super) struct Node<'a>(&'a str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Node<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Node<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a YAML value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(n.into())
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(n.into())
+    }
+
+    fn visit_i128<E>(self, n: i128) -> Result<Value, E> {
+        Ok(i64::try_from(n).map_or_else(|_| Value::String(n.to_string()), Value::from))
+    }
+
+    fn visit_u128<E>(self, n: u128) -> Result<Value, E> {
+        Ok(u64::try_from(n).map_or_else(|_| Value::String(n.to_string()), Value::from))
+    }
+
+    fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(f)
+            .map_or_else(|| Value::String(f.to_string()), Value::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_string()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_bytes<E>(self, b: &[u8]) -> Result<Value, E> {
+        Ok(Value::String(String::from_utf8_lossy(b).into_owned()))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        loop {
+            let path = format!("{}[{}]", self.0, out.len());
+            match seq.next_element_seed(Node(&path))? {
+                Some(v) => out.push(v),
+                None => return Ok(Value::Array(out)),
+            }
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let path = join(self.0, &k);
+            if out.contains_key(&k) {
+                DUPLICATE.with(|d| *d.borrow_mut() = Some(path.clone()));
+                return Err(serde::de::Error::custom(format!("duplicate key `{path}`")));
+            }
+            let v = map.next_value_seed(Node(&path))?;
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+pub(super) fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), ConfigError> {
+    let Value::Object(rc) = rc else {
+        return Err(err("ringcache", "must be a mapping"));
+    };
+    for (k, v) in rc {
+        let key = format!("ringcache.{k}");
+        match k.as_str() {
+            "drain_timeout" => config.drain_timeout = duration(&key, v)?,
+            "storage" => {
+                for (k2, v2) in mapping(&key, v)? {
+                    let key = format!("{key}.{k2}");
+                    match k2.as_str() {
+                        "size_max" => {
+                            // `none` (or 0, or no value) is no cap.
+                            let n = match v2 {
+                                Value::Null => Some(0),
+                                Value::String(s) if s.trim().eq_ignore_ascii_case("none") => {
+                                    Some(0)
+                                }
+                                Value::String(s) => parse_size(s),
+                                Value::Number(n) => n.as_u64(),
+                                _ => None,
+                            }
+                            .ok_or_else(|| {
+                                err(&key, "must be a size (e.g. 500GiB, 10GB, 1000000) or none")
+                            })?;
+                            config.size_max_bytes = (n > 0).then_some(n);
+                        }
+                        "high_water_percent" | "low_water_percent" => {
+                            let n = uint(&key, v2)?;
+                            if !(1..=100).contains(&n) {
+                                return Err(err(&key, "must be between 1 and 100"));
+                            }
+                            if k2 == "high_water_percent" {
+                                config.high_water_percent = n;
+                            } else {
+                                config.low_water_percent = n;
+                            }
+                        }
+                        "direct_writes" => config.direct_writes = boolean(&key, v2)?,
+                        _ => return Err(unknown(&key, &ringcache_children("storage"))),
+                    }
+                }
+                if config.low_water_percent > config.high_water_percent {
+                    return Err(err(
+                        "ringcache.storage.low_water_percent",
+                        "must not be above high_water_percent",
+                    ));
+                }
+            }
+            "state" => {
+                for (k2, v2) in mapping(&key, v)? {
+                    let key = format!("{key}.{k2}");
+                    match k2.as_str() {
+                        "interval" => {
+                            config.state_interval = duration(&key, v2)?;
+                            if config.state_interval.is_zero() {
+                                return Err(err(&key, "must be more than 0"));
+                            }
+                        }
+                        _ => return Err(unknown(&key, &ringcache_children("state"))),
+                    }
+                }
+            }
+            "sendfile" => {
+                config.sendfile = match v.as_str() {
+                    Some("auto") => SendfileMode::Auto,
+                    Some("always") => SendfileMode::Always,
+                    Some("never") => SendfileMode::Never,
+                    _ => return Err(err(&key, "must be auto, always or never")),
+                }
+            }
+            "workers" => {
+                let n = uint(&key, v)?;
+                if n == 0 || n > 1024 {
+                    return Err(err(&key, "must be between 1 and 1024"));
+                }
+                config.workers = n as usize;
+            }
+            "upstream" => {
+                for (k2, v2) in mapping(&key, v)? {
+                    let key = format!("{key}.{k2}");
+                    match k2.as_str() {
+                        "ca_file" => {
+                            config.upstream.ca_file = Some(PathBuf::from(string(&key, v2)?))
+                        }
+                        "token_realms" => {
+                            let Value::Array(items) = v2 else {
+                                return Err(err(&key, "must be a list of URLs"));
+                            };
+                            let mut realms = Vec::with_capacity(items.len());
+                            for (i, item) in items.iter().enumerate() {
+                                let key = format!("{key}[{i}]");
+                                let s = string(&key, item)?;
+                                realms.push(
+                                    Url::parse(s)
+                                        .ok_or_else(|| err(&key, format!("invalid URL {s:?}")))?,
+                                );
+                            }
+                            config.upstream.token_realms = realms;
+                        }
+                        _ => return Err(unknown(&key, &ringcache_children("upstream"))),
+                    }
+                }
+            }
+            "tags" => {
+                for (k2, v2) in mapping(&key, v)? {
+                    let key = format!("{key}.{k2}");
+                    match k2.as_str() {
+                        "fresh_for" => config.tags_fresh_for = duration(&key, v2)?,
+                        _ => return Err(unknown(&key, &ringcache_children("tags"))),
+                    }
+                }
+            }
+            "limits" => {
+                for (k2, v2) in mapping(&key, v)? {
+                    let key = format!("{key}.{k2}");
+                    let l = &mut config.limits;
+                    let bytes = |v: &Value| -> Result<usize, ConfigError> {
+                        let n = uint(&key, v)?;
+                        if !(256..=1 << 20).contains(&n) {
+                            return Err(err(&key, "must be between 256 and 1048576"));
+                        }
+                        Ok(n as usize)
+                    };
+                    let secs = |v: &Value| -> Result<Duration, ConfigError> {
+                        let d = duration(&key, v)?;
+                        if d.is_zero() {
+                            return Err(err(&key, "must be more than 0"));
+                        }
+                        Ok(d)
+                    };
+                    match k2.as_str() {
+                        "request_line_bytes_max" => l.request_line_bytes_max = bytes(v2)?,
+                        "header_line_bytes_max" => l.header_line_bytes_max = bytes(v2)?,
+                        "head_bytes_max" => l.head_bytes_max = bytes(v2)?,
+                        "headers_max" => {
+                            let n = uint(&key, v2)?;
+                            if !(8..=1024).contains(&n) {
+                                return Err(err(&key, "must be between 8 and 1024"));
+                            }
+                            l.headers_max = n as usize;
+                        }
+                        "head_timeout" => l.head_timeout = secs(v2)?,
+                        "keepalive_idle" => l.keepalive_idle = secs(v2)?,
+                        "connections_per_worker_max" => {
+                            let n = uint(&key, v2)?;
+                            if n == 0 {
+                                return Err(err(&key, "must be more than 0"));
+                            }
+                            l.connections_per_worker_max = n as usize;
+                        }
+                        "send_stall" => l.send_stall = secs(v2)?,
+                        "upstream_connect_timeout" => l.upstream_connect_timeout = secs(v2)?,
+                        "upstream_header_timeout" => l.upstream_header_timeout = secs(v2)?,
+                        "upstream_body_stall" => l.upstream_body_stall = secs(v2)?,
+                        _ => return Err(unknown(&key, &ringcache_children("limits"))),
+                    }
+                }
+                let l = &config.limits;
+                if l.request_line_bytes_max > l.head_bytes_max
+                    || l.header_line_bytes_max > l.head_bytes_max
+                {
+                    return Err(err(
+                        "ringcache.limits.head_bytes_max",
+                        "must be at least the line limits",
+                    ));
+                }
+            }
+            _ => return Err(unknown(&key, &ringcache_children(""))),
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn get<'a>(root: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let mut cur = root.get(parts.next()?)?;
+    for p in parts {
+        cur = cur.as_object()?.get(p)?;
+    }
+    (!cur.is_null()).then_some(cur)
+}
+
+pub(super) fn string<'a>(key: &str, v: &'a Value) -> Result<&'a str, ConfigError> {
+    v.as_str().ok_or_else(|| err(key, "must be a string"))
+}
+
+pub(super) fn uint(key: &str, v: &Value) -> Result<u64, ConfigError> {
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| err(key, "must be a non-negative integer")),
+        Value::String(s) => s
+            .parse()
+            .map_err(|_| err(key, "must be a non-negative integer")),
+        _ => Err(err(key, "must be a non-negative integer")),
+    }
+}
+
+pub(super) fn boolean(key: &str, v: &Value) -> Result<bool, ConfigError> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) if s == "true" => Ok(true),
+        Value::String(s) if s == "false" => Ok(false),
+        _ => Err(err(key, "must be true or false")),
+    }
+}
+
+pub(super) fn mapping<'a>(key: &str, v: &'a Value) -> Result<&'a Map<String, Value>, ConfigError> {
+    v.as_object().ok_or_else(|| err(key, "must be a mapping"))
+}
+
+pub(super) fn duration(key: &str, v: &Value) -> Result<Duration, ConfigError> {
+    match v {
+        Value::String(s) => parse_duration(s).ok_or_else(|| {
+            err(
+                key,
+                format!("invalid duration {s:?} (e.g. 168h, 90s, 1h30m)"),
+            )
+        }),
+        Value::Number(n) if n.as_u64() == Some(0) => Ok(Duration::ZERO),
+        _ => Err(err(
+            key,
+            "must be a duration string (e.g. 168h, 90s, 1h30m)",
+        )),
+    }
+}
