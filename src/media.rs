@@ -81,6 +81,35 @@ impl Accepts {
     }
 }
 
+/// The `Accept` to send upstream for a client's `Accept`: the known manifest types it names, in
+/// their exact spelling, then the other types it names, as sent. Upstream then chooses among
+/// exactly the types the cache keys its answer on (Distribution compares types case-sensitively;
+/// a client's `APPLICATION/VND...` would otherwise be answered one way upstream and filed
+/// another way here). `None` when the client names no type but `*/*` (or nothing).
+pub fn canonical(accept: &str) -> Option<String> {
+    let known = Accepts::parse(accept);
+    let mut out = String::new();
+    for (i, t) in KNOWN.iter().enumerate() {
+        if known.0 & bit(i) != 0 {
+            push_type(&mut out, t);
+        }
+    }
+    for t in accept.split(',') {
+        let e = essence(t);
+        if !e.is_empty() && e != "*/*" && known_index(e).is_none() {
+            push_type(&mut out, t.trim());
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn push_type(out: &mut String, t: &str) {
+    if !out.is_empty() {
+        out.push_str(", ");
+    }
+    out.push_str(t);
+}
+
 /// `type/subtype` of a media range or type: parameters and white space dropped. ASCII case is
 /// kept as sent; [`known_index`] compares without it.
 fn essence(t: &str) -> &str {
@@ -192,6 +221,31 @@ mod tests {
         );
         assert_eq!(Accepts::parse(""), Accepts(0));
         assert_eq!(Accepts::from_bits(0xffff), Accepts::ALL);
+    }
+
+    #[test]
+    fn the_accept_sent_upstream_names_exactly_what_the_answer_is_keyed_on() {
+        for (accept, want) in [
+            ("*/*", None),
+            ("", None),
+            (
+                "APPLICATION/VND.DOCKER.DISTRIBUTION.MANIFEST.LIST.V2+JSON;q=0.9, */*",
+                Some(DOCKER_LIST.to_string()),
+            ),
+            (
+                "application/vnd.cncf.helm.config.v1+json, application/vnd.oci.image.index.v1+json",
+                Some(format!(
+                    "{OCI_INDEX}, application/vnd.cncf.helm.config.v1+json"
+                )),
+            ),
+            (V2_ONLY, Some(DOCKER_V2.to_string())),
+        ] {
+            let got = canonical(accept);
+            assert_eq!(got, want, "{accept}");
+            if let Some(g) = got {
+                assert_eq!(Accepts::parse(&g), Accepts::parse(accept));
+            }
+        }
     }
 
     #[test]

@@ -227,3 +227,62 @@ fn skopeo_choosing_a_platform_gets_that_platform_after_a_v2_only_client() {
     let config = read(manifest["config"]["digest"].as_str().unwrap());
     assert_eq!(config["architecture"], "arm64", "copied {config}");
 }
+
+/// Media types are case-insensitive here, so the cache files an answer for an upper-case
+/// Accept under the types it names; it must also ask upstream with exactly those types (in their
+/// registered spelling: Distribution compares case-sensitively), or upstream's answer for one
+/// kind of client (a platform pick) would be filed for another (every list-accepting client).
+#[test]
+fn an_accept_in_another_case_cannot_file_a_platform_pick_for_everyone() {
+    let m = registry();
+    let direct_all = get(m.reg.addr, "/v2/test/multi/manifests/docker", ALL);
+    let rc = Ringcache::start(&m.reg.url(), "ringcache: {tags: {fresh_for: 1h}}\n");
+    let upper = format!(
+        "{}, {}, {}, {}",
+        "application/vnd.docker.distribution.manifest.list.v2+json".to_uppercase(),
+        "application/vnd.oci.image.index.v1+json".to_uppercase(),
+        V2_ONLY,
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    let first = get(rc.addr, "/v2/test/multi/manifests/docker", &upper);
+    assert_eq!(first.0, 200);
+    for accept in [ALL, "*/*"] {
+        assert_eq!(
+            get(rc.addr, "/v2/test/multi/manifests/docker", accept),
+            direct_all,
+            "after an upper-case Accept, Accept {accept}"
+        );
+    }
+}
+
+/// A manifest fetched by digest for a client whose Accept does not name its type is still
+/// fetched whole (with every type) and cached: the fill serves every client that joins it, and
+/// each client's own Accept is applied by ringcache.
+#[test]
+fn a_manifest_by_digest_is_fetched_for_everyone_whatever_the_first_client_accepts() {
+    let m = registry();
+    let rc = Ringcache::start(&m.reg.url(), "");
+    let index = get(m.reg.addr, "/v2/test/multi/manifests/oci", ALL);
+    let path = format!("/v2/test/multi/manifests/{}", index.1);
+    let gets = |reg: &Registry| {
+        reg.proc.count_log(&[
+            "http.request.method=GET",
+            &format!("/manifests/{}", index.1),
+            "response completed",
+        ])
+    };
+    let before = gets(&m.reg);
+    let r = http::request(rc.addr, "GET", &path, &[("Accept", V2_ONLY)], b"");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (404, "MANIFEST_UNKNOWN")
+    );
+    rc.proc
+        .wait_log("fill committed", std::time::Duration::from_secs(10));
+    assert_eq!(get(rc.addr, &path, ALL), index);
+    assert_eq!(
+        gets(&m.reg),
+        before + 1,
+        "one upstream GET, made for every kind of client"
+    );
+}

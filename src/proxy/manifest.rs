@@ -24,8 +24,9 @@ use super::blob::open_committed;
 use super::miss::{confirm, head_upstream, serve_miss, upstream_headers, Miss};
 use super::{io, Request};
 
-/// The Accept to send upstream for a manifest: the client's, or every manifest type we know
+/// The client's Accept as the tag cache reads it: the client's, or every manifest type we know
 /// when the client named none (or only `*/*`, which Distribution does not match OCI types on).
+/// No allocation: this is on the path of a cached tag.
 pub(super) fn accept_or_default(req: &Request) -> &str {
     match req.accept.as_deref() {
         Some(a)
@@ -36,6 +37,14 @@ pub(super) fn accept_or_default(req: &Request) -> &str {
         }
         _ => MANIFEST_ACCEPT_DEFAULT,
     }
+}
+
+/// The Accept sent upstream for a tag: rebuilt from what the cache keys the answer on
+/// ([`crate::media::canonical`]), so upstream answers exactly the kind of client the answer is
+/// filed for.
+fn upstream_accept(req: &Request) -> String {
+    crate::media::canonical(accept_or_default(req))
+        .unwrap_or_else(|| MANIFEST_ACCEPT_DEFAULT.to_string())
 }
 
 pub(super) async fn manifest_by_digest(
@@ -69,11 +78,12 @@ pub(super) async fn manifest_by_digest(
         if let Some(entry) = store.index.get(&digest) {
             if !entry.linked(name) {
                 if confirmed != Some(name) {
+                    // Whether the repository has the digest, whatever this client accepts.
                     Box::pin(confirm(
                         w,
                         name,
                         &tail,
-                        Some(accept_or_default(req)),
+                        Some(MANIFEST_ACCEPT_DEFAULT),
                         Kind::ManifestUnknown,
                         req.via.as_deref(),
                     ))
@@ -94,13 +104,15 @@ pub(super) async fn manifest_by_digest(
                 x,
                 name,
                 &tail,
-                (Some(accept_or_default(req)), req.via.as_deref()),
+                (Some(&upstream_accept(req)), req.via.as_deref()),
                 Kind::ManifestUnknown,
                 digest,
             ))
             .await;
         }
-        let accept = accept_or_default(req);
+        // The fill serves every client that joins it: it asks for every type, and each client's
+        // own Accept is applied here (refuse_unaccepted), not by upstream for the first one.
+        let accept = MANIFEST_ACCEPT_DEFAULT;
         let content = Content::Manifest {
             accept: accept.to_string(),
         };
@@ -225,17 +237,20 @@ pub(super) async fn revalidate_tag(
 ) -> Result<()> {
     let shared = &w.shared;
     let tail = format!("manifests/{tag}");
-    let accept = accept_or_default(req).to_string();
+    // The cache reads the client's own Accept; upstream is asked with the canonical one, which
+    // names the same known types.
+    let client_accept = accept_or_default(req);
+    let accept = upstream_accept(req);
     let asked = Instant::now();
     // One HEAD per tag at a time: concurrent askers wait for it and use its answer.
-    let resolved_for = Accepts::parse(&accept);
-    let lead = match shared.tags.revalidate(name, tag, &accept) {
+    let resolved_for = Accepts::parse(client_accept);
+    let lead = match shared.tags.revalidate(name, tag, client_accept) {
         Revalidation::Lead(guard) => Some(guard),
         Revalidation::Wait(done, seen) => {
             done.await;
             let fresh = shared
                 .tags
-                .get(name, tag, &accept)
+                .get(name, tag, client_accept)
                 .filter(|r| r.generation > seen);
             if let Some(r) = fresh {
                 if shared.store.index.contains(&r.digest) || req.method == Method::Get {
@@ -305,13 +320,14 @@ pub(super) async fn manifest_by_tag_get(
     tag: &str,
     asked: Instant,
 ) -> Result<()> {
+    let accept = upstream_accept(req);
     let resp = w
         .upstream
         .send(
             "GET",
             name,
             &format!("manifests/{tag}"),
-            &upstream_headers(Some(accept_or_default(req)), req.via.as_deref()),
+            &upstream_headers(Some(&accept), req.via.as_deref()),
         )
         .await?;
     if resp.status != 200 {
@@ -319,6 +335,16 @@ pub(super) async fn manifest_by_tag_get(
     }
     let media_type: Arc<str> = resp.header("content-type").unwrap_or("").into();
     let body = resp.read_capped(limits::MANIFEST_BYTES_MAX).await?;
+    // Only a manifest is stored and tagged: a JSON object with a schema version.
+    let manifest = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .is_some_and(|v| v.get("schemaVersion").is_some_and(|s| s.is_u64()));
+    if !manifest {
+        return Err(Error::upstream(
+            Kind::BadGateway,
+            "upstream answered a manifest GET with something that is not a manifest",
+        ));
+    }
     let digest = Digest::of(&body);
     let store = &w.shared.store;
     if !store.index.contains(&digest) {
@@ -337,7 +363,7 @@ pub(super) async fn manifest_by_tag_get(
             .insert(digest, Arc::new(Entry::new(n, Some(media_type.clone()))));
         w.shared.changes.note(Change::Committed(digest));
     }
-    let resolved_for = Accepts::parse(accept_or_default(req));
+    let resolved_for = Accepts::parse(&accept);
     w.shared.changes.tag(
         &w.shared.tags,
         name,
