@@ -1,8 +1,11 @@
 //! The debug listener (`http.debug.addr`, as in the reference registry's config): Prometheus
 //! `/metrics`, `GET /debug/health`, and `POST /debug/health/down|up` for a manual drain. Off the
 //! data path, with blocking sockets: an accepting thread and a thread per connection, at most
-//! [`CONNECTIONS_MAX`] at once (past it, a 503 at once), each with a whole-head deadline and a
-//! size limit — a slow client costs one thread for [`HEAD_TIMEOUT`] and never delays a probe.
+//! [`CONNECTIONS_MAX`] at once, each with a whole-head deadline and a size limit — a slow client
+//! costs one thread for [`HEAD_TIMEOUT`] at most. When every slot is taken, a new connection
+//! takes the slot of the oldest one still sending its head (slow clients evict each other; a
+//! probe, which sends its head at once, is not waiting long enough to be the oldest), and only
+//! when none is in its head is the new one refused with a 503.
 //!
 //! Browsers must not reach it: a web page can send a "simple" cross-origin POST (no preflight)
 //! to a loopback address and drain the node. Requests carrying `Origin`, or a `Sec-Fetch-Site`
@@ -12,7 +15,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::metrics::{render, Gauges};
@@ -27,9 +30,12 @@ const HEAD_MAX: usize = 8 * 1024;
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 /// Writing a response (a scrape is a few KiB) to a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once (a thread each); past it new ones get 503 and are closed.
-/// With [`HEAD_TIMEOUT`], this many slow clients block new ones for at most that long.
+/// Connections served at once (a thread each); past it a new one evicts the oldest connection
+/// still in its head, or gets 503 and is closed.
 pub const CONNECTIONS_MAX: usize = 32;
+/// Threads at most, counting evicted connections whose threads are still ending (a shut-down
+/// socket ends its read at once).
+const THREADS_MAX: usize = 2 * CONNECTIONS_MAX;
 /// A connection thread's stack: enough for rendering the metrics and the checks.
 const STACK_BYTES: usize = 256 * 1024;
 /// Request body bytes read and dropped (so the answer is not lost to a reset); past it the
@@ -64,8 +70,61 @@ impl Drop for Slot {
     }
 }
 
+/// Connections still sending their head, oldest first (a clone of each socket, to shut it down
+/// when its slot is needed).
+#[derive(Default)]
+struct Heads {
+    next: u64,
+    waiting: std::collections::VecDeque<(u64, TcpStream)>,
+}
+
+impl Heads {
+    fn lock(m: &Mutex<Heads>) -> std::sync::MutexGuard<'_, Heads> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Shut the oldest connection still in its head down; whether there was one.
+    fn evict_oldest(m: &Mutex<Heads>) -> bool {
+        let oldest = Heads::lock(m).waiting.pop_front();
+        match oldest {
+            Some((_, conn)) => {
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A connection's place among those still sending their head, left when dropped.
+struct Waiting<'a> {
+    heads: &'a Mutex<Heads>,
+    id: u64,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(heads: &'a Mutex<Heads>, conn: &TcpStream) -> Waiting<'a> {
+        let mut h = Heads::lock(heads);
+        let id = h.next;
+        h.next += 1;
+        if let Ok(clone) = conn.try_clone() {
+            h.waiting.push_back((id, clone));
+        }
+        Waiting { heads, id }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        Heads::lock(self.heads)
+            .waiting
+            .retain(|(id, _)| *id != self.id);
+    }
+}
+
 fn accept(shared: Arc<Shared>, listener: TcpListener) {
     let open = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(Mutex::new(Heads::default()));
     for conn in listener.incoming() {
         let conn = match conn {
             Ok(c) => c,
@@ -76,19 +135,21 @@ fn accept(shared: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
-        if open.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS_MAX {
+        let before = open.fetch_add(1, Ordering::AcqRel);
+        if before >= THREADS_MAX || (before >= CONNECTIONS_MAX && !Heads::evict_oldest(&heads)) {
             open.fetch_sub(1, Ordering::AcqRel);
             refuse(conn);
             continue;
         }
         let slot = Slot(open.clone());
         let shared = shared.clone();
+        let heads = heads.clone();
         let spawned = std::thread::Builder::new()
             .name("ringcache-debug-conn".into())
             .stack_size(STACK_BYTES)
             .spawn(move || {
                 let _slot = slot;
-                if let Err(e) = serve(&shared, conn) {
+                if let Err(e) = serve(&shared, &heads, conn) {
                     tracing::debug!(error = %e, "debug request failed");
                 }
             });
@@ -157,8 +218,9 @@ fn parse(buf: &[u8]) -> Result<Option<Request>, httparse::Error> {
 }
 
 /// Read a head within [`HEAD_TIMEOUT`] and [`HEAD_MAX`], answer it, close.
-fn serve(shared: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
+fn serve(shared: &Shared, heads: &Mutex<Heads>, mut conn: TcpStream) -> std::io::Result<()> {
     conn.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let waiting = Waiting::enter(heads, &conn);
     let deadline = Instant::now() + HEAD_TIMEOUT;
     let mut buf = vec![0u8; HEAD_MAX];
     let mut len = 0;
@@ -180,6 +242,7 @@ fn serve(shared: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
             _ => return respond(&mut conn, 400, "text/plain", "bad request\n"),
         }
     };
+    drop(waiting);
     drain_body(&mut conn, &req, deadline);
     if req.cross_origin {
         tracing::warn!(method = %req.method.escape_debug(), path = %req.path.escape_debug(), "debug listener: refused a request from a web page (Origin / Sec-Fetch-Site)");

@@ -163,38 +163,49 @@ fn a_slow_client_on_the_debug_listener_delays_no_probe_and_is_cut() {
     );
     assert_eq!(health(dbg).0, 200);
 
-    // A crowd of slow clients, as many as the listener serves at once: a probe past them is
-    // refused at once (a 503, or a reset if it raced the close), not queued behind them...
-    let crowd: Vec<TcpStream> = (0..32)
+    // A crowd of slow clients, more than the listener serves at once, each reconnecting as
+    // soon as it is cut: probes are still answered, at once (a new connection takes the slot
+    // of the oldest one still sending its head).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let connected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let crowd: Vec<_> = (0..48)
         .map(|_| {
-            let mut s = TcpStream::connect(dbg).unwrap();
-            s.write_all(b"GET /debug/health HTTP/1.1\r\n").unwrap();
-            s
+            let stop = stop.clone();
+            let connected = connected.clone();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline
+                {
+                    let Ok(mut s) = TcpStream::connect(dbg) else {
+                        continue;
+                    };
+                    let _ = s.write_all(b"GET /debug/health HTTP/1.1\r\n");
+                    connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                    let _ = s.read(&mut [0u8; 64]);
+                }
+            })
         })
         .collect();
-    let started = Instant::now();
-    let mut probe = TcpStream::connect(dbg).unwrap();
-    probe
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .unwrap();
-    let _ = probe.write_all(b"GET /debug/health HTTP/1.1\r\nHost: x\r\n\r\n");
-    let mut answer = Vec::new();
-    match probe.read_to_end(&mut answer) {
-        Ok(_) => assert!(
-            answer.starts_with(b"HTTP/1.1 503"),
-            "{}",
-            String::from_utf8_lossy(&answer)
-        ),
-        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    // The crowd fills the listener first (every one of them has connected).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connected.load(std::sync::atomic::Ordering::Relaxed) < 48 {
+        assert!(Instant::now() < deadline, "the crowd never connected");
+        std::thread::yield_now();
     }
-    assert!(started.elapsed() < Duration::from_secs(1));
-    // ... and once their deadline has cut them, probes are answered again.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while health_or_refused(dbg) != Some(200) {
-        assert!(Instant::now() < deadline, "the crowd was never cut");
-        std::thread::sleep(Duration::from_millis(50));
+    for i in 0..8 {
+        let started = Instant::now();
+        assert_eq!(
+            health_or_refused(dbg),
+            Some(200),
+            "probe {i} beside a crowd of slow clients"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1), "probe {i}");
     }
-    drop(crowd);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in crowd {
+        t.join().unwrap();
+    }
 }
 
 #[test]
