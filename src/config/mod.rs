@@ -72,6 +72,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// The store's size cap in bytes (`None`: no cap).
     pub size_max_bytes: Option<u64>,
+    /// `size_max` as the operator wrote it (`10GB`, `1024MiB`), for `check-config`.
+    pub size_max_written: Option<String>,
     /// Past this share of the cap (percent), least-recently-used entries are evicted...
     pub high_water_percent: u64,
     /// ...down to this share.
@@ -235,6 +237,7 @@ impl Config {
             tags_fresh_for: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
             size_max_bytes: None,
+            size_max_written: None,
             high_water_percent: 95,
             direct_writes: true,
             sendfile: SendfileMode::Auto,
@@ -380,7 +383,11 @@ impl Config {
                 "sendfile": self.sendfile.name(),
                 "drain_timeout": format_duration(self.drain_timeout),
                 "storage": {
-                    "size_max": self.size_max_bytes.map_or("none".to_string(), format_size),
+                    "size_max": match (self.size_max_bytes, &self.size_max_written) {
+                        (None, _) => "none".to_string(),
+                        (Some(_), Some(w)) => w.clone(),
+                        (Some(n), None) => format_size(n),
+                    },
                     "high_water_percent": self.high_water_percent,
                     "low_water_percent": self.low_water_percent,
                     "direct_writes": self.direct_writes,

@@ -349,8 +349,9 @@ fn sizes_show_as_written() {
         ("~", "none"),
         ("10GB", "10GB"),
         ("500GiB", "500GiB"),
-        ("1000000", "1MB"),
+        ("1000000", "1000000"),
         ("1234567", "1234567"),
+        ("1024MiB", "1024MiB"),
         ("2TB", "2TB"),
     ] {
         let c = with_up(&format!("ringcache: {{storage: {{size_max: {yaml}}}}}")).unwrap();

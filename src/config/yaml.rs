@@ -175,6 +175,10 @@ pub(super) fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), C
                                 err(&key, "must be a size (e.g. 500GiB, 10GB, 1000000) or none")
                             })?;
                             config.size_max_bytes = (n > 0).then_some(n);
+                            config.size_max_written = (n > 0).then(|| match v2 {
+                                Value::String(s) => s.trim().to_string(),
+                                _ => n.to_string(),
+                            });
                         }
                         "high_water_percent" | "low_water_percent" => {
                             let n = uint(&key, v2)?;
