@@ -67,6 +67,24 @@ impl Drain {
     }
 }
 
+impl crate::fill::task::Env for Worker {
+    fn upstream(&self) -> &crate::upstream::Upstream {
+        &self.upstream
+    }
+    fn store(&self) -> &crate::store::Store {
+        &self.shared.store
+    }
+    fn counters(&self) -> &crate::metrics::Counters {
+        Worker::counters(self)
+    }
+    fn tallies(&self) -> &crate::metrics::Events {
+        &self.shared.tallies
+    }
+    fn changes(&self) -> &crate::store::changes::Changes {
+        &self.shared.changes
+    }
+}
+
 impl Worker {
     /// This worker's own counters.
     pub fn counters(&self) -> &crate::metrics::Counters {

@@ -11,11 +11,24 @@ use std::sync::Arc;
 use super::Lease;
 use crate::error::Kind;
 use crate::limits::{FILL_RESUMES_MAX, FILL_RESUME_BACKOFF, MANIFEST_BYTES_MAX};
+use crate::metrics::{Counters, Events};
 use crate::store::changes::Change;
+use crate::store::changes::Changes;
 use crate::store::ingest::CommitError;
+use crate::store::Store;
 use crate::store::{Entry, Ingest};
-use crate::upstream::status_error;
-use crate::worker::Worker;
+use crate::upstream::{status_error, Upstream};
+
+/// What a fill uses of the worker that runs it (the worker implements it; the fill imports
+/// nothing above itself): its upstream client, the store, its counters, the process-wide
+/// tallies and the journal of changes.
+pub trait Env: 'static {
+    fn upstream(&self) -> &Upstream;
+    fn store(&self) -> &Store;
+    fn counters(&self) -> &Counters;
+    fn tallies(&self) -> &Events;
+    fn changes(&self) -> &Changes;
+}
 
 /// What is being filled: decides the upstream path, the Accept header and the size cap.
 #[derive(Debug, Clone)]
@@ -31,7 +44,7 @@ fn tally(counter: &std::sync::atomic::AtomicU64) {
 /// Run one fill to its end: `Committed`, or `Failed` with the reason clients are told. `via`
 /// is the leader's `Via`, passed on upstream (a loop of proxies ends at the one that sees its
 /// own entry come back).
-pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content, via: Option<String>) {
+pub async fn run<E: Env>(worker: Rc<E>, lease: Lease, content: Content, via: Option<String>) {
     let fill = lease.fill().clone();
     let digest = fill.digest;
     let started = std::time::Instant::now();
@@ -53,7 +66,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content, via: Option
         Content::Manifest { .. } => crate::metrics::Type::Manifest,
     };
     let mut resp = match worker
-        .upstream
+        .upstream()
         .send("GET", &fill.repo, &tail, &headers)
         .await
     {
@@ -65,7 +78,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content, via: Option
             } else {
                 tracing::warn!(%digest, repo = %fill.repo, error = %e, "fill failed before the body");
             }
-            tally(&worker.shared.tallies.failed_upstream_status);
+            tally(&worker.tallies().failed_upstream_status);
             return lease.failed(e.kind);
         }
     };
@@ -73,20 +86,20 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content, via: Option
         let kind = status_error(resp.status, unknown).kind;
         tracing::info!(%digest, repo = %fill.repo, status = resp.status, "upstream refused the fill");
         resp.discard().await;
-        tally(&worker.shared.tallies.failed_upstream_status);
+        tally(&worker.tallies().failed_upstream_status);
         return lease.failed(kind);
     }
     let size = resp.content_length();
     if size.is_some_and(|s| s > cap) {
         tracing::warn!(%digest, ?size, "upstream manifest over the size cap");
-        tally(&worker.shared.tallies.failed_upstream_body);
+        tally(&worker.tallies().failed_upstream_body);
         return lease.failed(Kind::BadGateway);
     }
     let media_type: Option<Arc<str>> = match content {
         Content::Manifest { .. } => resp.header("content-type").map(Into::into),
         Content::Blob => None,
     };
-    let store = &worker.shared.store;
+    let store = worker.store();
     let mut ingest = match Ingest::create(store) {
         Ok(i) => i,
         Err(e) => {
@@ -147,7 +160,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content, via: Option
                 let fresh = block.unpublished() as u64;
                 if ingest.accepted() + fresh > cap.min(size.unwrap_or(u64::MAX)) {
                     tracing::warn!(%digest, "upstream sent more than it declared or than the cap");
-                    tally(&worker.shared.tallies.failed_upstream_body);
+                    tally(&worker.tallies().failed_upstream_body);
                     return lease.failed(Kind::BadGateway);
                 }
                 worker.counters().pulled_bytes[ty as usize].fetch_add(fresh, Ordering::Relaxed);
@@ -173,7 +186,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content, via: Option
                 loop {
                     if resumes >= FILL_RESUMES_MAX {
                         tracing::warn!(%digest, written, "upstream body failed: resumes exhausted");
-                        tally(&worker.shared.tallies.failed_upstream_body);
+                        tally(&worker.tallies().failed_upstream_body);
                         return lease.failed(Kind::BadGateway);
                     }
                     monoio::time::sleep(FILL_RESUME_BACKOFF * 2u32.pow(resumes)).await;
@@ -181,7 +194,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content, via: Option
                     resumes += 1;
                     tracing::info!(%digest, written, resume = resumes, "upstream body broke; resuming with Range");
                     match worker
-                        .upstream
+                        .upstream()
                         .get_range(
                             &fill.repo,
                             &tail,
@@ -204,7 +217,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content, via: Option
             Ok(None) => unreachable!("without a declared size the body ends when upstream says"),
             Err(e) => {
                 tracing::warn!(%digest, written = ingest.written(), error = %e, "upstream body failed");
-                tally(&worker.shared.tallies.failed_upstream_body);
+                tally(&worker.tallies().failed_upstream_body);
                 return lease.failed(Kind::BadGateway);
             }
         }
@@ -237,7 +250,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content, via: Option
             for repo in fill.take_links() {
                 entry.link(&repo);
             }
-            worker.shared.changes.note(Change::Committed(digest));
+            worker.changes().note(Change::Committed(digest));
             // upstream_ms / store_ms / paced_ms: time waiting on upstream reads, on the store's
             // jobs (a disk-bound fill shows a large store_ms) and on followers (Fill::pace);
             // write_ms / hash_ms: what the store's jobs took, in all.
@@ -257,7 +270,7 @@ pub async fn run(worker: Rc<Worker>, lease: Lease, content: Content, via: Option
         }
         Err(e) => {
             tracing::warn!(%digest, error = %e, "fill not committed");
-            tally(&worker.shared.tallies.failed_verification);
+            tally(&worker.tallies().failed_verification);
             lease.failed(Kind::BadGateway);
         }
     }
