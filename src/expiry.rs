@@ -242,12 +242,14 @@ impl Expiry {
             return;
         };
         let Some(ttl) = self.ttl else { return };
-        let due = entry.last_access() + ttl;
-        if due > now_ms {
-            self.timers
-                .insert(digest, self.wheel.insert(digest, due.div_ceil(1000)));
-        } else {
-            self.remove(digest, "expired");
+        match policy::deadline(entry.last_access(), ttl, now_ms) {
+            policy::Deadline::Rearm { due_ms } => {
+                self.timers
+                    .insert(digest, self.wheel.insert(digest, due_ms.div_ceil(1000)));
+            }
+            policy::Deadline::Expire => {
+                self.remove(digest, "expired");
+            }
         }
     }
 
@@ -255,31 +257,21 @@ impl Expiry {
         let Some(max) = self.shared.config.size_max_bytes else {
             return;
         };
+        let config = &self.shared.config;
+        let (high, low) =
+            policy::water_marks(max, config.high_water_percent, config.low_water_percent);
         let shared = self.shared.clone();
         let index = &shared.store.index;
-        let high = max / 100 * self.shared.config.high_water_percent;
-        let low = max / 100 * self.shared.config.low_water_percent;
-        if index.bytes() <= high {
-            return;
-        }
-        let mut skipped = Vec::new();
-        while index.bytes() > low {
-            let Some((tick, digest)) = self.lru.pop_first() else {
-                break;
-            };
-            let Some(entry) = index.get(&digest) else {
-                continue;
-            };
-            let la = entry.last_access();
-            if la != tick {
-                self.lru.insert((la, digest)); // used since it was queued: back in line
-                continue;
-            }
-            if !self.remove(digest, "evicted") {
-                skipped.push((tick, digest));
-            }
-        }
-        self.lru.extend(skipped);
+        let mut lru = std::mem::take(&mut self.lru);
+        policy::evict(
+            &mut lru,
+            || index.bytes(),
+            high,
+            low,
+            |d| index.get(d).map(|e| e.last_access()),
+            |d| self.remove(d, "evicted"),
+        );
+        self.lru = lru;
     }
 
     /// Remove a committed entry unless a fill for it is in flight. Returns whether it went.
@@ -366,6 +358,150 @@ impl Expiry {
             if let Err(e) = self.journal.compact(&self.state) {
                 self.shared.store.incidents.report("state compaction", &e);
             }
+        }
+    }
+}
+
+/// The expiry policy, pure: what a fired deadline means, and which entries the size cap
+/// evicts. `now` and every access time are passed in (milliseconds on the monotonic clock).
+pub mod policy {
+    use std::collections::BTreeSet;
+
+    use crate::digest::Digest;
+
+    /// What a fired deadline means for an entry.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Deadline {
+        /// Used since the deadline was set: a new one, `ttl` after the last use.
+        Rearm { due_ms: u64 },
+        /// Not used for `ttl`: remove it.
+        Expire,
+    }
+
+    /// The TTL counts from the last use.
+    pub fn deadline(last_access_ms: u64, ttl_ms: u64, now_ms: u64) -> Deadline {
+        let due_ms = last_access_ms.saturating_add(ttl_ms);
+        if due_ms > now_ms {
+            Deadline::Rearm { due_ms }
+        } else {
+            Deadline::Expire
+        }
+    }
+
+    /// Eviction starts above `high_percent` of the cap and stops at `low_percent` of it.
+    pub fn water_marks(max: u64, high_percent: u64, low_percent: u64) -> (u64, u64) {
+        (max / 100 * high_percent, max / 100 * low_percent)
+    }
+
+    /// Evict least-recently-used entries while `bytes()` is above `low`, once it is above
+    /// `high`. `lru` holds (last access when queued, digest); an entry used since it was
+    /// queued goes back in line at its new time; one gone from the index is dropped; one that
+    /// `remove` keeps (a fill in flight) stays queued for the next round. `remove` says
+    /// whether the entry went.
+    pub fn evict(
+        lru: &mut BTreeSet<(u64, Digest)>,
+        bytes: impl Fn() -> u64,
+        high: u64,
+        low: u64,
+        last_access: impl Fn(&Digest) -> Option<u64>,
+        mut remove: impl FnMut(Digest) -> bool,
+    ) {
+        if bytes() <= high {
+            return;
+        }
+        let mut kept = Vec::new();
+        while bytes() > low {
+            let Some((queued, digest)) = lru.pop_first() else {
+                break;
+            };
+            let Some(la) = last_access(&digest) else {
+                continue;
+            };
+            if la != queued {
+                lru.insert((la, digest));
+                continue;
+            }
+            if !remove(digest) {
+                kept.push((queued, digest));
+            }
+        }
+        lru.extend(kept);
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::cell::RefCell;
+        use std::collections::HashMap;
+
+        #[test]
+        fn a_deadline_rearms_after_a_use_and_expires_without_one() {
+            let ttl = 10_000;
+            for (last, now, want) in [
+                (0, 10_000, Deadline::Expire),
+                (0, 20_000, Deadline::Expire),
+                (5_000, 10_000, Deadline::Rearm { due_ms: 15_000 }),
+                (9_999, 10_000, Deadline::Rearm { due_ms: 19_999 }),
+                (u64::MAX - 1, 0, Deadline::Rearm { due_ms: u64::MAX }),
+            ] {
+                assert_eq!(deadline(last, ttl, now), want, "last use {last}, now {now}");
+            }
+        }
+
+        fn d(n: u8) -> Digest {
+            Digest::of(&[n])
+        }
+
+        /// Entries of 10 bytes each, by digest, with their last access; some being filled.
+        struct Fake {
+            access: RefCell<HashMap<Digest, u64>>,
+            in_flight: Vec<Digest>,
+            removed: RefCell<Vec<u8>>,
+        }
+
+        impl Fake {
+            fn evict(&self, lru: &mut BTreeSet<(u64, Digest)>, high: u64, low: u64) {
+                let names: HashMap<Digest, u8> = (0..10).map(|n| (d(n), n)).collect();
+                evict(
+                    lru,
+                    || self.access.borrow().len() as u64 * 10,
+                    high,
+                    low,
+                    |x| self.access.borrow().get(x).copied(),
+                    |x| {
+                        if self.in_flight.contains(&x) {
+                            return false;
+                        }
+                        self.access.borrow_mut().remove(&x);
+                        self.removed.borrow_mut().push(names[&x]);
+                        true
+                    },
+                );
+            }
+        }
+
+        #[test]
+        fn the_cap_evicts_the_least_recently_used_down_to_the_low_mark() {
+            let (high, low) = water_marks(100, 95, 70);
+            assert_eq!((high, low), (95, 70));
+            // Ten entries of 10 bytes, used at times 1..=10 (entry 0 the oldest).
+            let fake = Fake {
+                access: RefCell::new((0..10).map(|n| (d(n), n as u64 + 1)).collect()),
+                in_flight: vec![d(1)],
+                removed: RefCell::new(Vec::new()),
+            };
+            let mut lru: BTreeSet<_> = (0..10).map(|n| (n as u64 + 1, d(n))).collect();
+            // Entry 2 was used since it was queued: it goes back in line at its new time.
+            fake.access.borrow_mut().insert(d(2), 50);
+            fake.evict(&mut lru, high, low);
+            // 100 bytes > 95: evicted down to 70, oldest first; 1 is being filled (kept),
+            // 2 was used since.
+            assert_eq!(*fake.removed.borrow(), vec![0, 3, 4]);
+            assert!(lru.contains(&(2, d(1))), "a kept entry stays queued");
+            assert!(lru.contains(&(50, d(2))), "re-queued at its last use");
+            // At or below the high mark: nothing more.
+            fake.evict(&mut lru, high, low);
+            assert_eq!(fake.removed.borrow().len(), 3);
         }
     }
 }
