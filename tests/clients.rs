@@ -48,8 +48,12 @@ fn pull(client: &dyn Client, reference: &str, platform: &str) -> Pulled {
 
 /// Blob GETs ringcache answered with 200 (from its access log).
 fn blobs_served(rc: &Ringcache) -> usize {
-    rc.proc
-        .count_log(&["ringcache::access", "method=GET", "/blobs/sha256:", "status=200"])
+    rc.proc.count_log(&[
+        "ringcache::access",
+        "method=GET",
+        "/blobs/sha256:",
+        "status=200",
+    ])
 }
 
 /// By tag, by digest, and one platform out of an OCI index and out of a Docker manifest
@@ -60,11 +64,21 @@ fn pulls_exactly_the_pushed_images(start: Start) {
     image::push(reg.addr, "library/app", "v1", &app, None);
     // Pushed by digest only: a client can get it no other way.
     let pinned = image::image(2, &[4_000]);
-    image::push(reg.addr, "library/pinned", &pinned.manifest_digest, &pinned, None);
+    image::push(
+        reg.addr,
+        "library/pinned",
+        &pinned.manifest_digest,
+        &pinned,
+        None,
+    );
     let amd = image::platform_image(11, "amd64", false);
     let arm = image::platform_image(12, "arm64", false);
-    let (_, oci_index) =
-        image::push_multi(reg.addr, "library/multi", "v1", &[("amd64", &amd), ("arm64", &arm)]);
+    let (_, oci_index) = image::push_multi(
+        reg.addr,
+        "library/multi",
+        "v1",
+        &[("amd64", &amd), ("arm64", &arm)],
+    );
     let damd = image::platform_image(21, "amd64", true);
     let darm = image::platform_image(22, "arm64", true);
     let (_, docker_list) = image::push_multi(
@@ -78,15 +92,30 @@ fn pulls_exactly_the_pushed_images(start: Start) {
     let client = client.as_ref();
 
     let cases = [
-        ("library/app:v1".to_string(), "linux/amd64", &app.manifest_digest, &app),
+        (
+            "library/app:v1".to_string(),
+            "linux/amd64",
+            &app.manifest_digest,
+            &app,
+        ),
         (
             format!("library/pinned@{}", pinned.manifest_digest),
             "linux/amd64",
             &pinned.manifest_digest,
             &pinned,
         ),
-        ("library/multi:v1".to_string(), "linux/arm64", &oci_index, &arm),
-        ("library/dmulti:v1".to_string(), "linux/arm64", &docker_list, &darm),
+        (
+            "library/multi:v1".to_string(),
+            "linux/arm64",
+            &oci_index,
+            &arm,
+        ),
+        (
+            "library/dmulti:v1".to_string(),
+            "linux/arm64",
+            &docker_list,
+            &darm,
+        ),
     ];
     for (reference, platform, digest, img) in cases {
         let reference = format!("{host}/{reference}");
@@ -120,9 +149,11 @@ fn warm_pull_gets_no_blob_upstream(start: Start) {
     };
     assert_eq!(pull(cold.as_ref(), &reference, "linux/amd64"), want);
     // The registry logs each GET after its response: wait until the cold fills show.
-    eventually(Duration::from_secs(10), "the cold pull's upstream blob GETs", || {
-        reg.blob_gets() >= blobs
-    });
+    eventually(
+        Duration::from_secs(10),
+        "the cold pull's upstream blob GETs",
+        || reg.blob_gets() >= blobs,
+    );
     let upstream = reg.blob_gets();
     let served = blobs_served(&rc);
     drop(cold);
@@ -170,4 +201,41 @@ fn docker_pulls_exactly_the_pushed_images() {
 #[test]
 fn docker_warm_pull_gets_no_blob_upstream() {
     warm_pull_gets_no_blob_upstream(docker);
+}
+
+/// When the mirror is down each client's pull fails at once and never resolves a name or
+/// leaves loopback: containerd and podman fall back to the registry's `server`/location, a
+/// closed loopback port; dockerd falls back to Docker Hub, whose names map to loopback in its
+/// namespace (and `pull` says it fell back).
+#[test]
+fn a_failing_mirror_fails_the_pull_at_once_on_loopback() {
+    let closed: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    for start in [containerd as Start, podman, docker] {
+        let (client, host) = start(closed);
+        let reference = format!("{host}/library/app:v1");
+        let started = std::time::Instant::now();
+        let err = client
+            .pull(&reference, "linux/amd64")
+            .expect_err("a pull through a closed mirror succeeded");
+        // podman retries three times, a second apart.
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{} took {:?} to fail: {err}",
+            client.name(),
+            started.elapsed()
+        );
+        assert!(
+            !err.contains("lookup "),
+            "{} resolved a name: {err}",
+            client.name()
+        );
+        assert!(
+            err.contains("127.0.0.1:1"),
+            "{} did not try the mirror: {err}",
+            client.name()
+        );
+        if client.name() == "dockerd" {
+            assert!(err.contains("fell back to Docker Hub"), "{err}");
+        }
+    }
 }

@@ -121,9 +121,7 @@ pub fn run(mut cmd: Command, within: Duration) -> Result<String, String> {
     let (stdout, stderr) = (outputs.next().unwrap(), outputs.next().unwrap());
     match status {
         Some(s) if s.success() => Ok(stdout),
-        Some(s) => Err(format!(
-            "{cmd:?} failed ({s}):\n{stdout}\n{stderr}"
-        )),
+        Some(s) => Err(format!("{cmd:?} failed ({s}):\n{stdout}\n{stderr}")),
         None => Err(format!(
             "{cmd:?} did not finish within {within:?} (killed):\n{stdout}\n{stderr}"
         )),
@@ -140,7 +138,15 @@ fn namespaced(binds: &[(&Path, &str)], program: &str) -> Command {
     }
     script.push_str(&format!("shift {} && exec \"$@\"", binds.len()));
     let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script, "sh"]);
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ]);
     for (source, _) in binds {
         cmd.arg(source);
     }
@@ -292,7 +298,8 @@ disabled_plugins = [
     fn ctr_run(&self, args: &[&str]) -> Result<String, String> {
         let mut cmd = self.ctr();
         cmd.args(args);
-        run(cmd, COMMAND_WITHIN).map_err(|e| format!("{e}\ncontainerd log:\n{}", log_tail(&self.proc, 20)))
+        run(cmd, COMMAND_WITHIN)
+            .map_err(|e| format!("{e}\ncontainerd log:\n{}", log_tail(&self.proc, 20)))
     }
 
     /// A blob from the content store, as JSON.
