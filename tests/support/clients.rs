@@ -29,6 +29,7 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -85,12 +86,14 @@ pub fn eventually(within: Duration, what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// Run `cmd` to completion, killed after `within`; its stdout, or an error naming the
-/// command with its exit status and output.
+/// Run `cmd` to completion, killed after `within` (with everything it started: it leads a
+/// process group of its own, so no helper is left holding its output pipes); its stdout, or
+/// an error naming the command with its exit status and output.
 pub fn run(mut cmd: Command, within: Duration) -> Result<String, String> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        .process_group(0);
     let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
     let readers: Vec<_> = [
         Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
@@ -111,7 +114,10 @@ pub fn run(mut cmd: Command, within: Duration) -> Result<String, String> {
             Ok(Some(status)) => break Some(status),
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
             _ => {
-                let _ = child.kill();
+                // SAFETY: kill(2) of the process group the child leads; no memory effects.
+                unsafe {
+                    libc::kill(-(child.id() as i32), libc::SIGKILL);
+                }
                 let _ = child.wait();
                 break None;
             }
