@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the real peers it needs (the reference registry, skopeo,
-# htpasswd), then runs every test. Usage: scripts/test.sh [cargo test args...]
+# htpasswd, and the container clients containerd, podman and dockerd), then runs every test.
+# tests/clients.rs runs those clients' daemons, so it needs root (it fails, saying so, without).
+# Usage: scripts/test.sh [cargo test args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +12,10 @@ command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# containerd (with ctr), podman, dockerd (docker.io, with the docker CLI); unshare is util-linux.
+command -v containerd >/dev/null 2>&1 || need+=(containerd)
+command -v podman >/dev/null 2>&1 || need+=(podman)
+{ command -v dockerd || test -x /usr/sbin/dockerd; } >/dev/null 2>&1 && command -v docker >/dev/null 2>&1 || need+=(docker.io)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test peers: ${need[*]}"
   sudo=""

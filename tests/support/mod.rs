@@ -5,6 +5,7 @@
 //! opening, a request arriving), never a fixed sleep.
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod http;
 pub mod image;
 pub mod stream;
