@@ -275,3 +275,181 @@ pub async fn run<E: Env>(worker: Rc<E>, lease: Lease, content: Content, via: Opt
         }
     }
 }
+
+/// The fill's decisions against a canned upstream (a thread on loopback answering each
+/// connection with the next scripted response) and a temp store: no binary, no sleeps.
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::digest::Digest;
+    use crate::fill::{Fills, Joined, State};
+    use crate::http::client::Client;
+    use crate::store::changes::queue;
+
+    struct TestEnv {
+        upstream: Upstream,
+        store: Store,
+        counters: Counters,
+        tallies: Events,
+        changes: Changes,
+    }
+
+    impl Env for TestEnv {
+        fn upstream(&self) -> &Upstream {
+            &self.upstream
+        }
+        fn store(&self) -> &Store {
+            &self.store
+        }
+        fn counters(&self) -> &Counters {
+            &self.counters
+        }
+        fn tallies(&self) -> &Events {
+            &self.tallies
+        }
+        fn changes(&self) -> &Changes {
+            &self.changes
+        }
+    }
+
+    /// An origin that answers the n-th connection with `responses[n]` and closes it; the
+    /// request heads it got.
+    fn origin(responses: Vec<Vec<u8>>) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let heads = seen.clone();
+        std::thread::spawn(move || {
+            for response in responses {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                heads
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                let _ = conn.write_all(&response);
+            }
+        });
+        (addr, seen)
+    }
+
+    fn head(status: &str, headers: &str) -> Vec<u8> {
+        format!("HTTP/1.1 {status}\r\nConnection: close\r\n{headers}\r\n").into_bytes()
+    }
+
+    /// Run one fill of `body`'s digest against the scripted origin: the fill's end state, the
+    /// environment and the requests upstream got.
+    fn fill(
+        body: &[u8],
+        responses: Vec<Vec<u8>>,
+    ) -> (State, Rc<TestEnv>, Vec<String>, tempfile::TempDir) {
+        let (addr, seen) = origin(responses);
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_yaml(&format!(
+            "proxy: {{remoteurl: http://{addr}}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\n",
+            dir.path().display()
+        ))
+        .unwrap();
+        let live = Arc::new(crate::live::Reloadable::new(&config));
+        let tls = crate::http::client::tls_config(None).unwrap();
+        let digest = Digest::of(body);
+        let state = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let env = Rc::new(TestEnv {
+                    upstream: Upstream::new(
+                        &config.upstream,
+                        Client::new(tls, config.limits.clone()),
+                        Arc::default(),
+                        live,
+                    ),
+                    store: Store::open(dir.path()).unwrap(),
+                    counters: Counters::default(),
+                    tallies: Events::default(),
+                    changes: queue().0,
+                });
+                let fills = Fills::new(4);
+                let Joined::Lead(lease, fill) = fills.join_or_lead(digest, "a/b", || false) else {
+                    panic!("no fill led");
+                };
+                run(env.clone(), lease, Content::Blob, None).await;
+                (fill.state(), env)
+            });
+        let seen = seen.lock().unwrap().clone();
+        (state.0, state.1, seen, dir)
+    }
+
+    #[test]
+    fn a_body_cut_midway_is_resumed_with_range_and_committed() {
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let half = body.len() / 2;
+        let mut first = head("200 OK", &format!("Content-Length: {}\r\n", body.len()));
+        first.extend_from_slice(&body[..half]);
+        let mut rest = head(
+            "206 Partial Content",
+            &format!(
+                "Content-Length: {}\r\nContent-Range: bytes {half}-{}/{}\r\n",
+                body.len() - half,
+                body.len() - 1,
+                body.len()
+            ),
+        );
+        rest.extend_from_slice(&body[half..]);
+        let (state, env, seen, _dir) = fill(&body, vec![first, rest]);
+        assert!(
+            matches!(state, State::Committed { size, .. } if size == body.len() as u64),
+            "{state:?}"
+        );
+        assert!(env.store.index.contains(&Digest::of(&body)));
+        assert_eq!(env.counters.resumes.load(Ordering::Relaxed), 1);
+        assert_eq!(seen.len(), 2);
+        assert!(
+            seen[1]
+                .to_ascii_lowercase()
+                .contains(&format!("range: bytes={half}-")),
+            "{}",
+            seen[1]
+        );
+    }
+
+    #[test]
+    fn a_body_that_fails_verification_publishes_failed_and_commits_nothing() {
+        let body = vec![7u8; 100_000];
+        let mut corrupt = body.clone();
+        corrupt[50_000] ^= 1;
+        let mut response = head("200 OK", &format!("Content-Length: {}\r\n", body.len()));
+        response.extend_from_slice(&corrupt);
+        let (state, env, _, dir) = fill(&body, vec![response]);
+        assert!(matches!(state, State::Failed(_)), "{state:?}");
+        assert!(!env.store.index.contains(&Digest::of(&body)));
+        assert_eq!(env.tallies.failed_verification.load(Ordering::Relaxed), 1);
+        // Nothing left behind: the temp file is gone, nothing under blobs/.
+        let ingest = std::fs::read_dir(dir.path().join("ingest"))
+            .unwrap()
+            .count();
+        assert_eq!(ingest, 0);
+    }
+
+    #[test]
+    fn an_upstream_404_fails_the_fill_with_blob_unknown() {
+        let (state, _, seen, _dir) =
+            fill(b"x", vec![head("404 Not Found", "Content-Length: 0\r\n")]);
+        assert!(
+            matches!(state, State::Failed(Kind::BlobUnknown)),
+            "{state:?}"
+        );
+        assert_eq!(seen.len(), 1);
+    }
+}
