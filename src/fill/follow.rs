@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::buf::IoBuf;
-use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use super::{Fill, State, PACE_BLOCKS};
 use crate::error::Kind;
+use crate::http::response::send_within;
 use crate::http::sendfile;
 use crate::store::ingest;
 
@@ -150,10 +150,8 @@ pub async fn stream(
             // the fill has let go.
             Some(piece) if ingest::blocks_within_budget() && piece.newer() < PACE_BLOCKS => {
                 let n = piece.len();
-                match monoio::time::timeout(send_stall, sock.write_all(piece)).await {
-                    Ok((Ok(_), _)) => {}
-                    Ok((Err(e), _)) => return (Err(Cut::Client(e)), buf),
-                    Err(_) => return (Err(Cut::Client(std::io::ErrorKind::TimedOut.into())), buf),
+                if let (Err(e), _) = send_within(sock, piece, send_stall).await {
+                    return (Err(Cut::Client(e)), buf);
                 }
                 sent.from_memory += n as u64;
                 sent.body += n as u64;
@@ -198,17 +196,9 @@ pub async fn stream(
                 }
             }
         };
-        let (res, back) =
-            match monoio::time::timeout(send_stall, sock.write_all(buf.slice(0..n))).await {
-                Ok((res, slice)) => (res, slice.into_inner()),
-                Err(_) => {
-                    return (
-                        Err(Cut::Client(std::io::ErrorKind::TimedOut.into())),
-                        Vec::new(),
-                    )
-                }
-            };
-        buf = back;
+        let (res, back) = send_within(sock, buf.slice(0..n), send_stall).await;
+        // A buffer that went with a cancelled write: the caller's pool makes a fresh one.
+        buf = back.map_or_else(Vec::new, |slice| slice.into_inner());
         if let Err(e) = res {
             return (Err(Cut::Client(e)), buf);
         }

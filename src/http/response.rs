@@ -47,6 +47,20 @@ pub struct Exchange<'a> {
     pub upstream_ms: Option<u64>,
 }
 
+/// The one send loop to a client socket: all of `buf`, or an error once the client has accepted
+/// nothing for `stall` (then it is cut). The buffer comes back unless the write was cancelled
+/// by the stall (a rented buffer goes with its cancelled operation).
+pub async fn send_within<T: IoBuf>(
+    sock: &mut TcpStream,
+    buf: T,
+    stall: Duration,
+) -> (std::io::Result<()>, Option<T>) {
+    match monoio::time::timeout(stall, sock.write_all(buf)).await {
+        Ok((res, buf)) => (res.map(|_| ()), Some(buf)),
+        Err(_) => (Err(std::io::ErrorKind::TimedOut.into()), None),
+    }
+}
+
 impl<'a> Exchange<'a> {
     /// A response not yet started.
     pub fn new(
@@ -199,10 +213,7 @@ impl<'a> Exchange<'a> {
 
     /// Write bytes with the send-stall timeout: a client that reads nothing is cut.
     pub async fn write(&mut self, bytes: Vec<u8>) -> std::io::Result<()> {
-        match monoio::time::timeout(self.send_stall, self.sock.write_all(bytes)).await {
-            Ok((res, _)) => res.map(|_| ()),
-            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-        }
+        send_within(self.sock, bytes, self.send_stall).await.0
     }
 
     /// Stream `[start, end]` of an open, complete file to the client: what is in the page
@@ -260,16 +271,12 @@ impl<'a> Exchange<'a> {
                     .unwrap_or_else(|| std::io::ErrorKind::UnexpectedEof.into()));
             }
         };
-        match monoio::time::timeout(self.send_stall, self.sock.write_all(buf.slice(0..at + n)))
-            .await
-        {
-            Ok((res, slice)) => {
-                self.put_buf(slice.into_inner());
-                res?;
-            }
-            // The buffer went with the cancelled write: take_buf makes a fresh one next time.
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        let (res, slice) = send_within(self.sock, buf.slice(0..at + n), self.send_stall).await;
+        // A buffer that went with a cancelled write: take_buf makes a fresh one next time.
+        if let Some(slice) = slice {
+            self.put_buf(slice.into_inner());
         }
+        res?;
         self.body_bytes += n as u64;
         Ok(pos + n as u64)
     }

@@ -10,14 +10,13 @@
 //! Partial (Range) responses are relayed as upstream sends them.
 
 use monoio::buf::IoBuf;
-use monoio::io::AsyncWriteRentExt;
 
 use crate::digest::Digest;
 use crate::error::{Error, Kind, OrErr, Result, Side};
 use crate::fill::Fill;
 use crate::http::client::Response;
 use crate::http::parse::RangeSpec;
-use crate::http::response::Exchange;
+use crate::http::response::{send_within, Exchange};
 use crate::limits::CHUNK_BYTES;
 use crate::upstream::status_error;
 use crate::worker::Worker;
@@ -219,12 +218,10 @@ async fn relay(
                 send = n - 1; // hold the last byte until the hash is checked
             }
         }
-        let (res, back) =
-            match monoio::time::timeout(x.send_stall, x.sock.write_all(piece.slice(0..send))).await
-            {
-                Ok((res, slice)) => (res, slice.into_inner()),
-                Err(_) => return Err(Error::client(Kind::Internal, "client stopped reading")),
-            };
+        let (res, back) = send_within(x.sock, piece.slice(0..send), x.send_stall).await;
+        let Some(back) = back.map(|slice| slice.into_inner()) else {
+            return Err(Error::client(Kind::Internal, "client stopped reading"));
+        };
         res.or_err(Kind::Internal, Side::Client, "write to client")?;
         x.body_bytes += send as u64;
         remaining -= n as u64;
