@@ -346,7 +346,7 @@ pub fn render(workers: &[Counters], g: &Gauges) -> String {
 
 /// Process-wide counters written off the hot path (the expiry thread, failing fills).
 #[derive(Default)]
-pub struct Events {
+pub struct Tallies {
     pub evictions: AtomicU64,
     pub expirations: AtomicU64,
     /// Fills failed, by the kind clients were told: upstream refused (4xx), upstream broke
@@ -357,7 +357,7 @@ pub struct Events {
     pub failed_other: AtomicU64,
 }
 
-impl Events {
+impl Tallies {
     pub fn failed(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("upstream_status", get(&self.failed_upstream_status)),

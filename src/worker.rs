@@ -28,7 +28,7 @@ pub struct Shared {
     /// Per-worker counters, indexed by worker id (each written only by its worker).
     pub counters: Box<[crate::metrics::Counters]>,
     /// Counters written off the hot path (expiry thread, failing fills).
-    pub tallies: crate::metrics::Events,
+    pub tallies: crate::metrics::Tallies,
     /// When upstream last answered, and last failed to (ms, monotonic): the health check.
     pub upstream_health: Arc<crate::upstream::Health>,
     /// Set by `POST /debug/health/down`: health checks and `GET /` answer 503 so load
@@ -77,7 +77,7 @@ impl crate::fill::task::Env for Worker {
     fn counters(&self) -> &crate::metrics::Counters {
         Worker::counters(self)
     }
-    fn tallies(&self) -> &crate::metrics::Events {
+    fn tallies(&self) -> &crate::metrics::Tallies {
         &self.shared.tallies
     }
     fn changes(&self) -> &crate::store::changes::Changes {

@@ -72,7 +72,7 @@ pub struct Fill {
     /// not the client's).
     verified: std::sync::atomic::AtomicBool,
     /// Notified on every published change of `written` or `state`.
-    event: Event,
+    progress: Event,
     /// Followers that joined (the first requester included).
     followers: AtomicUsize,
     /// Followers streaming the body now (see [`Fill::pace`]).
@@ -95,7 +95,7 @@ impl Fill {
             written: AtomicU64::new(0),
             recent: Default::default(),
             verified: Default::default(),
-            event: Event::new(),
+            progress: Event::new(),
             followers: AtomicUsize::new(0),
             streaming: AtomicUsize::new(0),
             front: AtomicU64::new(0),
@@ -174,7 +174,7 @@ impl Fill {
     fn publish(&self, written: u64) {
         let before = self.written.swap(written, Ordering::AcqRel);
         assert!(written >= before, "published byte count went backwards");
-        self.event.notify(usize::MAX);
+        self.progress.notify(usize::MAX);
     }
 
     /// The body is complete and matches the digest (see [`Lease::verified`]).
@@ -189,7 +189,7 @@ impl Fill {
     /// A listener to await before re-checking state (create it *before* the check, so a
     /// notification in between is not lost).
     pub fn listen(&self) -> event_listener::EventListener {
-        self.event.listen()
+        self.progress.listen()
     }
 
     /// Record a repository upstream confirmed the digest in, to be linked at commit.
@@ -219,7 +219,7 @@ impl Fill {
         );
         *state = next;
         drop(state);
-        self.event.notify(usize::MAX);
+        self.progress.notify(usize::MAX);
     }
 
     fn is_terminal(&self) -> bool {
@@ -391,7 +391,7 @@ impl Lease {
     /// writes, the commit's fsync and the rename.
     pub fn verified(&self) {
         self.fill.verified.store(true, Ordering::Release);
-        self.fill.event.notify(usize::MAX);
+        self.fill.progress.notify(usize::MAX);
     }
 
     /// The content is verified, in the store and in the index.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::Lease;
 use crate::error::Kind;
 use crate::limits::{FILL_RESUMES_MAX, FILL_RESUME_BACKOFF, MANIFEST_BYTES_MAX};
-use crate::metrics::{Counters, Events};
+use crate::metrics::{Counters, Tallies};
 use crate::store::changes::Change;
 use crate::store::changes::Changes;
 use crate::store::ingest::CommitError;
@@ -26,7 +26,7 @@ pub trait Env: 'static {
     fn upstream(&self) -> &Upstream;
     fn store(&self) -> &Store;
     fn counters(&self) -> &Counters;
-    fn tallies(&self) -> &Events;
+    fn tallies(&self) -> &Tallies;
     fn changes(&self) -> &Changes;
 }
 
@@ -294,7 +294,7 @@ mod tests {
         upstream: Upstream,
         store: Store,
         counters: Counters,
-        tallies: Events,
+        tallies: Tallies,
         changes: Changes,
     }
 
@@ -308,7 +308,7 @@ mod tests {
         fn counters(&self) -> &Counters {
             &self.counters
         }
-        fn tallies(&self) -> &Events {
+        fn tallies(&self) -> &Tallies {
             &self.tallies
         }
         fn changes(&self) -> &Changes {
@@ -377,7 +377,7 @@ mod tests {
                     ),
                     store: Store::open(dir.path()).unwrap(),
                     counters: Counters::default(),
-                    tallies: Events::default(),
+                    tallies: Tallies::default(),
                     changes: queue().0,
                 });
                 let fills = Fills::new(4);
