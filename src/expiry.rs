@@ -176,15 +176,15 @@ impl Expiry {
                     last_access: wall_of(la),
                 };
                 self.pending.push(Record::Commit {
-                    d: digest.hex(),
-                    s: saved.size,
-                    m: saved.media_type.clone(),
-                    a: saved.last_access,
+                    digest: digest.hex(),
+                    size: saved.size,
+                    media_type: saved.media_type.clone(),
+                    last_access: saved.last_access,
                 });
                 for r in &saved.repos {
                     self.pending.push(Record::Link {
-                        d: digest.hex(),
-                        r: r.clone(),
+                        digest: digest.hex(),
+                        repository: r.clone(),
                     });
                 }
                 self.state.entries.insert(digest, saved);
@@ -194,8 +194,8 @@ impl Expiry {
                     if !e.repos.contains(&repo) {
                         e.repos.push(repo.clone());
                         self.pending.push(Record::Link {
-                            d: digest.hex(),
-                            r: repo,
+                            digest: digest.hex(),
+                            repository: repo,
                         });
                     }
                 }
@@ -210,11 +210,11 @@ impl Expiry {
                 let key = (name.clone(), tag.clone(), resolved_for);
                 if self.state.tags.get(&key) != Some(&(digest, media_type.clone())) {
                     self.pending.push(Record::Tag {
-                        n: name,
-                        t: tag,
-                        d: digest.hex(),
-                        m: media_type.clone(),
-                        q: Some(resolved_for.bits()),
+                        name,
+                        tag,
+                        digest: digest.hex(),
+                        media_type: media_type.clone(),
+                        accepts: Some(resolved_for.bits()),
                     });
                     self.state.tags.insert(key, (digest, media_type));
                 }
@@ -227,9 +227,9 @@ impl Expiry {
                 let key = (name.clone(), tag.clone(), resolved_for);
                 if self.state.tags.remove(&key).is_some() {
                     self.pending.push(Record::Untag {
-                        n: name,
-                        t: tag,
-                        q: Some(resolved_for.bits()),
+                        name,
+                        tag,
+                        accepts: Some(resolved_for.bits()),
                     });
                 }
             }
@@ -295,7 +295,9 @@ impl Expiry {
                     self.wheel.cancel(t);
                 }
                 self.state.entries.remove(&digest);
-                self.pending.push(Record::Remove { d: digest.hex() });
+                self.pending.push(Record::Remove {
+                    digest: digest.hex(),
+                });
                 let tally = if why == "expired" {
                     &self.shared.tallies.expirations
                 } else {
@@ -328,21 +330,24 @@ impl Expiry {
                         last_access: a,
                     };
                     self.pending.push(Record::Commit {
-                        d: digest.hex(),
-                        s: saved.size,
-                        m: saved.media_type.clone(),
-                        a,
+                        digest: digest.hex(),
+                        size: saved.size,
+                        media_type: saved.media_type.clone(),
+                        last_access: a,
                     });
                     self.state.entries.insert(digest, saved);
                 }
-                self.pending.push(Record::Access { d: digest.hex(), a });
+                self.pending.push(Record::Access {
+                    digest: digest.hex(),
+                    last_access: a,
+                });
             }
         }
         if self.pending.is_empty() {
             return;
         }
         let t = now_secs();
-        self.pending.push(Record::Saved { t });
+        self.pending.push(Record::Saved { at: t });
         self.state.saved_at = Some(t);
         let records = std::mem::take(&mut self.pending);
         if let Err(e) = self.journal.append(&records) {

@@ -23,50 +23,78 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::media::Accepts;
 
-/// One journal line.
+/// One journal line. Fields have full names here and one-letter keys on disk (`serde`
+/// renames), which keeps a journal of millions of lines small.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "k")]
 pub enum Record {
-    /// Content committed: digest (hex), size, media type, last access (wall seconds).
+    /// Content committed: its size, media type and last access (wall seconds).
     #[serde(rename = "c")]
     Commit {
-        d: String,
-        s: u64,
-        m: Option<String>,
-        a: u64,
+        #[serde(rename = "d")]
+        digest: String,
+        #[serde(rename = "s")]
+        size: u64,
+        #[serde(rename = "m")]
+        media_type: Option<String>,
+        #[serde(rename = "a")]
+        last_access: u64,
     },
-    /// Upstream confirmed digest `d` in repository `r`.
+    /// Upstream confirmed the digest in a repository.
     #[serde(rename = "l")]
-    Link { d: String, r: String },
-    /// Last access of `d` at wall second `a`.
+    Link {
+        #[serde(rename = "d")]
+        digest: String,
+        #[serde(rename = "r")]
+        repository: String,
+    },
+    /// Last access of the digest (wall seconds).
     #[serde(rename = "a")]
-    Access { d: String, a: u64 },
-    /// `d` was removed (expired or evicted).
+    Access {
+        #[serde(rename = "d")]
+        digest: String,
+        #[serde(rename = "a")]
+        last_access: u64,
+    },
+    /// The digest was removed (expired or evicted).
     #[serde(rename = "x")]
-    Remove { d: String },
-    /// Tag `t` of repository `n` resolved to `d` (media type `m`) for requests accepting the
-    /// manifest types `q` ([`crate::media::Accepts`] bits). Lines written before `q` existed
-    /// have none: see `Loaded::apply`.
+    Remove {
+        #[serde(rename = "d")]
+        digest: String,
+    },
+    /// A tag of a repository resolved to a digest (with its media type) for requests accepting
+    /// the manifest types `accepts` ([`crate::media::Accepts`] bits). Lines written before
+    /// `accepts` existed have none: see `Loaded::apply`.
     #[serde(rename = "t")]
     Tag {
-        n: String,
-        t: String,
-        d: String,
-        m: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        q: Option<u16>,
+        #[serde(rename = "n")]
+        name: String,
+        #[serde(rename = "t")]
+        tag: String,
+        #[serde(rename = "d")]
+        digest: String,
+        #[serde(rename = "m")]
+        media_type: String,
+        #[serde(rename = "q", default, skip_serializing_if = "Option::is_none")]
+        accepts: Option<u16>,
     },
-    /// Tag dropped (upstream said 404 to requests accepting `q`; without `q`, every answer).
+    /// Tag dropped (upstream said 404 to requests accepting `accepts`; without it, every
+    /// answer).
     #[serde(rename = "u")]
     Untag {
-        n: String,
-        t: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        q: Option<u16>,
+        #[serde(rename = "n")]
+        name: String,
+        #[serde(rename = "t")]
+        tag: String,
+        #[serde(rename = "q", default, skip_serializing_if = "Option::is_none")]
+        accepts: Option<u16>,
     },
-    /// End of a flush, at wall second `t`.
+    /// End of a flush, at a wall second.
     #[serde(rename = "s")]
-    Saved { t: u64 },
+    Saved {
+        #[serde(rename = "t")]
+        at: u64,
+    },
 }
 
 /// What a load found, per digest.
@@ -92,7 +120,12 @@ impl Loaded {
     fn apply(&mut self, r: Record) {
         let hex = |d: &str| Digest::from_hex(d);
         match r {
-            Record::Commit { d, s, m, a } => {
+            Record::Commit {
+                digest: d,
+                size: s,
+                media_type: m,
+                last_access: a,
+            } => {
                 if let Some(d) = hex(&d) {
                     let e = self.entries.entry(d).or_default();
                     e.size = s;
@@ -100,24 +133,36 @@ impl Loaded {
                     e.last_access = e.last_access.max(a);
                 }
             }
-            Record::Link { d, r } => {
+            Record::Link {
+                digest: d,
+                repository: r,
+            } => {
                 if let Some(e) = hex(&d).and_then(|d| self.entries.get_mut(&d)) {
                     if !e.repos.contains(&r) {
                         e.repos.push(r);
                     }
                 }
             }
-            Record::Access { d, a } => {
+            Record::Access {
+                digest: d,
+                last_access: a,
+            } => {
                 if let Some(e) = hex(&d).and_then(|d| self.entries.get_mut(&d)) {
                     e.last_access = a;
                 }
             }
-            Record::Remove { d } => {
+            Record::Remove { digest: d } => {
                 if let Some(d) = hex(&d) {
                     self.entries.remove(&d);
                 }
             }
-            Record::Tag { n, t, d, m, q } => {
+            Record::Tag {
+                name: n,
+                tag: t,
+                digest: d,
+                media_type: m,
+                accepts: q,
+            } => {
                 // A line from before answers were kept per Accept: an index or list is the
                 // stored manifest, right for anyone who accepts it; a single manifest may have
                 // been one platform picked for a client that took no index, so it is dropped
@@ -131,13 +176,21 @@ impl Loaded {
                     self.tags.insert((n, t, resolved_for), (d, m));
                 }
             }
-            Record::Untag { n, t, q: Some(q) } => {
+            Record::Untag {
+                name: n,
+                tag: t,
+                accepts: Some(q),
+            } => {
                 self.tags.remove(&(n, t, Accepts::from_bits(q)));
             }
-            Record::Untag { n, t, q: None } => {
+            Record::Untag {
+                name: n,
+                tag: t,
+                accepts: None,
+            } => {
                 self.tags.retain(|(n2, t2, _), _| *n2 != n || *t2 != t);
             }
-            Record::Saved { t } => self.saved_at = Some(t),
+            Record::Saved { at: t } => self.saved_at = Some(t),
         }
     }
 
@@ -146,29 +199,29 @@ impl Loaded {
         let mut out = Vec::new();
         for (d, e) in &self.entries {
             out.push(Record::Commit {
-                d: d.hex(),
-                s: e.size,
-                m: e.media_type.clone(),
-                a: e.last_access,
+                digest: d.hex(),
+                size: e.size,
+                media_type: e.media_type.clone(),
+                last_access: e.last_access,
             });
             for r in &e.repos {
                 out.push(Record::Link {
-                    d: d.hex(),
-                    r: r.clone(),
+                    digest: d.hex(),
+                    repository: r.clone(),
                 });
             }
         }
         for ((n, t, q), (d, m)) in &self.tags {
             out.push(Record::Tag {
-                n: n.clone(),
-                t: t.clone(),
-                d: d.hex(),
-                m: m.clone(),
-                q: Some(q.bits()),
+                name: n.clone(),
+                tag: t.clone(),
+                digest: d.hex(),
+                media_type: m.clone(),
+                accepts: Some(q.bits()),
             });
         }
         if let Some(t) = self.saved_at {
-            out.push(Record::Saved { t });
+            out.push(Record::Saved { at: t });
         }
         out
     }
@@ -283,6 +336,50 @@ impl Journal {
 mod tests {
     use super::*;
 
+    /// The keys on disk are the one-letter ones journals were written with.
+    #[test]
+    fn journal_lines_keep_their_keys() {
+        let d = Digest::of(b"x").hex();
+        let cases = [
+            (
+                format!(r#"{{"k":"c","d":"{d}","s":3,"m":"mt","a":7}}"#),
+                Record::Commit {
+                    digest: d.clone(),
+                    size: 3,
+                    media_type: Some("mt".into()),
+                    last_access: 7,
+                },
+            ),
+            (
+                format!(r#"{{"k":"t","n":"a/b","t":"v1","d":"{d}","m":"mt","q":15}}"#),
+                Record::Tag {
+                    name: "a/b".into(),
+                    tag: "v1".into(),
+                    digest: d.clone(),
+                    media_type: "mt".into(),
+                    accepts: Some(15),
+                },
+            ),
+            (
+                r#"{"k":"u","n":"a/b","t":"v1"}"#.to_string(),
+                Record::Untag {
+                    name: "a/b".into(),
+                    tag: "v1".into(),
+                    accepts: None,
+                },
+            ),
+            (r#"{"k":"s","t":9}"#.to_string(), Record::Saved { at: 9 }),
+        ];
+        for (line, record) in cases {
+            assert_eq!(
+                serde_json::from_str::<Record>(&line).unwrap(),
+                record,
+                "{line}"
+            );
+            assert_eq!(serde_json::to_string(&record).unwrap(), line);
+        }
+    }
+
     #[test]
     fn journal_roundtrip_compaction_and_torn_lines() {
         let dir = tempfile_dir();
@@ -293,34 +390,34 @@ mod tests {
             assert!(loaded.entries.is_empty());
             j.append(&[
                 Record::Commit {
-                    d: d1.hex(),
-                    s: 1,
-                    m: Some("mt".into()),
-                    a: 100,
+                    digest: d1.hex(),
+                    size: 1,
+                    media_type: Some("mt".into()),
+                    last_access: 100,
                 },
                 Record::Link {
-                    d: d1.hex(),
-                    r: "a/b".into(),
+                    digest: d1.hex(),
+                    repository: "a/b".into(),
                 },
                 Record::Commit {
-                    d: d2.hex(),
-                    s: 2,
-                    m: None,
-                    a: 100,
+                    digest: d2.hex(),
+                    size: 2,
+                    media_type: None,
+                    last_access: 100,
                 },
                 Record::Access {
-                    d: d1.hex(),
-                    a: 150,
+                    digest: d1.hex(),
+                    last_access: 150,
                 },
-                Record::Remove { d: d2.hex() },
+                Record::Remove { digest: d2.hex() },
                 Record::Tag {
-                    n: "a/b".into(),
-                    t: "v1".into(),
-                    d: d1.hex(),
-                    m: "mt".into(),
-                    q: Some(Accepts::ALL.bits()),
+                    name: "a/b".into(),
+                    tag: "v1".into(),
+                    digest: d1.hex(),
+                    media_type: "mt".into(),
+                    accepts: Some(Accepts::ALL.bits()),
                 },
-                Record::Saved { t: 160 },
+                Record::Saved { at: 160 },
             ])
             .unwrap();
         }
@@ -360,10 +457,10 @@ mod tests {
         let d2 = Digest::of(b"2");
         let commit = |d: &Digest, a: u64| {
             let mut l = serde_json::to_vec(&Record::Commit {
-                d: d.hex(),
-                s: 1,
-                m: None,
-                a,
+                digest: d.hex(),
+                size: 1,
+                media_type: None,
+                last_access: a,
             })
             .unwrap();
             l.push(b'\n');
@@ -414,18 +511,36 @@ mod tests {
                 prop::option::of(text),
                 any::<u64>()
             )
-                .prop_map(|(d, s, m, a)| Record::Commit { d, s, m, a }),
-            (d.clone(), text).prop_map(|(d, r)| Record::Link { d, r }),
-            (d.clone(), any::<u64>()).prop_map(|(d, a)| Record::Access { d, a }),
-            d.clone().prop_map(|d| Record::Remove { d }),
-            (text, text, d, text, prop::option::of(any::<u16>()))
-                .prop_map(|(n, t, d, m, q)| Record::Tag { n, t, d, m, q }),
-            (text, text, prop::option::of(any::<u16>())).prop_map(|(n, t, q)| Record::Untag {
-                n,
-                t,
-                q
+                .prop_map(|(d, s, m, a)| Record::Commit {
+                    digest: d,
+                    size: s,
+                    media_type: m,
+                    last_access: a
+                }),
+            (d.clone(), text).prop_map(|(d, r)| Record::Link {
+                digest: d,
+                repository: r
             }),
-            any::<u64>().prop_map(|t| Record::Saved { t }),
+            (d.clone(), any::<u64>()).prop_map(|(d, a)| Record::Access {
+                digest: d,
+                last_access: a
+            }),
+            d.clone().prop_map(|d| Record::Remove { digest: d }),
+            (text, text, d, text, prop::option::of(any::<u16>())).prop_map(|(n, t, d, m, q)| {
+                Record::Tag {
+                    name: n,
+                    tag: t,
+                    digest: d,
+                    media_type: m,
+                    accepts: q,
+                }
+            }),
+            (text, text, prop::option::of(any::<u16>())).prop_map(|(n, t, q)| Record::Untag {
+                name: n,
+                tag: t,
+                accepts: q
+            }),
+            any::<u64>().prop_map(|t| Record::Saved { at: t }),
         ]
     }
 
