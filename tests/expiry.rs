@@ -30,19 +30,11 @@ fn ttl_counts_from_last_use_and_expired_content_is_fetched_again() {
         rc.proc
             .wait_count(&[d.as_str(), "fill committed"], 1, Duration::from_secs(10));
     }
-    // Keep using A; B, unused, expires first (the loop is bounded by the expiry event).
-    let mut hits = 0;
-    loop {
+    // Keep using A; B, unused, expires first.
+    support::eventually(Duration::from_secs(20), "B expires", || {
         assert_eq!(http::get(rc.addr, &format!("/v2/x/blobs/{a}")).status, 200);
-        hits += 1;
-        if rc
-            .proc
-            .saw_within(&["entry expired", &b], Duration::from_millis(200))
-        {
-            break;
-        }
-        assert!(hits < 100, "B never expired");
-    }
+        (rc.proc.count_log(&["entry expired", &b]) > 0).then_some(())
+    });
     assert!(
         !blob_file(&rc.root, &b).exists(),
         "expired content is removed"
@@ -350,14 +342,11 @@ fn descriptors_kept_for_hits_are_closed_once_their_entry_is_removed() {
     rc.proc
         .wait_count(&["entry expired", &d], 1, Duration::from_secs(10));
     // Closed within a heartbeat (250 ms): bounded wait on that condition.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while holds() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a removed file is still held open: its space is not freed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::eventually(
+        Duration::from_secs(5),
+        "a removed file's descriptor is closed (else its space is not freed)",
+        || (!holds()).then_some(()),
+    );
     // And the content comes back as a miss, correct.
     let (status, _, hex2, complete) = http::get_hashed(rc.addr, &path);
     assert_eq!((status, complete, hex2), (200, true, hex));
