@@ -1,8 +1,9 @@
 //! Test support: real peers (ringcache's binary, the reference registry, skopeo), an in-repo
 //! counting test upstream, image building, and a small raw HTTP/1.1 client.
 //!
-//! Every wait here is bounded in count and time and waits on an event (a log line, a port
-//! opening, a request arriving), never a fixed sleep.
+//! Every wait here is bounded in count and time and waits on an event (a log line, a request
+//! arriving), never a fixed sleep; a condition with no event to wait on (a port opening, a
+//! metric, a file's size) is polled by the one helper for that, `eventually`.
 #![allow(dead_code)]
 
 pub mod http;
