@@ -57,18 +57,17 @@ fn sigkill_at_every_point_of_a_fill_loses_nothing_committed_and_serves_nothing_p
             if *point == "mid-write" {
                 // The first block (2 MiB) is written and published; upstream holds the rest.
                 rc.proc.wait_log("fill started", Duration::from_secs(10));
-                let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                while std::fs::read_dir(root.join("ingest"))
-                    .unwrap()
-                    .filter_map(|e| e.ok())
-                    .all(|e| e.metadata().unwrap().len() < 2 * 1024 * 1024)
-                {
-                    assert!(
-                        std::time::Instant::now() < deadline,
-                        "the fill never wrote its first block"
-                    );
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                support::eventually(
+                    Duration::from_secs(10),
+                    "the fill writes its first block",
+                    || {
+                        std::fs::read_dir(root.join("ingest"))
+                            .unwrap()
+                            .filter_map(|e| e.ok())
+                            .any(|e| e.metadata().unwrap().len() >= 2 * 1024 * 1024)
+                            .then_some(())
+                    },
+                );
             } else {
                 rc.proc
                     .wait_log(&format!("failpoint {point}"), Duration::from_secs(10));

@@ -99,18 +99,14 @@ fn metrics_have_the_reference_names_and_exact_counts() {
     // in-flight map just after its log line: wait for those events, not for time.
     rc.proc
         .wait_count(&["ringcache::access"], 10, Duration::from_secs(10));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let m = loop {
-        let m = scrape(dbg);
-        if m.get("ringcache_fills_inflight") == Some(&0.0) {
-            break m;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "fills never left the in-flight map"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let m = support::eventually(
+        Duration::from_secs(10),
+        "fills leave the in-flight map",
+        || {
+            let m = scrape(dbg);
+            (m.get("ringcache_fills_inflight") == Some(&0.0)).then_some(m)
+        },
+    );
     let want: &[(&str, f64)] = &[
         (
             "registry_http_requests_total{code=\"200\",method=\"GET\"}",

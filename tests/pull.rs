@@ -7,19 +7,31 @@ use std::time::Duration;
 
 use support::{http, image, skopeo_copy, tree_hashes, Registry, Ringcache};
 
-/// Wait until the registry's log shows at least `n` blob GETs (its log line follows the
-/// response), bounded.
+/// The registry's blob GETs, once its log shows at least `n` (its log line follows the
+/// response; bounded).
 fn wait_blob_gets(reg: &Registry, n: usize) -> usize {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let c = reg.blob_gets();
-        if c >= n || std::time::Instant::now() > deadline {
-            return c;
-        }
-        reg.proc
-            .wait_log("response completed", Duration::from_secs(1));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    reg.proc.wait_count(
+        &[
+            "http.request.method=GET",
+            "/blobs/sha256:",
+            "response completed",
+        ],
+        n,
+        Duration::from_secs(10),
+    );
+    reg.blob_gets()
+}
+
+/// ringcache's access-log lines for blob requests.
+fn blob_requests(rc: &Ringcache) -> Vec<String> {
+    rc.proc
+        .log
+        .lock()
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("ringcache::access") && l.contains("/blobs/sha256:"))
+        .map(String::from)
+        .collect()
 }
 
 #[test]
@@ -43,8 +55,40 @@ fn skopeo_cold_then_warm_pull_is_byte_identical_and_warm_needs_no_upstream_get()
         "cold pull: one upstream GET per blob (3 layers + config)"
     );
 
+    // ringcache's own access log says how each blob request was served: every one of the
+    // warm pull's is a hit (its line follows the response, so wait for it, not for time).
+    let blobs = img.layers.len() + 1; // the layers and the config
+    rc.proc.wait_count(
+        &["ringcache::access", "/blobs/sha256:"],
+        blobs,
+        Duration::from_secs(10),
+    );
+    let cold_requests = blob_requests(&rc).len();
     let warm = dir.path().join("warm");
     skopeo_copy(rc.addr, "test/app:v1", &warm, None);
+    rc.proc.wait_count(
+        &["ringcache::access", "/blobs/sha256:"],
+        cold_requests + blobs,
+        Duration::from_secs(10),
+    );
+    let warm_requests = blob_requests(&rc).split_off(cold_requests);
+    for line in &warm_requests {
+        assert!(
+            line.contains("status=200") && line.contains("cache=hit"),
+            "warm pull: every blob from the cache: {line}"
+        );
+    }
+    for content in img.layers.iter().chain([&img.config]) {
+        let (d, len) = (support::sha256_hex(content), content.len());
+        assert!(
+            warm_requests
+                .iter()
+                .any(|l| l.contains(&format!("/blobs/sha256:{d} "))
+                    && l.contains(&format!(" bytes={len} "))),
+            "warm pull: sha256:{d} served whole; requests:\n{}",
+            warm_requests.join("\n")
+        );
+    }
     assert_eq!(
         reg.blob_gets(),
         after_cold,

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use support::upstream::{Fault, TestUpstream};
-use support::{http, image, Ringcache};
+use support::{eventually, http, image, Ringcache};
 
 /// The admin header the debug listener's POSTs need.
 const ADMIN: (&str, &str) = ("X-Ringcache-Admin", "1");
@@ -97,15 +97,10 @@ fn health_names_a_worker_whose_event_loop_stopped_answering() {
     rc.proc
         .wait_log("failpoint worker-stall", Duration::from_secs(20));
     // Polled (bounded): 503 once its heartbeat is older than the check allows, naming it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let body = loop {
+    let body = eventually(Duration::from_secs(10), "health turns 503", || {
         let (status, body) = health(dbg);
-        if status == 503 {
-            break body;
-        }
-        assert!(Instant::now() < deadline, "health stayed {status} {body}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        (status == 503).then_some(body)
+    });
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let workers = v["workers"].as_str().unwrap_or_else(|| panic!("{body}"));
     assert!(
@@ -113,11 +108,9 @@ fn health_names_a_worker_whose_event_loop_stopped_answering() {
         "{workers}"
     );
     // And healthy again once it answers.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while health(dbg).0 != 200 {
-        assert!(Instant::now() < deadline, "health never recovered");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(Duration::from_secs(20), "health recovers", || {
+        (health(dbg).0 == 200).then_some(())
+    });
 }
 
 #[test]
@@ -139,24 +132,19 @@ fn a_slow_client_on_the_debug_listener_delays_no_probe_and_is_cut() {
     // Its head has a deadline as a whole, not per read: trickling bytes does not keep it open.
     slow.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
     let mut byte = [0u8; 1];
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "a trickling client was never cut"
-        );
+    eventually(Duration::from_secs(15), "a trickling client is cut", || {
         if slow.write_all(b"a").is_err() {
-            break;
+            return Some(());
         }
         match slow.read(&mut byte) {
-            Ok(0) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => break,
+            Ok(0) => Some(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => None,
+            Err(_) => Some(()),
             Ok(_) => panic!("answered a head that never ended"),
         }
-    }
+    });
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "cut before its head deadline"
@@ -188,11 +176,9 @@ fn a_slow_client_on_the_debug_listener_delays_no_probe_and_is_cut() {
         })
         .collect();
     // The crowd fills the listener first (every one of them has connected).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while connected.load(std::sync::atomic::Ordering::Relaxed) < 48 {
-        assert!(Instant::now() < deadline, "the crowd never connected");
-        std::thread::yield_now();
-    }
+    eventually(Duration::from_secs(10), "the crowd connects", || {
+        (connected.load(std::sync::atomic::Ordering::Relaxed) >= 48).then_some(())
+    });
     for i in 0..8 {
         let started = Instant::now();
         assert_eq!(

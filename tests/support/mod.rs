@@ -1,8 +1,9 @@
 //! Test support: real peers (ringcache's binary, the reference registry, skopeo), an in-repo
 //! counting test upstream, image building, and a small raw HTTP/1.1 client.
 //!
-//! Every wait here is bounded in count and time and waits on an event (a log line, a port
-//! opening, a request arriving), never a fixed sleep.
+//! Every wait here is bounded in count and time and waits on an event (a log line, a request
+//! arriving), never a fixed sleep; a condition with no event to wait on (a port opening, a
+//! metric, a file's size) is polled by the one helper for that, `eventually`.
 #![allow(dead_code)]
 
 pub mod clients;
@@ -49,16 +50,43 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Wait until `addr` accepts connections (bounded: 20 s, 10 ms apart).
-pub fn wait_port(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
+/// Poll `probe` until it gives a value, and return that value: tried at once, then after
+/// pauses that start at 5 ms and double up to 100 ms; the last try comes at `within`. Bounded
+/// in time (`within`) and so in count (`within` / 5 ms tries at most). On timeout, panics
+/// naming `what` and the time waited.
+///
+/// For conditions that have no event to wait on (a port, a metric, a file's size); a log line
+/// has one (`Proc::wait_log`, `Proc::wait_count`).
+pub fn eventually<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    const PAUSE_FIRST: Duration = Duration::from_millis(5);
+    const PAUSE_MAX: Duration = Duration::from_millis(100);
+    let started = Instant::now();
+    let tries_max = within.as_millis() / PAUSE_FIRST.as_millis() + 2;
+    let mut pause = PAUSE_FIRST;
+    for _ in 0..tries_max {
+        if let Some(v) = probe() {
+            return v;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        let waited = started.elapsed();
+        if waited >= within {
+            break;
+        }
+        std::thread::sleep(pause.min(within - waited));
+        pause = (pause * 2).min(PAUSE_MAX);
     }
-    panic!("{addr} never opened");
+    panic!(
+        "{what}: not within {within:?} (waited {:?})",
+        started.elapsed()
+    );
+}
+
+/// Wait until `addr` accepts connections (bounded: 20 s).
+pub fn wait_port(addr: SocketAddr) {
+    eventually(Duration::from_secs(20), &format!("{addr} opens"), || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            .ok()
+            .map(drop)
+    })
 }
 
 /// A child process killed on drop, with its stderr collected.
@@ -186,17 +214,9 @@ impl Proc {
 
     /// Wait for exit (bounded).
     pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        eventually(within, "the process exits", || {
+            self.child.try_wait().unwrap()
+        })
     }
 }
 
@@ -290,23 +310,26 @@ impl Ringcache {
 /// Wait (at most 20 s, polling) until the metric `name` on the debug listener `dbg` satisfies
 /// `ok`; its last value.
 pub fn wait_metric(dbg: SocketAddr, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    // Each new value is printed (the test's output shows it on a failure).
+    let mut last = None;
+    let what = format!("the metric {name} reaches the value wanted");
+    eventually(Duration::from_secs(20), &what, || {
         let body = String::from_utf8(http::get(dbg, "/metrics").body).unwrap();
-        let v = body
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if ok(v) {
-            return v;
+        let v = metric_in(&body, name);
+        if last != Some(v) {
+            eprintln!("{name} = {v}");
+            last = Some(v);
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name} still {v} after 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        ok(v).then_some(v)
+    })
+}
+
+/// The value of the metric `name` in a Prometheus text body (0 if absent).
+fn metric_in(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
 }
 
 /// The socket address that follows `marker` in a log line.
