@@ -77,15 +77,6 @@ pub fn require_root_and(bins: &[&str]) {
     }
 }
 
-/// Wait (bounded) until `ok` holds, polling; panics with `what` if it never does.
-pub fn eventually(within: Duration, what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Run `cmd` to completion, killed after `within` (with everything it started: it leads a
 /// process group of its own, so no helper is left holding its output pipes); its stdout, or
 /// an error naming the command with its exit status and output.
