@@ -225,7 +225,7 @@ unsafe impl monoio::buf::IoBufMut for OpenBlock {
     }
 }
 
-impl crate::http::client::Sink for OpenBlock {
+impl crate::http::sink::Sink for OpenBlock {
     fn filled(&self) -> usize {
         self.filled
     }

@@ -272,7 +272,7 @@ impl Ingest {
         for piece in data.chunks(BLOCK_BYTES) {
             self.ready().await?;
             let mut block = self.open_block();
-            crate::http::client::Sink::push_slice(&mut block, piece);
+            crate::http::sink::Sink::push_slice(&mut block, piece);
             self.accept(block);
         }
         Ok(())
