@@ -13,7 +13,7 @@
 //! reset can throw away the answer before the client reads it.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
@@ -28,12 +28,9 @@ use crate::proxy::{self, Request};
 use crate::route::{self, Method};
 use crate::worker::Worker;
 
-/// Header slots on the stack for one parse; `limits.headers_max` (≤ this) of them are used.
-pub const HEADER_SLOTS_MAX: usize = 1024;
-/// How long a closing connection keeps reading what the client still sends.
-pub const LINGER_TIME: Duration = Duration::from_secs(2);
-/// How much a closing connection reads and drops at most.
-pub const LINGER_BYTES: usize = 8 * 1024 * 1024;
+pub use crate::limits::HEADER_SLOTS_MAX;
+pub use crate::limits::LINGER_BYTES;
+pub use crate::limits::LINGER_TIME;
 
 /// What a connection does after an exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

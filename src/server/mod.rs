@@ -19,6 +19,10 @@ use crate::store::kept::Files;
 use crate::upstream::Upstream;
 use crate::worker::{Shared, Worker};
 
+use crate::limits::TRIM_AFTER_CLOSED;
+use crate::limits::TRIM_AFTER_HEAD_ROOM;
+use crate::limits::TRIM_AT_ONCE;
+
 /// Bind `n` SO_REUSEPORT listeners on `addr` (the kernel spreads connections over them). With
 /// port 0 the first bind picks the port and the rest share it.
 pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
@@ -202,13 +206,6 @@ async fn serve_worker(
         tracing::info!(worker = id, "worker drained");
     }
 }
-
-/// Connections that must have closed, or head room (bytes) been given back, since the most
-/// there were before freed memory is handed back to the system; once the count stops falling,
-/// or at once past [`TRIM_AT_ONCE`] times this.
-const TRIM_AFTER_CLOSED: usize = 256;
-const TRIM_AFTER_HEAD_ROOM: usize = 1024 * 1024;
-const TRIM_AT_ONCE: usize = 8;
 
 /// After a crowd of connections leaves, or long heads' buffers are freed ([`TRIM_AFTER_CLOSED`],
 /// [`TRIM_AFTER_HEAD_ROOM`]), hand the memory they freed back to the system: once the crowd

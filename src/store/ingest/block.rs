@@ -7,12 +7,9 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{ALIGN, BLOCKS_BUDGET, BLOCK_BYTES, IN_FLIGHT, RECENT_KEEP, SPARE_IDLE};
+use super::{ALIGN, BLOCKS_BUDGET, BLOCK_BYTES, SPARE_IDLE};
 
-/// Freed block allocations kept for reuse while fills run (within [`BLOCKS_BUDGET`] with the
-/// blocks alive): a fresh mapping costs a page fault and a cleared page every 4 KiB (measured:
-/// 6 % of a cold GiB's CPU with only 2 kept).
-const SPARE_MAX: usize = RECENT_KEEP + IN_FLIGHT + 4;
+use crate::limits::BLOCKS_SPARE_MAX as SPARE_MAX;
 
 /// Bytes of blocks alive (in flight, recent, or held by a follower sending from one).
 static BLOCKS_LIVE: AtomicUsize = AtomicUsize::new(0);

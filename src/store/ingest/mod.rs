@@ -54,27 +54,12 @@ use pipeline::{direct_refused, hash_job, write_job, Pipeline, Stages, DIRECT_OK}
 pub use block::{blocks_within_budget, trim_spares, Block, OpenBlock};
 pub use recent::{Piece, Recent};
 
-/// Alignment of direct writes (file offset, length and memory): a multiple of every common
-/// logical block size (512, 4096).
-pub const ALIGN: usize = 4096;
-/// Largest block: the fill's upstream read size. Measured on a cold GiB: 2 MiB takes half
-/// the jobs and writes of 1 MiB (6 % faster); 4 MiB was no faster and held more memory.
-pub const BLOCK_BYTES: usize = 2 * 1024 * 1024;
-/// Blocks a fill keeps in memory for its followers: those not yet written, and the newest
-/// written ones up to this many in all.
-pub const RECENT_KEEP: usize = 4;
-/// Blocks a fill may have accepted that are not yet written, or not yet hashed (the depth of
-/// its pipeline).
-pub const IN_FLIGHT: usize = 2;
-/// Bytes of blocks alive in the process past which fills keep only unwritten blocks, queue
-/// one block at a time, and followers stop holding blocks to send from; spare allocations are
-/// kept only within it too. One fill uses at most [`RECENT_KEEP`] + [`IN_FLIGHT`] blocks (12
-/// MiB), and followers that fall behind while sending from a block keep the rest: at 64 MiB,
-/// 32 slow followers of one blob held 48 blocks at once (132 MiB of RSS).
-pub const BLOCKS_BUDGET: usize = 24 * 1024 * 1024;
-/// Spare allocations are unmapped once no block has been made for this long
-/// ([`trim_spares`]), so an idle server holds none.
-pub const SPARE_IDLE: Duration = Duration::from_secs(1);
+pub use crate::limits::BLOCKS_BUDGET;
+pub use crate::limits::BLOCKS_IN_FLIGHT as IN_FLIGHT;
+pub use crate::limits::BLOCKS_SPARE_IDLE as SPARE_IDLE;
+pub use crate::limits::BLOCK_BYTES;
+pub use crate::limits::DIRECT_ALIGN as ALIGN;
+pub use crate::limits::RECENT_KEEP;
 
 /// Told the accepted byte count as it grows (the fill publishes it to followers); called on
 /// the fill's event loop.

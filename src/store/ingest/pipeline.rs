@@ -12,6 +12,8 @@ use super::block::Block;
 use super::recent::Recent;
 use super::{ALIGN, RECENT_KEEP};
 
+use crate::limits::JOB_BLOCKS;
+
 /// One stage of the pipeline (writing, or hashing): its blocks in order, worked through by at
 /// most one pool job at a time.
 #[derive(Default)]
@@ -79,10 +81,6 @@ impl Pipeline {
         })
     }
 }
-
-/// Blocks a pool job takes in a row before it gives its thread back to the other fills' jobs
-/// (the event loop then starts another).
-const JOB_BLOCKS: usize = 8;
 
 /// Write the queued blocks in order (up to [`JOB_BLOCKS`]), evicting from `recent` what is
 /// in the file; stop at the first error.
