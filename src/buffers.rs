@@ -21,15 +21,10 @@ use std::cell::{Cell, RefCell};
 
 use crate::limits::{CHUNK_BYTES, HEAD_ROOM_BYTES_PER_WORKER};
 
-/// A head buffer's first size: the heads clients send are well under 4 KiB.
-pub const HEAD_FIRST_BYTES: usize = 4 * 1024;
-
-/// Concurrent streams per worker that get a large buffer.
-pub const LARGE_PER_WORKER: usize = 8;
-/// The buffer of a stream past the first [`LARGE_PER_WORKER`].
-pub const SMALL_CHUNK_BYTES: usize = 16 * 1024;
-/// Free buffers kept per list.
-pub const FREE_MAX: usize = 64;
+pub use crate::limits::BUFFERS_FREE_MAX as FREE_MAX;
+pub use crate::limits::HEAD_FIRST_BYTES;
+pub use crate::limits::LARGE_BUFFERS_PER_WORKER as LARGE_PER_WORKER;
+pub use crate::limits::SMALL_CHUNK_BYTES;
 
 #[derive(Default)]
 pub struct Buffers {

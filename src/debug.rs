@@ -23,24 +23,14 @@ use crate::store::incident::Class;
 use crate::store::index::now_ms;
 use crate::worker::Shared;
 
-/// A health request head is small; anything bigger is refused.
-const HEAD_MAX: usize = 8 * 1024;
-/// The whole head must arrive within this (probes and scrapers send theirs at once): a slow
-/// client holds its thread no longer.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
-/// Writing a response (a scrape is a few KiB) to a client that does not read.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once (a thread each); past it a new one evicts the oldest connection
-/// still in its head, or gets 503 and is closed.
-pub const CONNECTIONS_MAX: usize = 32;
-/// Threads at most, counting evicted connections whose threads are still ending (a shut-down
-/// socket ends its read at once).
-const THREADS_MAX: usize = 2 * CONNECTIONS_MAX;
-/// A connection thread's stack: enough for rendering the metrics and the checks.
-const STACK_BYTES: usize = 256 * 1024;
-/// Request body bytes read and dropped (so the answer is not lost to a reset); past it the
-/// connection closes with the rest unread.
-const BODY_DRAIN_MAX: u64 = 64 * 1024;
+use crate::limits::DEBUG_BODY_DRAIN_MAX as BODY_DRAIN_MAX;
+pub use crate::limits::DEBUG_CONNECTIONS_MAX as CONNECTIONS_MAX;
+use crate::limits::DEBUG_HEAD_BYTES_MAX as HEAD_MAX;
+pub use crate::limits::DEBUG_HEAD_TIMEOUT as HEAD_TIMEOUT;
+use crate::limits::DEBUG_STACK_BYTES as STACK_BYTES;
+use crate::limits::DEBUG_THREADS_MAX as THREADS_MAX;
+use crate::limits::DEBUG_WRITE_TIMEOUT as WRITE_TIMEOUT;
+
 /// The header a POST must carry (a custom header makes a browser's request non-simple).
 pub const ADMIN_HEADER: &str = "X-Ringcache-Admin";
 /// Upstream counts as unreachable while its last failure (after its last success) is younger

@@ -21,7 +21,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::digest::Digest;
 use crate::store::changes::{Change, ChangeReceiver};
@@ -114,7 +114,7 @@ pub fn run(shared: Arc<Shared>, changes: ChangeReceiver, journal: Journal, state
     let interval = x.shared.config.state_interval;
     let mut last_flush = Instant::now();
     loop {
-        match changes.recv_timeout(Duration::from_millis(250)) {
+        match changes.recv_timeout(crate::limits::EXPIRY_WAIT) {
             Ok(ev) => {
                 x.apply(ev);
                 while let Some(ev) = changes.try_recv() {

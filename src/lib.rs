@@ -10,9 +10,9 @@
 //! | module | what it is |
 //! |---|---|
 //! | `main.rs` | CLI: `serve`, `check-config`, `verify`; wires config → store (locked) → workers; signals |
-//! | [`server`] | the composition root: worker threads, listeners, accept loops, connection cap, drain; per connection head → route → [`proxy::serve`] → access log |
+//! | [`server`] | the composition root: worker threads, listeners, accept loops, connection cap, drain (`server/mod.rs`); [`server::conn`]: per connection head → route → [`proxy::serve`] → access log, keep-alive, linger |
 //! | [`config`] | YAML (the reference registry's shape) → [`config::Config`]; unknown keys and unsupported sections are errors; `schema`, `yaml` walk, `env` overrides, [`config::units`] |
-//! | [`limits`] | every hard bound, each with its reason |
+//! | [`limits`] | every hard bound, each with its reason, grouped by data-path step; const asserts tie related ones |
 //! | [`live`] | what SIGHUP can change while running: limits, upstream credentials, log level |
 //! | [`error`] | one [`error::Error`]; one table kind → OCI code + status |
 //! | [`expiry`] | the expiry thread: TTL from last use, size cap (LRU), persisted state |
@@ -20,7 +20,7 @@
 //! | [`buffers`] | per-worker pools of head and body buffers, and the budget for heads grown past 4 KiB |
 //! | [`jobs`] | the job pool: blocking work (O_DIRECT writes, sha256, fsync) off the event loops |
 //! | [`worker`] | a worker's context: [`worker::Shared`] (every worker's) and [`worker::Worker`] (one thread's: upstream client, buffers, kept file descriptors for hits, idle connections) |
-//! | [`http`] | `parse` (pure request heads), `body` (framing), `response` (the one writer to a client socket), `client` (upstream), `sendfile` (page cache → socket) |
+//! | [`http`] | `parse` (pure request heads), `body` (framing), `response` (the one writer to a client socket), `client` (the upstream exchange), `pool` (upstream connections), `url` (upstream [`http::url::Url`] / `Origin`), `sink` (where upstream bytes land), `sendfile` (page cache → socket) |
 //! | [`route`] | method + path → [`route::Route`]; OCI name/tag/digest grammar |
 //! | [`media`] | manifest media types; which answer a client's `Accept` gets ([`media::Accepts`]) |
 //! | [`debug`] | the debug listener: `/metrics`, `/debug/health` (every worker, the store, upstream), manual down/up |
@@ -28,7 +28,7 @@
 //! | [`metrics`] | per-worker counters, summed into Prometheus text at scrape time |
 //! | [`proxy`] | `serve(request)`: the one place where hit / miss / fill / bypass is decided; one file per noun (blob, manifest, listing, miss, bypass) |
 //! | [`service`] | systemd: readiness, watchdog, socket activation, open-files limit; a panic anywhere aborts the process |
-//! | [`store`] | content-addressed files, the index, ingest and commit, tag resolutions, each worker's kept descriptors, the changes the expiry thread journals, the root's lock, a tree walked without following links |
+//! | [`store`] | content-addressed files, the index, ingest and commit ([`store::ingest`]: `block` memory and budget, `recent` blocks for followers, the write/hash `pipeline`, the `Ingest` and its commit), tag resolutions, each worker's kept descriptors, the changes the expiry thread journals, the root's lock, a tree walked without following links |
 //! | [`fill`] | the sharded in-flight map, the fill task, followers |
 //! | [`upstream`] | registry client: auth (Basic, Bearer), which realms get credentials, redirects, `Via` and loop refusal |
 //! | [`wheel`] | hierarchical timing wheel, pure: `advance(now)` → expired keys |
@@ -37,7 +37,7 @@
 //!
 //! 1. **accept** — a worker accepts and spawns the connection task ([`server`]).
 //! 2. **parse** — the request head is parsed from the connection's read buffer within the
-//!    limits ([`http::parse`], [`server`]). Pipelined requests are answered in order. An idle
+//!    limits ([`http::parse`], [`server::conn`]). Pipelined requests are answered in order. An idle
 //!    connection waits for readability holding no buffer; buffers come from [`buffers`].
 //! 3. **route** — method + path become a [`route::Route`]; writes get 405 `UNSUPPORTED`.
 //! 4. **tags** — a manifest by tag is resolved upstream with HEAD (within a freshness window,

@@ -80,7 +80,7 @@ pub const UPSTREAM_IDLE_TTL: Duration = Duration::from_secs(30);
 /// Size of one read from the store or from upstream: large enough to amortise a syscall,
 /// small enough that thousands of followers stay within memory (one buffer per connection).
 pub const CHUNK_BYTES: usize = 256 * 1024;
-/// Request-head buffer bytes past the first 4 KiB (`buffers::HEAD_FIRST_BYTES`) that one
+/// Request-head buffer bytes past the first 4 KiB ([`HEAD_FIRST_BYTES`]) that one
 /// worker's connections hold at once (128 heads of 32 KiB): heads longer than 4 KiB are rare,
 /// and without a total, clients that send most of a head and stop would hold
 /// `head_bytes_max` each (over 1 GiB at the default connection caps). Past it, a connection
@@ -118,7 +118,171 @@ pub const TAGS_MAX: usize = 100_000;
 /// every manifest type, so one or two are the rule.
 pub const TAG_ANSWERS_MAX: usize = 8;
 
+// ---- Client connections (steps 1–2): heads, buffers, lingering, memory handed back ----
+
+/// Header slots on the stack for one parse; `limits.headers_max` (≤ this) of them are used:
+/// httparse needs a fixed array, and this bounds the stack one parse takes (the config refuses
+/// nothing above it; a larger `headers_max` is used as this).
+pub const HEADER_SLOTS_MAX: usize = 1024;
+/// How long a closing connection keeps reading what the client still sends (so our answer is
+/// not lost to a reset, see `server::conn`): a client that keeps sending is cut after it.
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+/// How much a closing connection reads and drops at most: lingering must not become a way to
+/// make us read an endless body.
+pub const LINGER_BYTES: usize = 8 * 1024 * 1024;
+/// Connections that must have closed since the most there were before freed memory is handed
+/// back to the system (`malloc_trim`); once the count stops falling, or at once past
+/// [`TRIM_AT_ONCE`] times this. Trimming costs a walk of the heap: not once per heartbeat.
+pub const TRIM_AFTER_CLOSED: usize = 256;
+/// Head room (bytes, see [`HEAD_ROOM_BYTES_PER_WORKER`]) that must have been given back for the
+/// same, under the same rule.
+pub const TRIM_AFTER_HEAD_ROOM: usize = 1024 * 1024;
+/// Past this many times the thresholds above, memory is handed back at once, without waiting
+/// for the count to stop falling.
+pub const TRIM_AT_ONCE: usize = 8;
+/// A head buffer's first size: the heads clients send are well under 4 KiB (longer ones grow
+/// within [`HEAD_ROOM_BYTES_PER_WORKER`]).
+pub const HEAD_FIRST_BYTES: usize = 4 * 1024;
+/// Concurrent streams per worker that get a large ([`CHUNK_BYTES`]) buffer: thousands of
+/// followers must not each hold one.
+pub const LARGE_BUFFERS_PER_WORKER: usize = 8;
+/// The buffer of a stream past the first [`LARGE_BUFFERS_PER_WORKER`].
+pub const SMALL_CHUNK_BYTES: usize = 16 * 1024;
+/// Free buffers kept per list (the pool never holds more idle memory than this many).
+pub const BUFFERS_FREE_MAX: usize = 64;
+
+// ---- HTTP framing and the request grammar ----
+
+/// Up to this many Accept headers are kept (clients send one or a few).
+pub const ACCEPT_MAX: usize = 8;
+/// Up to this many Via headers are kept: the first ones and the last (proxies append to one
+/// line; the loop check looks for ringcache's own entry).
+pub const VIA_MAX: usize = 4;
+/// Longest chunk-size line we accept (size, extensions, CRLF): RFC 9112 §7.1.1 sets no bound
+/// on extensions, and an endless line must not hold a read buffer.
+pub const CHUNK_LINE_MAX: usize = 4096;
+/// Longest trailer section we skip over (RFC 9112 §7.1.2 sets none).
+pub const TRAILERS_MAX: usize = 16 * 1024;
+/// The most one residency check and one run of sendfile calls cover: between two checks a
+/// slow disk read may block the event loop for no more than this.
+pub const SENDFILE_SPAN_BYTES: u64 = 4 << 20;
+/// A client on this host is sent copies while its worker streams file bytes to at most this
+/// many clients (see the module's notes).
+pub const COPY_STREAMS_MAX: usize = 1;
+/// Longest repository name (distribution-spec: name components joined must stay under 255).
+pub const NAME_BYTES_MAX: usize = 255;
+/// Longest tag (OCI grammar: 1 + 127 characters).
+pub const TAG_BYTES_MAX: usize = 128;
+
+// ---- Ingest (step 6): blocks, their budget, the write/hash pipeline ----
+
+/// Alignment of direct writes (file offset, length and memory): a multiple of every common
+/// logical block size (512, 4096).
+pub const DIRECT_ALIGN: usize = 4096;
+/// Largest block: the fill's upstream read size. Measured on a cold GiB: 2 MiB takes half
+/// the jobs and writes of 1 MiB (6 % faster); 4 MiB was no faster and held more memory.
+pub const BLOCK_BYTES: usize = 2 * 1024 * 1024;
+/// Blocks a fill keeps in memory for its followers: those not yet written, and the newest
+/// written ones up to this many in all.
+pub const RECENT_KEEP: usize = 4;
+/// Blocks a fill may have accepted that are not yet written, or not yet hashed (the depth of
+/// its pipeline).
+pub const BLOCKS_IN_FLIGHT: usize = 2;
+/// Bytes of blocks alive in the process past which fills keep only unwritten blocks, queue
+/// one block at a time, and followers stop holding blocks to send from; spare allocations are
+/// kept only within it too. One fill uses at most [`RECENT_KEEP`] + [`BLOCKS_IN_FLIGHT`] blocks (12
+/// MiB), and followers that fall behind while sending from a block keep the rest: at 64 MiB,
+/// 32 slow followers of one blob held 48 blocks at once (132 MiB of RSS).
+pub const BLOCKS_BUDGET: usize = 24 * 1024 * 1024;
+/// Freed block allocations kept for reuse while fills run (within [`BLOCKS_BUDGET`] with the
+/// blocks alive): a fresh mapping costs a page fault and a cleared page every 4 KiB (measured:
+/// 6 % of a cold GiB's CPU with only 2 kept).
+pub const BLOCKS_SPARE_MAX: usize = RECENT_KEEP + BLOCKS_IN_FLIGHT + 4;
+/// Spare allocations are unmapped once no block has been made for this long
+/// ([`crate::store::ingest::trim_spares`]), so an idle server holds none.
+pub const BLOCKS_SPARE_IDLE: Duration = Duration::from_secs(1);
+/// Blocks a pool job takes in a row before it gives its thread back to the other fills' jobs
+/// (the event loop then starts another).
+pub const JOB_BLOCKS: usize = 8;
+
+// ---- The store: changes queued, kept descriptors, tag resolutions, incident logs ----
+
+/// Changes waiting for the expiry thread at most; past it a change is dropped (a dropped link
+/// or tag is re-learnt from upstream on the next request).
+pub const CHANGES_QUEUED_MAX: usize = 65_536;
+/// Descriptors one worker keeps open at most for hits (each costs one of the process's open
+/// files; past it the least recently used is closed).
+pub const KEPT_FILES_OPEN_MAX: usize = 1024;
+/// Tag resolutions one worker keeps in its local copy at most (past it the copy starts
+/// again): the shared table ([`TAGS_MAX`]) is the bound that matters, this keeps each
+/// worker's copy far smaller.
+pub const TAGS_LOCAL_MAX: usize = 4096;
+/// Seconds between two log lines of one class of store incident: once is the signal, a line
+/// per request is noise.
+pub const INCIDENT_LOG_EVERY_SECS: u64 = 60;
+
+// ---- The debug listener (its own threads, outside the data path) ----
+
+/// The debug listener's request head at most: a health request head is small; anything
+/// bigger is refused.
+pub const DEBUG_HEAD_BYTES_MAX: usize = 8 * 1024;
+/// The whole head must arrive within this (probes and scrapers send theirs at once): a slow
+/// client holds its thread no longer.
+pub const DEBUG_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Writing a response (a scrape is a few KiB) to a client that does not read.
+pub const DEBUG_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once (a thread each); past it a new one evicts the oldest connection
+/// still in its head, or gets 503 and is closed.
+pub const DEBUG_CONNECTIONS_MAX: usize = 32;
+/// Threads at most, counting evicted connections whose threads are still ending (a shut-down
+/// socket ends its read at once).
+pub const DEBUG_THREADS_MAX: usize = 2 * DEBUG_CONNECTIONS_MAX;
+/// A connection thread's stack: enough for rendering the metrics and the checks.
+pub const DEBUG_STACK_BYTES: usize = 256 * 1024;
+/// Request body bytes read and dropped (so the answer is not lost to a reset); past it the
+/// connection closes with the rest unread.
+pub const DEBUG_BODY_DRAIN_MAX: u64 = 64 * 1024;
+
+// ---- Expiry (step 9) ----
+
+/// The expiry thread waits for changes at most this long before it advances the wheel,
+/// enforces the size cap and trims spare blocks: a deadline fires at most this late (plus the
+/// wheel's one-second tick).
+pub const EXPIRY_WAIT: Duration = Duration::from_millis(250);
+/// The timing wheel's slots per level, as a power of two (64): a tick is a second.
+pub const WHEEL_SLOT_BITS: u32 = 6;
+/// The timing wheel's levels: with 64 slots each, 2^24 s (194 days) are covered by the levels;
+/// farther deadlines wait in the overflow list.
+pub const WHEEL_LEVELS: usize = 4;
+/// Ticks (seconds) covered by the wheel's levels; farther deadlines go to the overflow list.
+pub const WHEEL_HORIZON: u64 = 1 << (WHEEL_SLOT_BITS as u64 * WHEEL_LEVELS as u64);
+
+// ---- How the bounds relate ----
+
 const _: () = assert!(SHARDS.is_power_of_two());
 const _: () = assert!(TOKEN_DEFAULT_TTL.as_secs() <= TOKEN_TTL_MAX.as_secs());
 const _: () = assert!(TOKEN_EXPIRY_MARGIN.as_secs() < TOKEN_DEFAULT_TTL.as_secs());
 const _: () = assert!(CHUNK_BYTES as u64 <= MANIFEST_BYTES_MAX);
+// A read of one chunk fits in a block; blocks are whole aligned units.
+const _: () = assert!(CHUNK_BYTES <= BLOCK_BYTES);
+const _: () = assert!(BLOCK_BYTES % DIRECT_ALIGN == 0);
+const _: () = assert!(DIRECT_ALIGN.is_power_of_two());
+// One fill's blocks (recent and in flight) fit in the process's budget, so a lone fill is
+// never throttled by it.
+const _: () = assert!((RECENT_KEEP + BLOCKS_IN_FLIGHT) * BLOCK_BYTES <= BLOCKS_BUDGET);
+// Recent blocks include the unwritten ones; followers pace at half of them (fill::PACE_BLOCKS).
+const _: () = assert!(BLOCKS_IN_FLIGHT <= RECENT_KEEP && RECENT_KEEP >= 2);
+// Spares cover at least one fill's worth of blocks.
+const _: () = assert!(BLOCKS_SPARE_MAX >= RECENT_KEEP + BLOCKS_IN_FLIGHT);
+// A head's first buffer is within the head room a worker hands out past it, and within the
+// debug listener's whole head.
+const _: () = assert!(HEAD_FIRST_BYTES <= HEAD_ROOM_BYTES_PER_WORKER);
+const _: () = assert!(HEAD_FIRST_BYTES <= DEBUG_HEAD_BYTES_MAX);
+// Small stream buffers are smaller than large ones.
+const _: () = assert!(SMALL_CHUNK_BYTES <= CHUNK_BYTES);
+// A chunk-size line fits in any trailer section we accept.
+const _: () = assert!(CHUNK_LINE_MAX <= TRAILERS_MAX);
+// The debug listener's threads cover its connections (and as many still ending).
+const _: () = assert!(DEBUG_THREADS_MAX >= DEBUG_CONNECTIONS_MAX);
+// A tag's local copy is no bigger than the shared table it copies.
+const _: () = assert!(TAGS_LOCAL_MAX <= TAGS_MAX);

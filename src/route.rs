@@ -5,6 +5,9 @@
 use crate::digest::{Digest, DigestError};
 use crate::error::{Error, Kind};
 
+pub use crate::limits::NAME_BYTES_MAX;
+pub use crate::limits::TAG_BYTES_MAX;
+
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -67,11 +70,6 @@ impl Method {
         }
     }
 }
-
-/// Longest repository name (distribution-spec: name components joined must stay under 255).
-pub const NAME_BYTES_MAX: usize = 255;
-/// Longest tag (OCI grammar: 1 + 127 characters).
-pub const TAG_BYTES_MAX: usize = 128;
 
 /// Route a request. `target` is the request-target as sent (path plus optional query).
 /// `Ok(None)` means no such route (plain 404 like the reference registry).

@@ -12,12 +12,11 @@
 
 use slab::Slab;
 
-const BITS: u32 = 6;
+pub use crate::limits::WHEEL_HORIZON as HORIZON;
+use crate::limits::{WHEEL_LEVELS as LEVELS, WHEEL_SLOT_BITS as BITS};
+
 const SLOTS: usize = 1 << BITS;
-const LEVELS: usize = 4;
 const MASK: u64 = SLOTS as u64 - 1;
-/// Ticks covered by the levels; farther deadlines go to the overflow list.
-pub const HORIZON: u64 = 1 << (BITS as u64 * LEVELS as u64);
 
 /// Where a node is linked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

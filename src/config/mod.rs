@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::http::client::Url;
+use crate::http::url::Url;
 use crate::limits::Limits;
 
 use env::apply_env;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::http::client::Url;
+use crate::http::url::Url;
 
 use super::schema::{join, ringcache_children, unknown};
 use super::units::{parse_duration, parse_size};

@@ -4,6 +4,9 @@
 
 use super::parse::parse_content_length;
 
+use crate::limits::CHUNK_LINE_MAX;
+use crate::limits::TRAILERS_MAX;
+
 /// How an upstream response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -74,11 +77,6 @@ pub fn response_framing(
         (None, false) => Ok(Framing::Close),
     }
 }
-
-/// Longest chunk-size line we accept (size, extensions, CRLF).
-const CHUNK_LINE_MAX: usize = 4096;
-/// Longest trailer section we skip over.
-const TRAILERS_MAX: usize = 16 * 1024;
 
 /// Incremental chunked decoder state (RFC 9112 §7.1).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,9 +1,14 @@
 //! Our own HTTP/1.1: `parse` (pure request heads), `body` (upstream response framing),
-//! `response` (the one writer to a client socket), `client` (upstream HTTP/1.1), `sendfile`
-//! (page cache → socket without a copy, for large bodies).
+//! `response` (the one writer to a client socket), `client` (upstream HTTP/1.1: the
+//! exchange), `pool` (upstream connections, idle ones per origin), `url` (upstream [`url::Url`]
+//! and [`url::Origin`]), `sink` (where upstream body bytes land), `sendfile` (page cache →
+//! socket without a copy, for large bodies).
 
 pub mod body;
 pub mod client;
 pub mod parse;
+pub mod pool;
 pub mod response;
 pub mod sendfile;
+pub mod sink;
+pub mod url;

@@ -16,6 +16,9 @@
 use crate::error::{Error, Kind};
 use crate::limits::Limits;
 
+pub use crate::limits::ACCEPT_MAX;
+pub use crate::limits::VIA_MAX;
+
 /// A byte range `[start, end)` of the read buffer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Span {
@@ -46,12 +49,6 @@ impl Span {
         }
     }
 }
-
-/// Up to this many Accept headers are kept (clients send one or a few).
-pub const ACCEPT_MAX: usize = 8;
-/// Up to this many Via headers are kept: the first ones and the last (proxies append to one
-/// line; the loop check looks for ringcache's own entry).
-pub const VIA_MAX: usize = 4;
 
 /// What the `Connection` header asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,16 +34,12 @@ use crate::config::SendfileMode;
 
 use monoio::net::TcpStream;
 
+pub use crate::limits::COPY_STREAMS_MAX;
+pub use crate::limits::SENDFILE_SPAN_BYTES as SPAN_BYTES;
+
 /// Bodies (or what is left of them) smaller than this go through a buffer: one write with the
 /// head beats a head write plus a sendfile.
 pub const MIN_BYTES: u64 = 64 * 1024;
-
-/// The most one residency check and one run of sendfile calls cover.
-pub const SPAN_BYTES: u64 = 4 << 20;
-
-/// A client on this host is sent copies while its worker streams file bytes to at most this
-/// many clients (see the module's notes).
-pub const COPY_STREAMS_MAX: usize = 1;
 
 thread_local! {
     /// Streams of file bytes (hits and fill followers) this worker is sending now.

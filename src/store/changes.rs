@@ -13,6 +13,8 @@ use super::tags::Tags;
 use crate::digest::Digest;
 use crate::media::Accepts;
 
+pub use crate::limits::CHANGES_QUEUED_MAX;
+
 /// A change to journal: what workers tell the expiry thread.
 #[derive(Debug, Clone)]
 pub enum Change {
@@ -35,10 +37,6 @@ pub enum Change {
         resolved_for: Accepts,
     },
 }
-
-/// Changes waiting for the expiry thread at most; past it a change is dropped (a dropped link
-/// or tag is re-learnt from upstream on the next request).
-pub const CHANGES_QUEUED_MAX: usize = 65_536;
 
 /// The workers' end of the queue of changes: bounded at [`CHANGES_QUEUED_MAX`], its memory following what
 /// is queued (std's bounded channel allocates and touches every slot up front: 7 MiB of RSS

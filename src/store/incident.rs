@@ -5,6 +5,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::limits::INCIDENT_LOG_EVERY_SECS as LOG_EVERY_SECS;
+
 /// What kind of store failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -37,9 +39,6 @@ impl Class {
         }
     }
 }
-
-/// Seconds between two log lines of one class.
-const LOG_EVERY_SECS: u64 = 60;
 
 #[derive(Default)]
 pub struct Incidents {

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use super::index::Entry;
 use crate::digest::Digest;
 
+pub use crate::limits::KEPT_FILES_OPEN_MAX as FILES_OPEN_MAX;
+
 /// Open descriptors of committed files, per worker: the hit path. A hit on a kept descriptor
 /// needs no open/statx/close, no lock on the index, no reference-count increment and no lock on
 /// the entry — nothing shared is written but the (millisecond-throttled) last access.
@@ -18,9 +20,6 @@ use crate::digest::Digest;
 pub struct Files {
     open: std::cell::RefCell<std::collections::HashMap<Digest, Kept>>,
 }
-
-/// Descriptors one worker keeps open at most.
-pub const FILES_OPEN_MAX: usize = 1024;
 
 /// One kept descriptor: its entry, the file, and the repositories this worker has already
 /// found the entry linked to.

@@ -12,6 +12,8 @@ use crate::digest::Digest;
 use crate::limits::{TAGS_MAX, TAG_ANSWERS_MAX};
 use crate::media::{self, Accepts};
 
+pub use crate::limits::TAGS_LOCAL_MAX as LOCAL_MAX;
+
 #[derive(Debug, Clone)]
 pub struct Resolution {
     pub digest: Digest,
@@ -176,9 +178,6 @@ pub struct Local {
     map: RefCell<HashMap<String, HashMap<String, Answers>>>,
     len: Cell<usize>,
 }
-
-/// Resolutions one worker keeps at most (past it the copy starts again).
-pub const LOCAL_MAX: usize = 4096;
 
 impl Local {
     /// As [`Tags::get`], from this worker's copy where it has the answer.

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::UpstreamConfig;
 use crate::error::{Error, Kind, Result};
-use crate::http::client::{Client, Request, Response, Url};
+use crate::http::client::{Client, Request, Response};
+use crate::http::url::Url;
 use crate::limits;
 use auth::{Challenge, Tokens};
 

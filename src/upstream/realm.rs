@@ -14,7 +14,7 @@
 //!
 //! Any other realm is asked for an anonymous token.
 
-use crate::http::client::{Origin, Url};
+use crate::http::url::{Origin, Url};
 
 /// Whether the credentials configured for `upstream` may go to the token realm `realm`,
 /// given the realms the operator allowed.

@@ -32,406 +32,40 @@
 //! it is in the file, so every accepted byte is always in one or the other, even after a
 //! write fails (the bypass path hashes what a follower already sent from there).
 
-use std::collections::VecDeque;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+//!
+//! One concept per file: `block.rs` (block memory and the process's budget for it), `recent.rs`
+//! (the followers' window of recent blocks), `pipeline.rs` (the write and hash jobs, direct
+//! writes); this file holds the [`Ingest`] itself and its commit.
+
+mod block;
+mod pipeline;
+mod recent;
+
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::Store;
 use crate::digest::Digest;
+use pipeline::{direct_refused, hash_job, write_job, Pipeline, Stages, DIRECT_OK};
 
-/// Alignment of direct writes (file offset, length and memory): a multiple of every common
-/// logical block size (512, 4096).
-pub const ALIGN: usize = 4096;
-/// Largest block: the fill's upstream read size. Measured on a cold GiB: 2 MiB takes half
-/// the jobs and writes of 1 MiB (6 % faster); 4 MiB was no faster and held more memory.
-pub const BLOCK_BYTES: usize = 2 * 1024 * 1024;
-/// Blocks a fill keeps in memory for its followers: those not yet written, and the newest
-/// written ones up to this many in all.
-pub const RECENT_KEEP: usize = 4;
-/// Blocks a fill may have accepted that are not yet written, or not yet hashed (the depth of
-/// its pipeline).
-pub const IN_FLIGHT: usize = 2;
-/// Bytes of blocks alive in the process past which fills keep only unwritten blocks, queue
-/// one block at a time, and followers stop holding blocks to send from; spare allocations are
-/// kept only within it too. One fill uses at most [`RECENT_KEEP`] + [`IN_FLIGHT`] blocks (12
-/// MiB), and followers that fall behind while sending from a block keep the rest: at 64 MiB,
-/// 32 slow followers of one blob held 48 blocks at once (132 MiB of RSS).
-pub const BLOCKS_BUDGET: usize = 24 * 1024 * 1024;
-/// Freed block allocations kept for reuse while fills run (within [`BLOCKS_BUDGET`] with the
-/// blocks alive): a fresh mapping costs a page fault and a cleared page every 4 KiB (measured:
-/// 6 % of a cold GiB's CPU with only 2 kept).
-const SPARE_MAX: usize = RECENT_KEEP + IN_FLIGHT + 4;
-/// Spare allocations are unmapped once no block has been made for this long
-/// ([`trim_spares`]), so an idle server holds none.
-pub const SPARE_IDLE: Duration = Duration::from_secs(1);
+pub use block::{blocks_within_budget, trim_spares, Block, OpenBlock};
+pub use recent::{Piece, Recent};
+
+pub use crate::limits::BLOCKS_BUDGET;
+pub use crate::limits::BLOCKS_IN_FLIGHT as IN_FLIGHT;
+pub use crate::limits::BLOCKS_SPARE_IDLE as SPARE_IDLE;
+pub use crate::limits::BLOCK_BYTES;
+pub use crate::limits::DIRECT_ALIGN as ALIGN;
+pub use crate::limits::RECENT_KEEP;
 
 /// Told the accepted byte count as it grows (the fill publishes it to followers); called on
 /// the fill's event loop.
 pub type OnAccepted = Arc<dyn Fn(u64) + Send + Sync>;
 
-/// Bytes of blocks alive (in flight, recent, or held by a follower sending from one).
-static BLOCKS_LIVE: AtomicUsize = AtomicUsize::new(0);
-
-/// Whether the blocks alive are within [`BLOCKS_BUDGET`]: a follower may then keep one alive
-/// while it sends from it ([`Recent::piece_at`]); past it, followers copy into their own
-/// buffers, so followers stalled on old blocks never hold more than the budget.
-pub fn blocks_within_budget() -> bool {
-    BLOCKS_LIVE.load(Ordering::Relaxed) <= BLOCKS_BUDGET
-}
-
-/// Freed allocations, reused before new ones.
-static SPARE: Mutex<Vec<Alloc>> = Mutex::new(Vec::new());
-/// When the last block was made ([`crate::store::index::now_ms`]).
-static LAST_MADE_MS: AtomicU64 = AtomicU64::new(0);
-
-/// Unmap the spare block allocations if no block was made in the last [`SPARE_IDLE`] (called
-/// now and then by the expiry thread).
-pub fn trim_spares() {
-    let idle = crate::store::index::now_ms().saturating_sub(LAST_MADE_MS.load(Ordering::Relaxed));
-    if idle >= SPARE_IDLE.as_millis() as u64 {
-        let spare = std::mem::take(&mut *SPARE.lock().unwrap());
-        for a in spare {
-            a.unmap();
-        }
-    }
-}
-
-/// One mapping of [`BLOCK_BYTES`] plus [`ALIGN`] (room for a block's skew), aligned to
-/// [`ALIGN`].
-struct Alloc(NonNull<u8>);
-
-// SAFETY: an `Alloc` is plain memory owned by whoever holds it.
-unsafe impl Send for Alloc {}
-
-impl Alloc {
-    const SIZE: usize = BLOCK_BYTES + ALIGN;
-
-    /// A spare allocation, or a fresh mapping: blocks are mapped and unmapped on their own,
-    /// not taken from the heap, which would keep their pages after a burst of fills.
-    fn get() -> Alloc {
-        LAST_MADE_MS.store(crate::store::index::now_ms(), Ordering::Relaxed);
-        if let Some(a) = SPARE.lock().unwrap().pop() {
-            return a;
-        }
-        // SAFETY: a new private anonymous mapping; no existing memory is touched.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                Self::SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            let layout = std::alloc::Layout::from_size_align(Self::SIZE, ALIGN);
-            std::alloc::handle_alloc_error(layout.expect("a valid layout"));
-        }
-        // Mappings are page-aligned, which covers ALIGN.
-        Alloc(NonNull::new(p.cast()).expect("mmap does not return null"))
-    }
-
-    fn put(self) {
-        let mut spare = SPARE.lock().unwrap();
-        let with_spares = BLOCKS_LIVE.load(Ordering::Relaxed) + (spare.len() + 1) * Self::SIZE;
-        if spare.len() < SPARE_MAX && with_spares <= BLOCKS_BUDGET {
-            spare.push(self);
-        } else {
-            drop(spare);
-            self.unmap();
-        }
-    }
-
-    fn unmap(self) {
-        // SAFETY: mapped in `get` with this size, and owned here.
-        unsafe { libc::munmap(self.0.as_ptr().cast(), Self::SIZE) };
-    }
-}
-
-/// A piece of the body at a file offset, in aligned memory: filled on the event loop, shared
-/// (`Arc`) with followers as it grows, and with the jobs that write and hash it once sealed.
-pub struct Block {
-    mem: Option<Alloc>,
-    /// Where the bytes start in `mem`: the file offset's distance past an [`ALIGN`] boundary,
-    /// so that aligned file offsets fall on aligned memory.
-    skew: usize,
-    /// Bytes published: `[0, len)` are written and never change again; only the fill, through
-    /// the block's [`OpenBlock`], writes, and only past `len`. Stored with Release after the
-    /// bytes, loaded with Acquire before reading them; it never decreases.
-    len: AtomicUsize,
-    /// File offset of the first byte.
-    at: u64,
-}
-
-// SAFETY: readers see only the published bytes `[0, len)`, which are never written again; the
-// one writer (the fill's `OpenBlock`) writes only past `len` and publishes with Release.
-unsafe impl Sync for Block {}
-
-impl Block {
-    /// An empty block for the bytes at file offset `at`.
-    fn open(at: u64) -> Block {
-        BLOCKS_LIVE.fetch_add(Alloc::SIZE, Ordering::Relaxed);
-        Block {
-            mem: Some(Alloc::get()),
-            skew: (at % ALIGN as u64) as usize,
-            len: AtomicUsize::new(0),
-            at,
-        }
-    }
-
-    /// Where the block's bytes start.
-    fn base(&self) -> *mut u8 {
-        let p = self.mem.as_ref().expect("a live block has memory").0;
-        // SAFETY: `skew < ALIGN`, inside the allocation.
-        unsafe { p.as_ptr().add(self.skew) }
-    }
-
-    /// Bytes published so far.
-    pub fn len(&self) -> usize {
-        self.len.load(Ordering::Acquire)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The published bytes.
-    pub fn bytes(&self) -> &[u8] {
-        // SAFETY: the first `len` bytes past `base` were written before `len` was published
-        // (Release, paired with the Acquire in `len()`) and are never written again; the
-        // allocation holds `skew + BLOCK_BYTES >= skew + len` bytes.
-        unsafe { std::slice::from_raw_parts(self.base(), self.len()) }
-    }
-
-    pub fn end(&self) -> u64 {
-        self.at + self.len() as u64
-    }
-}
-
-/// The fill's handle on the block it is filling (see [`Ingest::open_block`]): upstream's
-/// bytes are read straight into it, past what is published; [`Ingest::publish`] shows them to
-/// followers, [`Ingest::accept`] seals the block. The only writer of the block's memory.
-pub struct OpenBlock {
-    block: Arc<Block>,
-    /// Bytes in the block: `[0, block.len)` published, `[block.len, filled)` not yet.
-    filled: usize,
-}
-
-impl OpenBlock {
-    /// Bytes in the block, published or not.
-    pub fn len(&self) -> usize {
-        self.filled
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.filled == 0
-    }
-
-    /// Bytes received since the last publish.
-    pub fn unpublished(&self) -> usize {
-        self.filled - self.block.len()
-    }
-
-    /// Whether the block has no room left.
-    pub fn is_full(&self) -> bool {
-        self.filled == BLOCK_BYTES
-    }
-
-    /// Drop the first `n` of the bytes not yet published (upstream resent what we have).
-    pub fn drop_unpublished(&mut self, n: usize) {
-        let published = self.block.len();
-        let fresh = self.filled - published;
-        let n = n.min(fresh);
-        // SAFETY: `[published, filled)` past `base` is initialised, inside the allocation, and
-        // read by no one else (only published bytes are shared).
-        let bytes =
-            unsafe { std::slice::from_raw_parts_mut(self.block.base().add(published), fresh) };
-        bytes.copy_within(n.., 0);
-        self.filled -= n;
-    }
-}
-
-// SAFETY: the pointer is into the block's own mapping, which does not move while the `Arc`
-// lives; `filled` bytes past it are initialised.
-unsafe impl monoio::buf::IoBuf for OpenBlock {
-    fn read_ptr(&self) -> *const u8 {
-        self.block.base()
-    }
-
-    fn bytes_init(&self) -> usize {
-        self.filled
-    }
-}
-
-// SAFETY: as for `IoBuf`; the mapping holds `BLOCK_BYTES` past `base`. Reads land past
-// `filled` (`Sink::filled`), never in the published bytes.
-unsafe impl monoio::buf::IoBufMut for OpenBlock {
-    fn write_ptr(&mut self) -> *mut u8 {
-        self.block.base()
-    }
-
-    fn bytes_total(&mut self) -> usize {
-        BLOCK_BYTES
-    }
-
-    unsafe fn set_init(&mut self, pos: usize) {
-        self.filled = pos;
-    }
-}
-
-impl crate::http::client::Sink for OpenBlock {
-    fn filled(&self) -> usize {
-        self.filled
-    }
-
-    fn room(&self) -> usize {
-        BLOCK_BYTES - self.filled
-    }
-
-    fn make_room(&mut self, n: usize) {
-        assert!(n <= self.room(), "a block does not grow");
-    }
-
-    fn push_slice(&mut self, bytes: &[u8]) {
-        assert!(bytes.len() <= self.room(), "a block does not grow");
-        // SAFETY: `filled + bytes.len() <= BLOCK_BYTES` past `base`, inside the allocation,
-        // past the published bytes (no one else reads there); `bytes` is not in it.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                self.block.base().add(self.filled),
-                bytes.len(),
-            );
-        }
-        self.filled += bytes.len();
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        BLOCKS_LIVE.fetch_sub(Alloc::SIZE, Ordering::Relaxed);
-        if let Some(m) = self.mem.take() {
-            m.put();
-        }
-    }
-}
-
-/// Bytes of a block, to send without copying them.
-pub struct Piece {
-    block: Arc<Block>,
-    from: usize,
-    len: usize,
-    /// Blocks the fill holds that are newer than this one.
-    newer: usize,
-}
-
-impl Piece {
-    /// Blocks the fill holds that are newer than this piece's (0: the newest).
-    pub fn newer(&self) -> usize {
-        self.newer
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.block.bytes()[self.from..self.from + self.len]
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-// SAFETY: the bytes live in the block's allocation, which the `Arc` keeps alive and in place
-// for as long as the `Piece` exists, and which no one writes once shared.
-unsafe impl monoio::buf::IoBuf for Piece {
-    fn read_ptr(&self) -> *const u8 {
-        self.bytes().as_ptr()
-    }
-
-    fn bytes_init(&self) -> usize {
-        self.len
-    }
-}
-
-/// A fill's most recent blocks, shared with its followers (see the module docs).
-#[derive(Default)]
-pub struct Recent {
-    blocks: Mutex<VecDeque<Arc<Block>>>,
-}
-
-impl Recent {
-    /// Up to `want` bytes of the body at `pos`, if a recent block has them (`None`: read the
-    /// file): the block stays alive (and in memory) while the `Piece` does.
-    pub fn piece_at(&self, pos: u64, want: usize) -> Option<Piece> {
-        let (newer, block, end) = {
-            let blocks = self.blocks.lock().unwrap();
-            let (newer, b, end) = blocks
-                .iter()
-                .rev()
-                .enumerate()
-                .map(|(newer, b)| (newer, b, b.end()))
-                .find(|(_, b, end)| b.at <= pos && pos < *end)?;
-            (newer, b.clone(), end)
-        };
-        let from = (pos - block.at) as usize;
-        // What was published when it was found (a block being filled grows meanwhile).
-        let len = want.min((end - pos) as usize);
-        Some(Piece {
-            block,
-            from,
-            len,
-            newer,
-        })
-    }
-
-    /// Where the oldest block held starts (`None`: none is held). Blocks are held in order and
-    /// leave only once written, so every byte before it is in the file.
-    pub fn oldest_at(&self) -> Option<u64> {
-        self.blocks.lock().unwrap().front().map(|b| b.at)
-    }
-
-    /// Where the oldest of the newest `n` blocks starts (`None`: fewer than `n` are held).
-    pub fn start_of_newest(&self, n: usize) -> Option<u64> {
-        let blocks = self.blocks.lock().unwrap();
-        let i = blocks.len().checked_sub(n.max(1))?;
-        Some(blocks[i].at)
-    }
-
-    /// Blocks held now.
-    pub fn len(&self) -> usize {
-        self.blocks.lock().unwrap().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn push(&self, b: Arc<Block>) {
-        self.blocks.lock().unwrap().push_back(b);
-    }
-
-    /// Drop the oldest blocks that are wholly in the file (`written`) while more than `keep`
-    /// are held (or while blocks past the process budget are alive): blocks not yet written
-    /// always stay (the block being filled joins only once it has bytes, so its end is past
-    /// `written`).
-    fn evict(&self, written: u64, keep: usize) {
-        let mut blocks = self.blocks.lock().unwrap();
-        while blocks.front().is_some_and(|b| b.end() <= written)
-            && (blocks.len() > keep || BLOCKS_LIVE.load(Ordering::Relaxed) > BLOCKS_BUDGET)
-        {
-            blocks.pop_front();
-        }
-    }
-}
-
+/// A temp file in `ingest/` being filled, and its pipeline (see the module docs).
 pub struct Ingest {
     path: PathBuf,
     /// The temp file for followers: read-only, buffered (each follower reads through its own
@@ -461,124 +95,7 @@ pub struct Ingest {
     verified: bool,
 }
 
-/// One stage of the pipeline (writing, or hashing): its blocks in order, worked through by at
-/// most one pool job at a time.
-#[derive(Default)]
-struct Stage {
-    queue: VecDeque<Arc<Block>>,
-    /// A pool job is working through `queue`.
-    running: bool,
-    /// Time its jobs spent on blocks, in all.
-    busy: Duration,
-}
-
-impl Stage {
-    fn idle(&self) -> bool {
-        self.queue.is_empty() && !self.running
-    }
-}
-
-struct Stages {
-    write: Stage,
-    hash: Stage,
-    /// Bytes in the file: the end of the last block written.
-    written: u64,
-    /// The hash context, while no hash job holds it.
-    hasher: Option<ring::digest::Context>,
-    /// The first write error (as kind, OS code, text); writing stops there.
-    failed: Option<(std::io::ErrorKind, Option<i32>, String)>,
-    /// The ingest was dropped: jobs stop at their next block.
-    abandoned: bool,
-}
-
-/// What the fill's event loop and the pool jobs share.
-struct Pipeline {
-    stages: Mutex<Stages>,
-    /// Notified as a block leaves a stage and as a job ends.
-    event: event_listener::Event,
-}
-
-impl Pipeline {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Stages> {
-        self.stages.lock().unwrap()
-    }
-
-    /// The first write error, again.
-    fn failure(&self) -> Option<std::io::Error> {
-        let st = self.lock();
-        let (kind, code, text) = st.failed.as_ref()?;
-        Some(match code {
-            Some(c) => std::io::Error::from_raw_os_error(*c),
-            None => std::io::Error::new(*kind, text.clone()),
-        })
-    }
-}
-
-/// Blocks a pool job takes in a row before it gives its thread back to the other fills' jobs
-/// (the event loop then starts another).
-const JOB_BLOCKS: usize = 8;
-
-/// Write the queued blocks in order (up to [`JOB_BLOCKS`]), evicting from `recent` what is
-/// in the file; stop at the first error.
-fn write_job(
-    pipe: Arc<Pipeline>,
-    writer: Arc<std::fs::File>,
-    direct: Option<Arc<std::fs::File>>,
-    recent: Arc<Recent>,
-) {
-    for _ in 0..JOB_BLOCKS {
-        let block = match pipe.lock() {
-            st if st.abandoned || st.failed.is_some() => break,
-            st => match st.write.queue.front() {
-                Some(b) => b.clone(),
-                None => break,
-            },
-        };
-        let t = std::time::Instant::now();
-        let res = write_block(&block, &writer, direct.as_deref());
-        let mut st = pipe.lock();
-        st.write.busy += t.elapsed();
-        match res {
-            Ok(()) => {
-                st.write.queue.pop_front();
-                st.written = block.end();
-                recent.evict(st.written, RECENT_KEEP);
-            }
-            Err(e) => st.failed = Some((e.kind(), e.raw_os_error(), e.to_string())),
-        }
-        drop(st);
-        pipe.event.notify(usize::MAX);
-    }
-    pipe.lock().write.running = false;
-    pipe.event.notify(usize::MAX);
-}
-
-/// Hash the queued blocks in order (up to [`JOB_BLOCKS`]).
-fn hash_job(pipe: Arc<Pipeline>) {
-    let mut ctx = pipe.lock().hasher.take().expect("one hash job at a time");
-    for _ in 0..JOB_BLOCKS {
-        let block = match pipe.lock() {
-            st if st.abandoned => break,
-            st => match st.hash.queue.front() {
-                Some(b) => b.clone(),
-                None => break,
-            },
-        };
-        let t = std::time::Instant::now();
-        ctx.update(block.bytes());
-        let mut st = pipe.lock();
-        st.hash.busy += t.elapsed();
-        st.hash.queue.pop_front();
-        drop(st);
-        pipe.event.notify(usize::MAX);
-    }
-    let mut st = pipe.lock();
-    st.hasher = Some(ctx);
-    st.hash.running = false;
-    drop(st);
-    pipe.event.notify(usize::MAX);
-}
-
+/// Why a commit failed.
 #[derive(Debug)]
 pub enum CommitError {
     /// Upstream sent a different number of bytes than it declared.
@@ -607,16 +124,6 @@ impl std::fmt::Display for CommitError {
 
 impl std::error::Error for CommitError {}
 
-/// Whether `O_DIRECT` may still be tried (cleared, with one log line, the first time the
-/// filesystem refuses it).
-static DIRECT_OK: AtomicBool = AtomicBool::new(true);
-
-fn direct_refused(e: &std::io::Error) {
-    if DIRECT_OK.swap(false, Ordering::Relaxed) {
-        tracing::info!(error = %e, "the store's filesystem refuses O_DIRECT; fills write through the page cache");
-    }
-}
-
 impl Ingest {
     /// Create a new temp file in `ingest/` (O_EXCL, random name).
     pub fn create(store: &Store) -> std::io::Result<Ingest> {
@@ -642,17 +149,7 @@ impl Ingest {
             writer: Arc::new(writer),
             path,
             recent: Arc::default(),
-            pipe: Arc::new(Pipeline {
-                stages: Mutex::new(Stages {
-                    write: Stage::default(),
-                    hash: Stage::default(),
-                    written: 0,
-                    hasher: Some(ring::digest::Context::new(&ring::digest::SHA256)),
-                    failed: None,
-                    abandoned: false,
-                }),
-                event: event_listener::Event::new(),
-            }),
+            pipe: Arc::new(Pipeline::new()),
             accepted: 0,
             open: None,
             pieces: 0,
@@ -760,7 +257,7 @@ impl Ingest {
         for piece in data.chunks(BLOCK_BYTES) {
             self.ready().await?;
             let mut block = self.open_block();
-            crate::http::client::Sink::push_slice(&mut block, piece);
+            crate::http::sink::Sink::push_slice(&mut block, piece);
             self.accept(block);
         }
         Ok(())
@@ -918,34 +415,6 @@ impl Ingest {
     }
 }
 
-/// Write `block` at its offset: its aligned middle by `direct` when there is one, its
-/// unaligned ends (and everything, without `direct`) by `writer`. A direct write the
-/// filesystem refuses is done again through `writer`.
-fn write_block(
-    block: &Block,
-    writer: &std::fs::File,
-    direct: Option<&std::fs::File>,
-) -> std::io::Result<()> {
-    let (at, end, bytes) = (block.at, block.end(), block.bytes());
-    let Some(direct) = direct else {
-        return writer.write_all_at(bytes, at);
-    };
-    let align = ALIGN as u64;
-    let first = at.next_multiple_of(align).min(end);
-    let last = (end / align * align).max(first);
-    let part = |from: u64, to: u64| &bytes[(from - at) as usize..(to - at) as usize];
-    writer.write_all_at(part(at, first), at)?;
-    match direct.write_all_at(part(first, last), first) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            direct_refused(&e);
-            writer.write_all_at(part(first, last), first)?;
-        }
-        Err(e) => return Err(e),
-    }
-    writer.write_all_at(part(last, end), last)
-}
-
 impl Drop for Ingest {
     fn drop(&mut self) {
         // Jobs still running stop at their next block (they hold their own descriptors).
@@ -959,6 +428,7 @@ impl Drop for Ingest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
 
     /// Pieces of every awkward size, with and without `O_DIRECT`: the file is the body, the
     /// published count only grows and ends at the size, the hash is the body's, and the last
