@@ -129,7 +129,12 @@ pub fn is_list(media_type: &str) -> bool {
 /// Does an `Accept` value (the one sent upstream) admit an answer of `media_type`? A known
 /// type must be named; any other type (artifact manifests) must be named or covered by `*/*`.
 pub fn admits(accept: &str, media_type: &str) -> bool {
-    if let Some(yes) = Accepts::parse(accept).has(media_type) {
+    admits_parsed(accept, Accepts::parse(accept), media_type)
+}
+
+/// [`admits`] with the `Accept`'s known types already parsed (`known`).
+fn admits_parsed(accept: &str, known: Accepts, media_type: &str) -> bool {
+    if let Some(yes) = known.has(media_type) {
         return yes;
     }
     let t = essence(media_type);
@@ -147,10 +152,20 @@ pub fn admits(accept: &str, media_type: &str) -> bool {
 /// - the answer is a single schema2/OCI manifest resolved for a client accepting both list
 ///   types (then it is the stored manifest too, not one platform picked from a list).
 pub fn reusable(resolved_for: Accepts, media_type: &str, accept: &str) -> bool {
-    if !admits(accept, media_type) {
+    reusable_parsed(resolved_for, media_type, accept, Accepts::parse(accept))
+}
+
+/// [`reusable`] with the client's known types already parsed (`client`): the tag hit path
+/// parses the `Accept` once.
+pub fn reusable_parsed(
+    resolved_for: Accepts,
+    media_type: &str,
+    accept: &str,
+    client: Accepts,
+) -> bool {
+    if !admits_parsed(accept, client, media_type) {
         return false;
     }
-    let client = Accepts::parse(accept);
     client == resolved_for
         || is_list(media_type)
         || (resolved_for.0 & LISTS == LISTS

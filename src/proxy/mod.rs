@@ -8,6 +8,8 @@ pub mod bypass;
 mod listing;
 mod manifest;
 mod miss;
+#[cfg(test)]
+mod tests;
 
 use std::rc::Rc;
 

@@ -30,7 +30,12 @@ pub struct Resolution {
 impl Resolution {
     /// Would upstream answer a request with this `Accept` (as sent upstream) the same?
     pub fn serves(&self, accept: &str) -> bool {
-        media::reusable(self.resolved_for, &self.media_type, accept)
+        self.serves_parsed(accept, Accepts::parse(accept))
+    }
+
+    /// [`Resolution::serves`] with the `Accept`'s known types already parsed.
+    fn serves_parsed(&self, accept: &str, client: Accepts) -> bool {
+        media::reusable_parsed(self.resolved_for, &self.media_type, accept, client)
     }
 }
 
@@ -42,11 +47,12 @@ type Answers = Vec<Resolution>;
 /// The answer among `answers` for a request with `accept`: one resolved for the same types
 /// first, else any that upstream would give it too.
 fn pick<'a>(answers: &'a [Resolution], accept: &str) -> Option<&'a Resolution> {
+    // Parsed once: this is the path of every cached tag.
     let want = Accepts::parse(accept);
     answers
         .iter()
-        .find(|r| r.resolved_for == want && r.serves(accept))
-        .or_else(|| answers.iter().find(|r| r.serves(accept)))
+        .find(|r| r.resolved_for == want && r.serves_parsed(accept, want))
+        .or_else(|| answers.iter().find(|r| r.serves_parsed(accept, want)))
 }
 
 #[derive(Default)]
