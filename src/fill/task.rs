@@ -353,6 +353,15 @@ mod tests {
         body: &[u8],
         responses: Vec<Vec<u8>>,
     ) -> (State, Rc<TestEnv>, Vec<String>, tempfile::TempDir) {
+        fill_with(body, responses, |_| {})
+    }
+
+    /// As [`fill`], with `before` run on the store's root once it is open.
+    fn fill_with(
+        body: &[u8],
+        responses: Vec<Vec<u8>>,
+        before: impl FnOnce(&std::path::Path),
+    ) -> (State, Rc<TestEnv>, Vec<String>, tempfile::TempDir) {
         let (addr, seen) = origin(responses);
         let dir = tempfile::tempdir().unwrap();
         let config = Config::from_yaml(&format!(
@@ -375,7 +384,11 @@ mod tests {
                         Arc::default(),
                         live,
                     ),
-                    store: Store::open(dir.path()).unwrap(),
+                    store: {
+                        let store = Store::open(dir.path()).unwrap();
+                        before(dir.path());
+                        store
+                    },
                     counters: Counters::default(),
                     tallies: Tallies::default(),
                     changes: queue().0,
@@ -440,6 +453,22 @@ mod tests {
             .unwrap()
             .count();
         assert_eq!(ingest, 0);
+    }
+
+    /// The store cannot take the content (here `ingest/` is not a directory): the fill hands
+    /// its followers over to upstream (Bypass) and counts it; nothing is committed.
+    #[test]
+    fn a_store_that_cannot_take_the_content_makes_the_fill_bypass() {
+        let body = vec![9u8; 50_000];
+        let mut response = head("200 OK", &format!("Content-Length: {}\r\n", body.len()));
+        response.extend_from_slice(&body);
+        let (state, env, _, _dir) = fill_with(&body, vec![response], |root| {
+            std::fs::remove_dir_all(root.join("ingest")).unwrap();
+            std::fs::write(root.join("ingest"), b"not a directory").unwrap();
+        });
+        assert!(matches!(state, State::Bypass), "{state:?}");
+        assert_eq!(env.counters.bypassed.load(Ordering::Relaxed), 1);
+        assert!(!env.store.index.contains(&Digest::of(&body)));
     }
 
     #[test]
