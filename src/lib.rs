@@ -20,7 +20,7 @@
 //! | [`buffers`] | per-worker pools of head and body buffers, and the budget for heads grown past 4 KiB |
 //! | [`jobs`] | the job pool: blocking work (O_DIRECT writes, sha256, fsync) off the event loops |
 //! | [`worker`] | a worker's context: [`worker::Shared`] (every worker's) and [`worker::Worker`] (one thread's: upstream client, buffers, kept file descriptors for hits, idle connections) |
-//! | [`http`] | `parse` (pure request heads), `body` (framing), `response` (the one writer to a client socket), `client` (the upstream exchange), `pool` (upstream connections), `url` (upstream [`http::url::Url`] / `Origin`), `sink` (where upstream bytes land), `sendfile` (page cache → socket) |
+//! | [`http`] | `parse` (pure request heads), `body` (framing), `response` (the one writer to a client socket), `client` (the upstream exchange), `pool` (upstream connections), `connect` (resolving, TLS roots, our own listeners refused), `url` (upstream [`http::url::Url`] / `Origin`), `sink` (where upstream bytes land), `sendfile` (page cache → socket) |
 //! | [`route`] | method + path → [`route::Route`]; OCI name/tag/digest grammar |
 //! | [`media`] | manifest media types; which answer a client's `Accept` gets ([`media::Accepts`]) |
 //! | [`debug`] | the debug listener: `/metrics`, `/debug/health` (every worker, the store, upstream), manual down/up |

@@ -417,7 +417,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     // Signals are blocked before any thread starts (every thread inherits the mask) and taken
     // by one thread with sigwait, which starts the drain; a second signal stops at once.
     let signals = block_signals();
-    let tls = ringcache::http::client::tls_config(config.upstream.ca_file.as_deref())
+    let tls = ringcache::http::connect::tls_config(config.upstream.ca_file.as_deref())
         .map_err(|e| anyhow::anyhow!("upstream TLS setup: {e}"))?;
     let mut store = ringcache::store::Store::open(&config.root_dir)
         .with_context(|| format!("opening the store at {}", config.root_dir.display()))?;

@@ -370,7 +370,7 @@ mod tests {
         ))
         .unwrap();
         let live = Arc::new(crate::live::Reloadable::new(&config));
-        let tls = crate::http::client::tls_config(None).unwrap();
+        let tls = crate::http::connect::tls_config(None).unwrap();
         let digest = Digest::of(body);
         let state = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
             .enable_timer()

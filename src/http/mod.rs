@@ -1,11 +1,13 @@
 //! Our own HTTP/1.1: `parse` (pure request heads), `body` (upstream response framing),
 //! `response` (the one writer to a client socket), `client` (upstream HTTP/1.1: the
-//! exchange), `pool` (upstream connections, idle ones per origin), `url` (upstream [`url::Url`]
+//! exchange), `pool` (upstream connections, idle ones per origin), `connect` (resolving off the loop, TLS
+//! roots, never dialling our own listeners), `url` (upstream [`url::Url`]
 //! and [`url::Origin`]), `sink` (where upstream body bytes land), `sendfile` (page cache →
 //! socket without a copy, for large bodies).
 
 pub mod body;
 pub mod client;
+pub mod connect;
 pub mod parse;
 pub mod pool;
 pub mod response;

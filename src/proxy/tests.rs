@@ -99,7 +99,7 @@ fn worker(addr: std::net::SocketAddr, extra: &str, dir: &std::path::Path) -> Rc<
         dir.display()
     ))
     .unwrap();
-    let tls = crate::http::client::tls_config(None).unwrap();
+    let tls = crate::http::connect::tls_config(None).unwrap();
     let shared = Arc::new(Shared {
         fills: crate::fill::Fills::new(16),
         tags: Default::default(),
