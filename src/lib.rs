@@ -73,6 +73,7 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod auth;
 pub mod buffers;
 pub mod config;
 pub mod debug;
@@ -92,6 +93,7 @@ pub mod route;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;
 pub mod upstream;
 pub mod wheel;
 pub mod worker;

@@ -257,6 +257,41 @@ pub const WHEEL_LEVELS: usize = 4;
 /// Ticks (seconds) covered by the wheel's levels; farther deadlines go to the overflow list.
 pub const WHEEL_HORIZON: u64 = 1 << (WHEEL_SLOT_BITS as u64 * WHEEL_LEVELS as u64);
 
+// ---- The front door: TLS to clients, client authentication (src/tls, src/auth) ----
+
+/// Ciphertext read from a TLS client per socket read: one largest record (2^14 bytes of
+/// plaintext plus at most 256 of expansion, RFC 8446 §5.2) and its 5-byte header, so a record
+/// never needs two reads; held per TLS connection.
+pub const TLS_READ_BYTES: usize = 16 * 1024 + 256 + 5;
+/// Plaintext rustls takes per write before its records are sent (its buffer limit): bounds
+/// what a TLS connection holds while the client is slow to read.
+pub const TLS_SEND_BYTES: usize = 64 * 1024;
+/// TLS 1.2 sessions remembered for clients that resume without tickets (rustls's own default
+/// size; a few hundred bytes each).
+pub const TLS_SESSIONS_MAX: usize = 256;
+/// A PEM file (certificate chain, key, CA bundle, token root bundle) is read whole: a real
+/// one is a few KiB, a bundle of every public root ~200 KiB.
+pub const PEM_BYTES_MAX: u64 = 1024 * 1024;
+/// An htpasswd file is read whole at start and on SIGHUP (~60 bytes a user).
+pub const HTPASSWD_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// A credential verified once (a bcrypt check, ~50 ms of a core) is trusted again for this
+/// long on the worker that verified it, so a pull of many layers costs one check...
+pub const AUTH_CACHE_TTL: Duration = Duration::from_secs(300);
+/// ...for at most this many (user, password) pairs per worker (32-byte keys, no passwords).
+pub const AUTH_CACHE_MAX: usize = 1024;
+/// bcrypt checks a worker runs on the job pool at once: the pool is the fills' too, and a
+/// crowd of wrong passwords must not queue ahead of their writes. Past it, requests wait
+/// (within the head timeout) for a check to finish.
+pub const AUTH_CHECKS_INFLIGHT_MAX: usize = 2;
+/// Clock skew allowed on a token's `exp` and `nbf` (the reference registry's leeway).
+pub const TOKEN_CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// Keys taken from `auth.token.rootcertbundle`: each is a candidate for a token without
+/// `kid`, so their number bounds the work per token.
+pub const TOKEN_KEYS_MAX: usize = 64;
+/// At most one log line about failed authentications per this interval (the rest are
+/// counted in `ringcache_auth_failures_total` and summed into the next line).
+pub const AUTH_LOG_EVERY: Duration = Duration::from_secs(1);
+
 // ---- How the bounds relate ----
 
 const _: () = assert!(SHARDS.is_power_of_two());
@@ -286,3 +321,5 @@ const _: () = assert!(CHUNK_LINE_MAX <= TRAILERS_MAX);
 const _: () = assert!(DEBUG_THREADS_MAX >= DEBUG_CONNECTIONS_MAX);
 // A tag's local copy is no bigger than the shared table it copies.
 const _: () = assert!(TAGS_LOCAL_MAX <= TAGS_MAX);
+// A whole TLS record fits in one read.
+const _: () = assert!(TLS_READ_BYTES > 16 * 1024);

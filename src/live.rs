@@ -1,5 +1,6 @@
 //! Settings SIGHUP can change while the process runs ([`Reloadable`]): read by the workers, the
-//! upstream client and the debug listener; written by `main` on reload.
+//! upstream client and the debug listener; written by `main` on reload. TLS and client auth
+//! reload their own files ([`crate::tls::Tls::reload`], [`crate::auth::Auth::reload`]).
 
 use crate::config::Config;
 use crate::limits::Limits;
@@ -12,6 +13,10 @@ pub struct Reloadable {
     pub log_level: std::sync::RwLock<String>,
     pub limits: std::sync::RwLock<Limits>,
     pub credentials: std::sync::RwLock<Option<(String, String)>>,
+    /// `http.tls` loaded (set once at start when configured; its files reload on SIGHUP).
+    pub tls: std::sync::OnceLock<crate::tls::Tls>,
+    /// `auth` loaded (set once at start when configured; its files reload on SIGHUP).
+    pub auth: std::sync::OnceLock<crate::auth::Auth>,
 }
 
 impl Reloadable {
@@ -27,6 +32,8 @@ impl Reloadable {
                     .clone()
                     .zip(config.upstream.password.clone()),
             ),
+            tls: Default::default(),
+            auth: Default::default(),
         }
     }
 

@@ -78,7 +78,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            for note in &config.notes {
+            let notes = match front_door(&config) {
+                Ok((_, _, notes)) => notes,
+                Err(e) => {
+                    eprintln!("ringcache: config error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            for note in config.notes.iter().chain(&notes) {
                 eprintln!("ringcache: note: {note}");
             }
             print!(
@@ -148,11 +155,18 @@ fn main() -> ExitCode {
                     config.root_dir.display()
                 );
             }
-            for note in &config.notes {
+            let front = match front_door(&config) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!("config error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            for note in config.notes.iter().chain(&front.2) {
                 tracing::warn!("config: {note}");
             }
             // Logged once: the log goes to stderr already (printing it too showed it twice).
-            match serve(config, path) {
+            match serve(config, path, (front.0, front.1)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => match in_use(&e) {
                     Some(busy) => {
@@ -268,6 +282,63 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
     Config::from_yaml_env(&text, std::env::vars()).map_err(|e| e.to_string())
 }
 
+/// The front door's files (`http.tls`, `auth`) loaded: what `serve` runs with and
+/// `check-config` checks; the notes are auth's (htpasswd entries that are not bcrypt).
+type FrontDoor = (
+    Option<ringcache::tls::Tls>,
+    Option<ringcache::auth::Auth>,
+    Vec<String>,
+);
+
+fn front_door(config: &Config) -> Result<FrontDoor, String> {
+    let tls = config
+        .tls
+        .as_ref()
+        .map(ringcache::tls::Tls::load)
+        .transpose()?;
+    let (auth, notes) = match &config.auth {
+        Some(a) => {
+            let (auth, notes) = ringcache::auth::Auth::load(a)?;
+            (Some(auth), notes)
+        }
+        None => (None, Vec::new()),
+    };
+    Ok((tls, auth, notes))
+}
+
+/// SIGHUP for the front door: the certificate and key (new connections take them), the
+/// htpasswd file or token roots. A file that fails to load keeps what runs (logged).
+fn reload_front_door(
+    shared: &Shared,
+    new: &Config,
+    applied: &mut Vec<&str>,
+    restart: &mut Vec<&str>,
+) {
+    match (shared.live.tls.get(), &new.tls) {
+        (Some(tls), Some(cfg)) => match tls.reload(cfg) {
+            Ok(()) => applied.push("http.tls"),
+            Err(e) => {
+                tracing::error!("http.tls not reloaded, keeping the running certificate: {e}")
+            }
+        },
+        (None, None) => {}
+        _ => restart.push("http.tls"),
+    }
+    match (shared.live.auth.get(), &new.auth) {
+        (Some(auth), Some(cfg)) => match auth.reload(cfg) {
+            Ok(notes) => {
+                for note in notes {
+                    tracing::warn!("config: {note}");
+                }
+                applied.push("auth");
+            }
+            Err(e) => tracing::error!("auth not reloaded, keeping the running one: {e}"),
+        },
+        (None, None) => {}
+        _ => restart.push("auth"),
+    }
+}
+
 /// `log.level` (overridden by `RUST_LOG`), `log.formatter` text or json; under systemd's
 /// journal (`JOURNAL_STREAM` set) no timestamps and no colours, since journald adds its own.
 /// `log.accesslog.disabled` turns the access log's target off.
@@ -346,6 +417,7 @@ fn reload(shared: &Shared, path: Option<&PathBuf>) {
         *shared.live.limits.write().unwrap() = new.limits.clone();
         applied.push("ringcache.limits");
     }
+    reload_front_door(shared, &new, &mut applied, &mut restart);
     let checks: [(&str, bool); 15] = [
         ("http.addr", new.http_addr != old.http_addr),
         ("log.accesslog.disabled", new.access_log != old.access_log),
@@ -410,7 +482,11 @@ fn reload(shared: &Shared, path: Option<&PathBuf>) {
     ringcache::service::notify(&[sd_notify::NotifyState::Ready]);
 }
 
-fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+fn serve(
+    config: Config,
+    path: Option<PathBuf>,
+    front: (Option<ringcache::tls::Tls>, Option<ringcache::auth::Auth>),
+) -> anyhow::Result<()> {
     use anyhow::Context;
     // From here a panic on any thread aborts the process (logged first): see the function.
     ringcache::service::abort_on_panic();
@@ -472,6 +548,14 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         tls,
         config,
     });
+    if let Some(tls) = front.0 {
+        let _ = shared.live.tls.set(tls);
+        tracing::info!("TLS on {addr} (http.tls)");
+    }
+    if let Some(auth) = front.1 {
+        tracing::info!(scheme = auth.kind(), "client authentication on (auth)");
+        let _ = shared.live.auth.set(auth);
+    }
     ringcache::expiry::restore(&shared, &loaded);
     if let Some(debug_addr) = shared.config.debug_addr {
         let debug = ringcache::debug::start(shared.clone(), debug_addr)

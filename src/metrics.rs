@@ -329,6 +329,14 @@ pub fn render(workers: &[Counters], g: &Gauges) -> String {
         "Worker threads.",
         g.workers as u64,
     );
+    let _ = writeln!(o, "# HELP ringcache_auth_failures_total Requests refused by client authentication, by reason.\n# TYPE ringcache_auth_failures_total counter");
+    for (reason, n) in AUTH_FAILURE_REASONS.iter().zip(&AUTH_FAILURES) {
+        let _ = writeln!(
+            o,
+            "ringcache_auth_failures_total{{reason=\"{reason}\"}} {}",
+            get(n)
+        );
+    }
     let _ = writeln!(o, "# HELP ringcache_fills_failed_total Fills that ended without a commit, by reason.\n# TYPE ringcache_fills_failed_total counter");
     for (reason, n) in &g.fills_failed {
         let _ = writeln!(o, "ringcache_fills_failed_total{{reason=\"{reason}\"}} {n}");
@@ -343,6 +351,27 @@ pub fn render(workers: &[Counters], g: &Gauges) -> String {
     let _ = writeln!(o, "# HELP ringcache_io_driver The I/O driver the workers run.\n# TYPE ringcache_io_driver gauge\nringcache_io_driver{{driver=\"{}\"}} 1", g.driver);
     o
 }
+
+/// Why client authentication refused a request (`ringcache_auth_failures_total{reason}`):
+/// no credentials, unparsable ones, a wrong user or password, no check slot in time; for
+/// tokens a bad signature, expired, not yet valid, another issuer or audience, or no access
+/// to what was asked. Indexed by [`crate::auth::Reason`].
+pub const AUTH_FAILURE_REASONS: [&str; 10] = [
+    "missing",
+    "malformed",
+    "credentials",
+    "busy",
+    "signature",
+    "expired",
+    "not_yet_valid",
+    "issuer",
+    "audience",
+    "scope",
+];
+
+/// Counts per [`AUTH_FAILURE_REASONS`]; process-wide (refusals are off the hit path).
+pub static AUTH_FAILURES: [AtomicU64; AUTH_FAILURE_REASONS.len()] =
+    [const { AtomicU64::new(0) }; AUTH_FAILURE_REASONS.len()];
 
 /// Process-wide counters written off the hot path (the expiry thread, failing fills).
 #[derive(Default)]

@@ -12,6 +12,7 @@
 //! (`REGISTRY_*` / `RINGCACHE_*` overrides), [`units`] (durations, sizes, addresses).
 
 mod env;
+mod front;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -28,6 +29,7 @@ use crate::http::url::Url;
 use crate::limits::Limits;
 
 use env::apply_env;
+pub use front::{AuthConfig, TlsConfig, TlsVersion, CIPHER_SUITES};
 use schema::check_keys;
 pub use units::{format_duration, format_size, parse_addr, parse_duration, parse_size};
 use yaml::{boolean, duration, get, parse_tree, ringcache_section, string};
@@ -86,6 +88,10 @@ pub struct Config {
     pub sendfile: SendfileMode,
     /// How often changed access times, links and tags are appended to the state journal.
     pub state_interval: Duration,
+    /// `http.tls`: TLS to clients on `http.addr` (the debug listener stays plain).
+    pub tls: Option<TlsConfig>,
+    /// `auth`: client authentication, before routing.
+    pub auth: Option<AuthConfig>,
     /// What start reports about the config: keys of the reference schema that were present
     /// but change nothing ringcache does (each with why), defaults taken, variables ignored.
     pub notes: Vec<String>,
@@ -243,6 +249,8 @@ impl Config {
             sendfile: SendfileMode::Auto,
             low_water_percent: 90,
             state_interval: Duration::from_secs(10),
+            tls: None,
+            auth: None,
             notes: Vec::new(),
         };
         if let Some(v) = get(&root, "version") {
@@ -349,6 +357,8 @@ impl Config {
         if config.upstream.username.is_some() != config.upstream.password.is_some() {
             return Err(err("proxy.password", "username and password go together"));
         }
+        config.tls = front::tls(&root)?;
+        config.auth = front::auth(&root)?;
         if let Some(rc) = root.get("ringcache") {
             ringcache_section(rc, &mut config)?;
         }
@@ -370,7 +380,8 @@ impl Config {
         serde_json::json!({
             "version": "0.1",
             "log": {"level": self.log_level, "formatter": if self.log_json { "json" } else { "text" }, "accesslog": {"disabled": !self.access_log}},
-            "http": {"addr": self.http_addr.to_string(), "debug": {"addr": self.debug_addr.map(|a| a.to_string())}, "draintimeout": format_duration(self.drain_timeout)},
+            "http": {"addr": self.http_addr.to_string(), "debug": {"addr": self.debug_addr.map(|a| a.to_string())}, "draintimeout": format_duration(self.drain_timeout), "tls": front::effective_tls(self.tls.as_ref())},
+            "auth": front::effective_auth(self.auth.as_ref()),
             "storage": {"filesystem": {"rootdirectory": self.root_dir.display().to_string()}},
             "proxy": {
                 "remoteurl": self.upstream.url.to_string().trim_end_matches('/'),

@@ -55,9 +55,16 @@ pub(super) const SCHEMA: &[(&str, Rule)] = {
         ("http.debug", Section),
         ("http.debug.addr", Read),
         ("http.debug.prometheus", Note("/metrics is always served on http.debug.addr")),
+        ("http.tls", Section),
+        ("http.tls.certificate", Read),
+        ("http.tls.key", Read),
+        ("http.tls.clientcas", Read),
+        ("http.tls.minimumtls", Read),
+        ("http.tls.ciphersuites", Read),
+        ("http.tls.cipherSuites", Read),
         (
-            "http.tls",
-            Refuse("TLS to clients is not implemented; terminate TLS in front of ringcache (e.g. HAProxy) and remove http.tls"),
+            "http.tls.letsencrypt",
+            Refuse("ringcache does not obtain certificates (ACME); get one with an ACME client such as certbot and set http.tls.certificate and http.tls.key"),
         ),
         ("storage", Section),
         ("storage.filesystem", Section),
@@ -83,9 +90,18 @@ pub(super) const SCHEMA: &[(&str, Rule)] = {
             "proxy.exec",
             Refuse("credential helpers are not run; set proxy.username and proxy.password"),
         ),
+        ("auth", Section),
+        ("auth.htpasswd", Section),
+        ("auth.htpasswd.realm", Read),
+        ("auth.htpasswd.path", Read),
+        ("auth.token", Section),
+        ("auth.token.realm", Read),
+        ("auth.token.service", Read),
+        ("auth.token.issuer", Read),
+        ("auth.token.rootcertbundle", Read),
         (
-            "auth",
-            Refuse("client authentication is not implemented, so every client could pull (with the upstream credentials); authenticate in front of ringcache and remove auth"),
+            "auth.silly",
+            Refuse("silly auth lets any client in that sends any Authorization header; use auth.htpasswd or auth.token"),
         ),
         (
             "middleware",
@@ -153,6 +169,12 @@ pub(super) fn check_keys(
                 return Err(err(&key, format!("not supported: {why}")))
             }
             Some(Rule::Refuse(_)) => {}
+            None if path == "auth" => {
+                return Err(err(
+                    &key,
+                    "unknown auth type: ringcache supports htpasswd and token",
+                ))
+            }
             None => {
                 let known: Vec<&str> = if path.is_empty() {
                     children("").chain(["ringcache"]).collect()

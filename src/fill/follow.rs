@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::buf::IoBuf;
-use monoio::net::TcpStream;
 
 use super::{Fill, State, PACE_BLOCKS};
 use crate::error::Kind;
 use crate::http::response::send_within;
 use crate::http::sendfile;
+use crate::http::socket::Socket;
 use crate::store::ingest;
 
 /// Wait until the fill has an answer from upstream: its state then, never `Pending`.
@@ -93,7 +93,7 @@ pub async fn stream(
     start: u64,
     end: u64,
     size: u64,
-    sock: &mut TcpStream,
+    sock: &mut Socket,
     mut buf: Vec<u8>,
     chunk: usize,
     send_stall: Duration,
@@ -169,9 +169,11 @@ pub async fn stream(
             None => {
                 // Only what the file holds: a span past its end would find the end's page
                 // cached and send less than asked.
-                if let Some(to) = sendfile::span(policy, &file, pos, fill.in_file(limit).max(pos)) {
+                let span = sendfile::span(policy, &file, pos, fill.in_file(limit).max(pos));
+                // Over TLS the policy is `Never`, and there is no plain socket either.
+                if let (Some(to), Some(plain)) = (span, sock.plain()) {
                     let from = pos;
-                    let res = sendfile::send(sock, &file, &mut pos, to, send_stall).await;
+                    let res = sendfile::send(plain, &file, &mut pos, to, send_stall).await;
                     sent.by_sendfile += pos - from;
                     sent.body += pos - from;
                     if let Err(e) = res {

@@ -3,7 +3,7 @@
 //! exchange), `pool` (upstream connections, idle ones per origin), `connect` (resolving off the loop, TLS
 //! roots, never dialling our own listeners), `url` (upstream [`url::Url`]
 //! and [`url::Origin`]), `sink` (where upstream body bytes land), `sendfile` (page cache →
-//! socket without a copy, for large bodies).
+//! socket without a copy, for large bodies), `socket` (a client's socket: plain or TLS).
 
 pub mod body;
 pub mod client;
@@ -13,4 +13,5 @@ pub mod pool;
 pub mod response;
 pub mod sendfile;
 pub mod sink;
+pub mod socket;
 pub mod url;

@@ -6,16 +6,16 @@ use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 
 use super::sendfile;
+use super::socket::Socket;
 use crate::buffers::{Buffers, Lent, SMALL_CHUNK_BYTES};
 use crate::error::{Error, Kind};
 use crate::limits::CHUNK_BYTES;
 
 /// One request's response side, handed to the proxy.
 pub struct Exchange<'a> {
-    pub sock: &'a mut TcpStream,
+    pub sock: &'a mut Socket,
     /// HEAD: send the head only.
     pub head_only: bool,
     /// Whether the connection may serve another request after this one.
@@ -51,7 +51,7 @@ pub struct Exchange<'a> {
 /// nothing for `stall` (then it is cut). The buffer comes back unless the write was cancelled
 /// by the stall (a rented buffer goes with its cancelled operation).
 pub async fn send_within<T: IoBuf>(
-    sock: &mut TcpStream,
+    sock: &mut Socket,
     buf: T,
     stall: Duration,
 ) -> (std::io::Result<()>, Option<T>) {
@@ -64,7 +64,7 @@ pub async fn send_within<T: IoBuf>(
 impl<'a> Exchange<'a> {
     /// A response not yet started.
     pub fn new(
-        sock: &'a mut TcpStream,
+        sock: &'a mut Socket,
         pool: &'a Buffers,
         send_stall: Duration,
         head_only: bool,
@@ -229,10 +229,15 @@ impl<'a> Exchange<'a> {
         // A body too small for sendfile is no stream for the policy either.
         let _stream = (end + 1 - start >= sendfile::MIN_BYTES).then(sendfile::streaming);
         while pos <= end {
-            if let Some(to) = sendfile::span(self.sendfile, file, pos, end + 1) {
+            // Over TLS the policy is `Never`: bytes go through the TLS writer.
+            let span = sendfile::span(self.sendfile, file, pos, end + 1);
+            if let Some(to) = span.filter(|_| self.sock.plain().is_some()) {
                 self.flush_head().await?;
                 let from = pos;
-                let res = sendfile::send(self.sock, file, &mut pos, to, self.send_stall).await;
+                let res = match self.sock.plain() {
+                    Some(sock) => sendfile::send(sock, file, &mut pos, to, self.send_stall).await,
+                    None => Err(std::io::ErrorKind::Unsupported.into()),
+                };
                 self.body_bytes += pos - from;
                 self.sendfile_bytes += pos - from;
                 res?;

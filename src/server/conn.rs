@@ -17,13 +17,13 @@ use std::time::Instant;
 
 use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
-use monoio::net::TcpStream;
 
 use crate::buffers::{Buffers, HeadRoom, HEAD_FIRST_BYTES};
 use crate::error::{Error, Kind};
 use crate::http::parse::{parse_range, parse_request, Head, Parsed};
 use crate::http::response::Exchange;
 use crate::http::sendfile;
+use crate::http::socket::Socket;
 use crate::proxy::{self, Request};
 use crate::route::{self, Method};
 use crate::worker::Worker;
@@ -49,22 +49,26 @@ enum Next {
 /// hundred bytes big. Reading and answering a request is one boxed future, allocated when
 /// bytes arrive (10,000 idle connections cost a few MiB, not the size of the request path
 /// times 10,000).
-pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::SocketAddr) {
+pub async fn serve(worker: Rc<Worker>, mut sock: Socket, peer: std::net::SocketAddr) {
     // Limits as they are now (SIGHUP may change them for later connections).
     let limits = worker.shared.live.limits();
     let pool = &worker.buffers;
-    let policy = sendfile::Policy::for_peer(
-        worker.shared.config.sendfile,
-        || sock.local_addr().ok(),
-        peer,
-    );
+    let policy = match &sock {
+        // TLS: every byte goes through the TLS writer.
+        Socket::Tls(_) => sendfile::Policy::Never,
+        Socket::Plain(tcp) => sendfile::Policy::for_peer(
+            worker.shared.config.sendfile,
+            || tcp.local_addr().ok(),
+            peer,
+        ),
+    };
     // Pipelined bytes not yet answered; empty (and unallocated) while idle.
     let mut buf: Vec<u8> = Vec::new();
     // What the head buffer holds past its first size, out of the worker's budget; released
     // with the buffer, or when the connection ends.
     let room = pool.head_room();
     loop {
-        if buf.is_empty() && !idle(&worker, &sock).await {
+        if buf.is_empty() && !idle(&worker, &mut sock).await {
             room.give(buf);
             return;
         }
@@ -93,11 +97,15 @@ pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::Sock
 
 /// Wait for the next request's first bytes. `false`: draining, or the socket was shut down
 /// (idle past the keep-alive timeout, or drained: see [`crate::worker::Idle`]) or failed.
-async fn idle(worker: &Worker, sock: &TcpStream) -> bool {
+async fn idle(worker: &Worker, sock: &mut Socket) -> bool {
     use std::os::fd::AsRawFd;
     if worker.shared.drain.is_draining() {
         return false;
     }
+    if sock.has_pending() {
+        return true;
+    }
+    let sock = sock.tcp();
     let _slot = worker.idle.enter(sock.as_raw_fd());
     // Bounded by events: each turn waits for readiness, and only a spurious wake repeats.
     loop {
@@ -143,10 +151,14 @@ fn peek(fd: std::os::fd::RawFd) -> Peek {
 
 /// Shut our side for writing, then read and drop what the client still sends until it closes,
 /// within [`LINGER_TIME`] and [`LINGER_BYTES`]; the connection closes when this returns.
-async fn linger(sock: &mut TcpStream, mut buf: Vec<u8>, pool: &Buffers, room: &HeadRoom<'_>) {
+async fn linger(sock: &mut Socket, mut buf: Vec<u8>, pool: &Buffers, room: &HeadRoom<'_>) {
     use std::os::fd::AsRawFd;
+    if let Socket::Tls(t) = sock {
+        // Within the linger time: a client that reads nothing cannot hold us here.
+        let _ = monoio::time::timeout(LINGER_TIME, t.close_notify()).await;
+    }
     // SAFETY: our own socket; shutting its write side sends FIN after the answer.
-    unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_WR) };
+    unsafe { libc::shutdown(sock.tcp().as_raw_fd(), libc::SHUT_WR) };
     let deadline = Instant::now() + LINGER_TIME;
     let mut left = LINGER_BYTES;
     buf.clear();
@@ -177,7 +189,7 @@ async fn linger(sock: &mut TcpStream, mut buf: Vec<u8>, pool: &Buffers, room: &H
 /// after this request's head (pipelined requests).
 async fn exchange(
     worker: &Rc<Worker>,
-    sock: &mut TcpStream,
+    sock: &mut Socket,
     peer: std::net::SocketAddr,
     policy: sendfile::Policy,
     buf: Vec<u8>,
@@ -221,7 +233,13 @@ async fn exchange(
                 via: via_of(&head, &buf),
                 range: head.range.and_then(|r| parse_range(r.of(&buf))),
             };
-            proxy::serve(worker, &req, &mut x).await
+            let authorization = head.authorization.map(|a| a.of(&buf));
+            match crate::auth::gate(&worker.shared.live, &req.route, authorization, peer, &mut x)
+                .await
+            {
+                Ok(true) => proxy::serve(worker, &req, &mut x).await,
+                refused => refused.map(|_| ()),
+            }
         }
         Ok(None) => x
             .send_full(
@@ -326,7 +344,7 @@ fn accept_of(head: &Head, buf: &[u8]) -> Option<String> {
 /// `limits.head_bytes_max`, each growth claimed from the worker's budget through `room` (the
 /// buffer is held for the whole exchange: the parsed head points into it). No room left: 503.
 async fn read_head(
-    sock: &mut TcpStream,
+    sock: &mut Socket,
     mut buf: Vec<u8>,
     limits: &crate::limits::Limits,
     pool: &Buffers,

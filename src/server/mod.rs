@@ -273,7 +273,9 @@ async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener) {
                 let slot = ConnSlot(worker.clone());
                 monoio::spawn(async move {
                     let w = slot.0.clone();
-                    conn::serve(w, stream, peer).await;
+                    if let Some(sock) = front_door(&w, stream, peer).await {
+                        conn::serve(w, sock, peer).await;
+                    }
                     drop(slot);
                 });
             }
@@ -285,6 +287,28 @@ async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener) {
         }
     }
     drop(listener);
+}
+
+/// A plain connection as it is; with `http.tls`, its handshake, within the head timeout (a
+/// client that stalls it is closed like a slow head). `None`: the handshake failed (its alert,
+/// if any, is sent) and the connection closes.
+async fn front_door(
+    worker: &Worker,
+    stream: monoio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<crate::http::socket::Socket> {
+    use crate::http::socket::Socket;
+    let Some(tls) = worker.shared.live.tls.get() else {
+        return Some(Socket::Plain(stream));
+    };
+    let deadline = worker.shared.live.limits.read().unwrap().head_timeout;
+    match crate::tls::TlsStream::accept(stream, tls.current(), deadline).await {
+        Ok(s) => Some(Socket::Tls(Box::new(s))),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+    }
 }
 
 /// Over the connection cap: a short 503 and close.

@@ -75,6 +75,8 @@ pub struct Head {
     /// replaces the last kept.
     pub via: [Span; VIA_MAX],
     pub via_count: usize,
+    /// `Authorization` (client authentication, [`crate::auth`]); at most one.
+    pub authorization: Option<Span>,
     /// The request declares a body (Content-Length > 0 or Transfer-Encoding).
     pub has_body: bool,
 }
@@ -219,6 +221,7 @@ pub fn parse_request<'b>(
         range: None,
         via: [Span::default(); VIA_MAX],
         via_count: 0,
+        authorization: None,
         has_body: false,
     };
     let mut hosts = 0;
@@ -257,6 +260,11 @@ pub fn parse_request<'b>(
                 return Err(bad("duplicate Range"));
             }
             head.range = Some(Span::within(buf, h.value));
+        } else if name.eq_ignore_ascii_case("authorization") {
+            if head.authorization.is_some() {
+                return Err(bad("duplicate Authorization"));
+            }
+            head.authorization = Some(Span::within(buf, h.value));
         } else if name.eq_ignore_ascii_case("via") {
             let i = head.via_count.min(VIA_MAX - 1);
             head.via[i] = Span::within(buf, h.value);

@@ -1,0 +1,351 @@
+//! `auth.htpasswd`: Basic credentials checked against the bcrypt entries of an htpasswd file
+//! (as the reference registry, which takes bcrypt only; other entries are reported at start
+//! and ignored). The file is read at start and on SIGHUP.
+//!
+//! A bcrypt check costs tens of milliseconds of a core, so it never runs on an event loop: it
+//! is a job on [`crate::jobs`], at most [`AUTH_CHECKS_INFLIGHT_MAX`] per worker at once, and
+//! concurrent requests with the same credentials wait for one check. A success is remembered
+//! by the worker for [`AUTH_CACHE_TTL`] ([`AUTH_CACHE_MAX`] entries) under an HMAC of user and
+//! password with a key made at start: the password itself is never kept.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+use super::Reason;
+use crate::limits::{AUTH_CACHE_MAX, AUTH_CACHE_TTL, AUTH_CHECKS_INFLIGHT_MAX, HTPASSWD_BYTES_MAX};
+
+/// A bcrypt hash checked against when the user is unknown, so that an unknown user takes as
+/// long as a wrong password (cost 10, of the password "x").
+const DUMMY_HASH: &str = "$2y$10$h9bUEKDyX3VnyCIzhWT8TulhumZ3UPfoATDsHrt2SXo2JJ6943Xxe";
+
+pub struct Htpasswd {
+    realm: RwLock<String>,
+    /// user → bcrypt hash.
+    users: RwLock<Arc<HashMap<String, String>>>,
+    /// Bumped on reload: every worker forgets what it verified against older entries.
+    generation: AtomicU64,
+}
+
+impl Htpasswd {
+    pub fn load(realm: &str, path: &Path) -> Result<(Htpasswd, Vec<String>), String> {
+        let (users, notes) = read(path)?;
+        Ok((
+            Htpasswd {
+                realm: RwLock::new(realm.to_string()),
+                users: RwLock::new(Arc::new(users)),
+                generation: AtomicU64::new(0),
+            },
+            notes,
+        ))
+    }
+
+    pub fn reload(&self, realm: &str, path: &Path) -> Result<Vec<String>, String> {
+        let (users, notes) = read(path)?;
+        *self.users.write().unwrap() = Arc::new(users);
+        *self.realm.write().unwrap() = realm.to_string();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(notes)
+    }
+
+    pub fn challenge(&self) -> String {
+        format!("Basic realm=\"{}\"", self.realm.read().unwrap())
+    }
+
+    /// Check a request's `Authorization` value. `within`: how long to wait for a check slot.
+    pub async fn check(
+        &self,
+        authorization: Option<&[u8]>,
+        within: Duration,
+    ) -> Result<(), Reason> {
+        let value = authorization.ok_or(Reason::Missing)?;
+        let (user, password) = basic(value).ok_or(Reason::Malformed)?;
+        let generation = self.generation.load(Ordering::Acquire);
+        let key = cache_key(&user, &password);
+        let now = Instant::now();
+        if LOCAL.with(|l| l.borrow_mut().verified(&key, generation, now)) {
+            return Ok(());
+        }
+        // One check per (user, password) at a time on this worker: the others wait for it.
+        let flight = match LOCAL.with(|l| l.borrow().flying.get(&key).cloned()) {
+            Some(f) => f,
+            None => {
+                let hash = self.users.read().unwrap().get(&user).cloned();
+                let known = hash.is_some();
+                let hash = hash.unwrap_or_else(|| DUMMY_HASH.to_string());
+                let slots = SLOTS.with(|s| s.clone());
+                if !slots.take(within).await {
+                    return Err(Reason::Busy);
+                }
+                let flight = Arc::new(Flight::default());
+                LOCAL.with(|l| l.borrow_mut().flying.insert(key, flight.clone()));
+                let job = flight.clone();
+                crate::jobs::spawn(move || {
+                    let ok = known && bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false);
+                    *job.result.lock().unwrap() = Some(ok);
+                    job.done.notify(usize::MAX);
+                    slots.give();
+                });
+                flight
+            }
+        };
+        let ok = flight.wait().await;
+        LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            if l.flying.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                l.flying.remove(&key);
+                if ok {
+                    l.remember(key, generation, now);
+                }
+            }
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(Reason::Credentials)
+        }
+    }
+}
+
+/// `Basic <base64(user:password)>` (RFC 7617); `None` if it is not that.
+fn basic(value: &[u8]) -> Option<(String, String)> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// HMAC-SHA256 of user and password under a key made once per process.
+fn cache_key(user: &str, password: &str) -> [u8; 32] {
+    static KEY: OnceLock<ring::hmac::Key> = OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let rng = ring::rand::SystemRandom::new();
+        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
+            .unwrap_or_else(|_| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"ringcache"))
+    });
+    let mut ctx = ring::hmac::Context::with_key(key);
+    ctx.update(&(user.len() as u64).to_le_bytes());
+    ctx.update(user.as_bytes());
+    ctx.update(password.as_bytes());
+    let tag = ctx.sign();
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// One bcrypt check in progress: its result, set by the job (on a pool thread).
+#[derive(Default)]
+struct Flight {
+    result: Mutex<Option<bool>>,
+    done: event_listener::Event,
+}
+
+impl Flight {
+    async fn wait(&self) -> bool {
+        // Bounded: the job always ends and sets the result; each turn is one wake.
+        loop {
+            let listener = self.done.listen();
+            if let Some(ok) = *self.result.lock().unwrap() {
+                return ok;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// A worker's check slots ([`AUTH_CHECKS_INFLIGHT_MAX`]), given back by the job itself, so a
+/// client that leaves mid-check does not free a slot whose job still runs.
+#[derive(Default)]
+struct Slots {
+    busy: AtomicUsize,
+    freed: event_listener::Event,
+}
+
+impl Slots {
+    async fn take(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let listener = self.freed.listen();
+            let n = self.busy.load(Ordering::Acquire);
+            if n < AUTH_CHECKS_INFLIGHT_MAX {
+                if self
+                    .busy
+                    .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return true;
+                }
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || monoio::time::timeout(left, listener).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    fn give(&self) {
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify(1);
+    }
+}
+
+/// What one worker verified, and its checks in flight.
+#[derive(Default)]
+struct Local {
+    /// key → (generation, verified at).
+    verified: HashMap<[u8; 32], (u64, Instant)>,
+    flying: HashMap<[u8; 32], Arc<Flight>>,
+}
+
+impl Local {
+    fn verified(&mut self, key: &[u8; 32], generation: u64, now: Instant) -> bool {
+        match self.verified.get(key) {
+            Some((g, at)) if *g == generation && now.duration_since(*at) < AUTH_CACHE_TTL => true,
+            Some(_) => {
+                self.verified.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember(&mut self, key: [u8; 32], generation: u64, now: Instant) {
+        if self.verified.len() >= AUTH_CACHE_MAX {
+            self.verified
+                .retain(|_, (g, at)| *g == generation && now.duration_since(*at) < AUTH_CACHE_TTL);
+        }
+        if self.verified.len() >= AUTH_CACHE_MAX {
+            // Still full of live entries: start over (each costs one more check, no more).
+            self.verified.clear();
+        }
+        self.verified.insert(key, (generation, now));
+    }
+}
+
+thread_local! {
+    /// Per worker (a worker is one thread).
+    static LOCAL: RefCell<Local> = RefCell::new(Local::default());
+    static SLOTS: Arc<Slots> = Arc::new(Slots::default());
+}
+
+/// Read an htpasswd file: bcrypt entries, and a note for each line that is not one.
+fn read(path: &Path) -> Result<(HashMap<String, String>, Vec<String>), String> {
+    use std::io::Read;
+    let key = "auth.htpasswd.path";
+    let f = std::fs::File::open(path).map_err(|e| format!("{key}: {}: {e}", path.display()))?;
+    let mut text = String::new();
+    f.take(HTPASSWD_BYTES_MAX + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{key}: {}: {e}", path.display()))?;
+    if text.len() as u64 > HTPASSWD_BYTES_MAX {
+        return Err(format!(
+            "{key}: {}: larger than {HTPASSWD_BYTES_MAX} bytes",
+            path.display()
+        ));
+    }
+    Ok(parse(&text, &path.display().to_string()))
+}
+
+/// The bcrypt entries of an htpasswd text; a note for each other line.
+pub fn parse(text: &str, name: &str) -> (HashMap<String, String>, Vec<String>) {
+    let mut users = HashMap::new();
+    let mut notes = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((user, hash)) = line.split_once(':') else {
+            notes.push(format!("{name}:{}: not user:hash; ignored", i + 1));
+            continue;
+        };
+        let bcrypt = ["$2a$", "$2b$", "$2x$", "$2y$"]
+            .iter()
+            .any(|p| hash.starts_with(p));
+        if !bcrypt {
+            notes.push(format!(
+                "{name}:{}: user {:?} is not a bcrypt entry (only bcrypt is accepted, as by the reference registry); ignored: re-create it with htpasswd -B",
+                i + 1,
+                user.escape_debug().to_string()
+            ));
+            continue;
+        }
+        users.insert(user.to_string(), hash.to_string());
+    }
+    (users, notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_values_parse_or_not() {
+        let enc = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        for (value, want) in [
+            (
+                format!("Basic {}", enc("bob:hunter2")),
+                Some(("bob", "hunter2")),
+            ),
+            (format!("basic  {}", enc("bob:a:b")), Some(("bob", "a:b"))),
+            (format!("Basic {}", enc("bob")), None),
+            ("Basic !!!".to_string(), None),
+            (format!("Bearer {}", enc("bob:x")), None),
+            ("Basic".to_string(), None),
+        ] {
+            let got = basic(value.as_bytes());
+            let got = got.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+            assert_eq!(got, want, "{value}");
+        }
+    }
+
+    #[test]
+    fn only_bcrypt_entries_are_taken_and_the_rest_reported() {
+        let text = "# users\nbob:$2y$05$abcdefghijklmnopqrstuu5Xq1bW2Y3Z4a5b6c7d8e9f0g1h2i3j4k\nmd5:$apr1$x$y\nsha:{SHA}abc\n\nnocolon\nalice:$2b$10$zzz\n";
+        let (users, notes) = parse(text, "f");
+        let mut names: Vec<_> = users.keys().cloned().collect();
+        names.sort();
+        assert_eq!(names, ["alice", "bob"]);
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(
+            notes[0].contains("f:3") && notes[0].contains("\"md5\""),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn the_dummy_hash_is_a_valid_bcrypt_hash() {
+        assert!(bcrypt::verify("x", DUMMY_HASH).unwrap());
+    }
+
+    #[test]
+    fn keys_differ_by_user_and_password_and_the_cache_is_bounded() {
+        assert_ne!(cache_key("ab", "c"), cache_key("a", "bc"));
+        assert_eq!(cache_key("a", "b"), cache_key("a", "b"));
+        let mut l = Local::default();
+        let now = Instant::now();
+        for i in 0..(AUTH_CACHE_MAX + 10) {
+            l.remember(cache_key(&i.to_string(), "p"), 0, now);
+            assert!(l.verified.len() <= AUTH_CACHE_MAX);
+        }
+        let k = cache_key("x", "p");
+        l.remember(k, 0, now);
+        assert!(l.verified(&k, 0, now));
+        assert!(!l.verified(&k, 1, now), "a reload forgets");
+        l.remember(k, 0, now);
+        assert!(!l.verified(&k, 0, now + AUTH_CACHE_TTL), "expired");
+    }
+}
