@@ -72,10 +72,11 @@ fn unused_reference_keys_are_noted_not_refused() {
 #[test]
 fn refused_sections_name_themselves() {
     for (yaml, key) in [
-        ("http: {tls: {certificate: /c, key: /k}}", "http.tls"),
-        ("auth: {htpasswd: {realm: r, path: /p}}", "auth"),
-        ("auth: {token: {realm: r}}", "auth"),
-        ("auth: {silly: {realm: r}}", "auth"),
+        ("auth: {silly: {realm: r}}", "auth.silly"),
+        (
+            "http: {tls: {letsencrypt: {email: a@b}}}",
+            "http.tls.letsencrypt",
+        ),
         ("storage: {s3: {bucket: b}}", "storage.s3"),
         (
             "storage: {azure: {accountname: a}, filesystem: {rootdirectory: /x}}",
@@ -94,6 +95,91 @@ fn refused_sections_name_themselves() {
     }
     let e = Config::from_yaml("proxy: {remoteurl: http://x, exec: {command: helper}}").unwrap_err();
     assert_eq!(e.key, "proxy.exec");
+}
+
+/// `http.tls` and `auth`: read as the reference spells them; what ringcache cannot honour is
+/// refused by name, at start (the files themselves are loaded by `tls` and `auth`).
+#[test]
+fn front_door_keys() {
+    let c = with_up(
+        "http: {tls: {certificate: /c.pem, key: /k.pem, clientcas: [/ca1.pem, /ca2.pem], minimumtls: tls1.3, \
+         ciphersuites: [TLS_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305]}}\n\
+         auth: {token: {realm: 'https://t.example/token', service: reg, issuer: iss, rootcertbundle: /b.pem}}\n",
+    )
+    .unwrap();
+    let tls = c.tls.clone().unwrap();
+    assert_eq!(tls.certificate, PathBuf::from("/c.pem"));
+    assert_eq!(
+        tls.client_cas,
+        [PathBuf::from("/ca1.pem"), PathBuf::from("/ca2.pem")]
+    );
+    assert_eq!(tls.minimum, TlsVersion::Tls13);
+    assert_eq!(tls.cipher_suites, [0x1301, 0xcca8]);
+    assert_eq!(
+        c.auth,
+        Some(AuthConfig::Token {
+            realm: "https://t.example/token".into(),
+            service: "reg".into(),
+            issuer: "iss".into(),
+            root_cert_bundle: PathBuf::from("/b.pem"),
+        })
+    );
+    let e = c.effective();
+    assert_eq!(e["http"]["tls"]["minimumtls"], "tls1.3");
+    assert_eq!(e["auth"]["token"]["service"], "reg");
+    // Defaults: tls1.2, rustls's suites, no client certificates; cipherSuites is the same key.
+    let c = with_up("http: {tls: {certificate: /c, key: /k, cipherSuites: [tls_aes_256_gcm_sha384]}}\nauth: {htpasswd: {realm: r, path: /p}}").unwrap();
+    let tls = c.tls.unwrap();
+    assert_eq!((tls.minimum, tls.client_cas.len()), (TlsVersion::Tls12, 0));
+    assert_eq!(tls.cipher_suites, [0x1302]);
+    assert_eq!(c.auth.unwrap().kind(), "htpasswd");
+    // From the environment, as the reference's variables.
+    let env = [
+        (
+            "REGISTRY_HTTP_TLS_CERTIFICATE".to_string(),
+            "/e.pem".to_string(),
+        ),
+        ("REGISTRY_HTTP_TLS_KEY".to_string(), "/e.key".to_string()),
+    ];
+    let c = Config::from_yaml_env(UP, env).unwrap();
+    assert_eq!(c.tls.unwrap().key, PathBuf::from("/e.key"));
+    // Empty sections configure nothing.
+    let c = with_up("http: {tls: {}}\nauth: {htpasswd: {}}").unwrap();
+    assert_eq!((c.tls, c.auth), (None, None));
+
+    for (yaml, key, says) in [
+        ("http: {tls: {key: /k}}", "http.tls.certificate", "required"),
+        ("http: {tls: {certificate: /c}}", "http.tls.key", "required"),
+        ("http: {tls: {certificate: /c, key: /k, minimumtls: tls1.0}}", "http.tls.minimumtls", "below 1.2"),
+        ("http: {tls: {certificate: /c, key: /k, minimumtls: ssl3}}", "http.tls.minimumtls", "not tls1.2"),
+        (
+            "http: {tls: {certificate: /c, key: /k, ciphersuites: [TLS_RSA_WITH_AES_128_CBC_SHA]}}",
+            "http.tls.ciphersuites",
+            "\"TLS_RSA_WITH_AES_128_CBC_SHA\" is not offered by rustls",
+        ),
+        (
+            "http: {tls: {certificate: /c, key: /k, minimumtls: tls1.3, ciphersuites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]}}",
+            "http.tls.ciphersuites",
+            "no suite would be left",
+        ),
+        ("http: {tls: {certificate: /c, key: /k, ocsp: x}}", "http.tls.ocsp", "unknown key"),
+        ("http: {tls: {letsencrypt: {cachefile: /x}}}", "http.tls.letsencrypt", "ACME"),
+        ("auth: {silly: {realm: r, service: s}}", "auth.silly", "not supported"),
+        ("auth: {ldap: {url: x}}", "auth.ldap", "unknown auth type"),
+        ("auth: {htpasswd: {path: /p}}", "auth.htpasswd.realm", "required"),
+        ("auth: {htpasswd: {realm: r}}", "auth.htpasswd.path", "required"),
+        ("auth: {token: {realm: r, service: s, issuer: i}}", "auth.token.rootcertbundle", "required"),
+        ("auth: {token: {realm: r, service: s, rootcertbundle: /b}}", "auth.token.issuer", "required"),
+        (
+            "auth: {htpasswd: {realm: r, path: /p}, token: {realm: r, service: s, issuer: i, rootcertbundle: /b}}",
+            "auth",
+            "one scheme",
+        ),
+    ] {
+        let e = with_up(yaml).map(|_| ()).unwrap_err();
+        assert_eq!(e.key, key, "{yaml}: {e}");
+        assert!(e.message.contains(says), "{yaml}: {e}");
+    }
 }
 
 /// A missing or misspelled upstream is never read as Docker Hub.
@@ -309,9 +395,12 @@ fn environment_overrides() {
     assert_eq!(bad.key, "proxy.ttl");
     assert!(bad.message.contains("(set by REGISTRY_PROXY_TTL)"), "{bad}");
     // A refused section is refused from the environment too.
+    let bad = Config::from_yaml_env(UP, env("REGISTRY_AUTH_SILLY_REALM", "r")).unwrap_err();
+    assert_eq!(bad.key, "auth.silly");
+    assert!(bad.message.contains("REGISTRY_AUTH_SILLY_REALM"), "{bad}");
+    // A half-configured section from the environment names what is missing.
     let bad = Config::from_yaml_env(UP, env("REGISTRY_AUTH_HTPASSWD_PATH", "/p")).unwrap_err();
-    assert_eq!(bad.key, "auth");
-    assert!(bad.message.contains("REGISTRY_AUTH_HTPASSWD_PATH"), "{bad}");
+    assert_eq!(bad.key, "auth.htpasswd.realm");
     // The upstream may come from the environment alone.
     let c = Config::from_yaml_env("", env("REGISTRY_PROXY_REMOTEURL", "http://e.example")).unwrap();
     assert_eq!(c.upstream.url.origin.host, "e.example");

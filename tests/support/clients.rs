@@ -212,6 +212,22 @@ impl Containerd {
     /// Start containerd with each `(registry, mirror)`: pulls from `registry` go to `mirror`
     /// (plain HTTP), and never anywhere else.
     pub fn start(mirrors: &[(&str, SocketAddr)]) -> Containerd {
+        let hosts: Vec<(&str, String)> = mirrors
+            .iter()
+            .map(|(registry, mirror)| (*registry, format!("[host.\"http://{mirror}\"]\n")))
+            .collect();
+        Containerd::boot(&hosts)
+    }
+
+    /// Start containerd with `registry` mirrored to ringcache over TLS at `mirror`, trusting
+    /// the CA certificate `ca` (hosts.toml `ca`).
+    pub fn start_tls(registry: &str, mirror: SocketAddr, ca: &Path) -> Containerd {
+        let host = format!("[host.\"https://{mirror}\"]\n  ca = \"{}\"\n", ca.display());
+        Containerd::boot(&[(registry, host)])
+    }
+
+    /// Start containerd; each `(registry, host table)` is a hosts.toml mirror entry.
+    fn boot(mirrors: &[(&str, String)]) -> Containerd {
         require_root_and(&["containerd", "ctr", "unshare"]);
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -256,7 +272,7 @@ disabled_plugins = [
         std::fs::create_dir_all(d.join("tmp")).unwrap();
         std::fs::write(d.join("config.toml"), config).unwrap();
         let hosts = d.join("hosts.d");
-        for (registry, mirror) in mirrors {
+        for (registry, host) in mirrors {
             // containerd's hosts.toml: the mirror first (pull and resolve), then `server`,
             // a closed loopback port, so a mirror failure fails at once.
             let file = hosts.join(registry).join("hosts.toml");
@@ -264,7 +280,7 @@ disabled_plugins = [
             std::fs::write(
                 file,
                 format!(
-                    "server = \"http://127.0.0.1:1\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+                    "server = \"http://127.0.0.1:1\"\n\n{host}  capabilities = [\"pull\", \"resolve\"]\n"
                 ),
             )
             .unwrap();

@@ -6,6 +6,7 @@
 //! metric, a file's size) is polled by the one helper for that, `eventually`.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod clients;
 pub mod http;
 pub mod image;
