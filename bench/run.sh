@@ -3,7 +3,7 @@
 # nginx (sendfile), on this machine, loopback only. Installs what it needs (Debian), builds the
 # release binary, runs every scenario 3 times (bench/harness/), prints the table and writes
 # target/bench/results.jsonl (+ results.md). Takes ~10 minutes and ~12 GiB of free disk.
-# Usage: bench/run.sh [--reps N] [--secs S] [--only abcdef] [--quick]
+# Usage: bench/run.sh [--reps N] [--secs S] [--only abcdeft] [--quick]   (t: TLS vs nginx, not in the default set)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()

@@ -4,11 +4,11 @@
 //! the peers and builds the release binary; it prints one table and writes JSON lines.
 //!
 //! Run directly: cargo bench --bench harness -- --bench [--reps 3] [--secs 4] [--out FILE]
-//!   [--only a,b,c,d,e,f] [--quick]   (--quick: 256 MiB instead of 1 GiB, for a smoke run)
+//!   [--only a,b,c,d,e,f,t] [--quick]   (--quick: 256 MiB instead of 1 GiB, for a smoke run)
 //!
 //! Layout: `systems` starts and measures the systems under test, `images` makes and pushes
-//! the content, `load` generates the load, `scenarios` runs (a)–(f), `report` prints the
-//! table. Peers, ports and HTTP come from the integration tests' `tests/support`.
+//! the content, `load` generates the load, `scenarios` runs (a)–(f), `tls` runs (t) (TLS, ringcache vs
+//! nginx), `report` prints the table. Peers, ports and HTTP come from the integration tests' `tests/support`.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -18,6 +18,7 @@ mod load;
 mod report;
 mod scenarios;
 mod systems;
+mod tls;
 
 use std::path::PathBuf;
 

@@ -1,6 +1,6 @@
 //! The scenarios, each timed per system and repetition, the systems in a rotated order:
 //! (a) a cold big blob, one client; (b) a cold fan-out; (c) a warm big blob; (d) warm small
-//! objects under keep-alive load; (f) skopeo copying a real image; (e) memory under 512
+//! objects under keep-alive load; (t) TLS, ringcache vs nginx (`tls.rs`); (f) skopeo copying a real image; (e) memory under 512
 //! followers and 10,000 idle connections (last: what it allocates would stay in the other
 //! scenarios' peak RSS).
 
@@ -45,13 +45,16 @@ impl Bench<'_> {
         if only.contains('b') {
             self.cold_fan_out();
         }
-        if only.contains('c') || only.contains('d') {
+        if only.contains('c') || only.contains('d') || only.contains('t') {
             let (big, small) = self.warm_content();
             if only.contains('c') {
                 self.warm_big(&big);
             }
             if only.contains('d') {
                 self.warm_small(&small);
+            }
+            if only.contains('t') {
+                self.tls(&big, &small);
             }
         }
         if only.contains('f')
@@ -364,13 +367,13 @@ impl Bench<'_> {
 
 /// The systems in a different order each repetition (rotated), so that none always runs
 /// right after another's writes or warm-up.
-fn order<T: Copy>(all: &[T], rep: usize) -> Vec<T> {
+pub(crate) fn order<T: Copy>(all: &[T], rep: usize) -> Vec<T> {
     let mut v = all.to_vec();
     v.rotate_left(rep % all.len());
     v
 }
 
-fn blob_path(img: &Image, l: &images::Layer) -> String {
+pub(crate) fn blob_path(img: &Image, l: &images::Layer) -> String {
     format!("/v2/{}/blobs/{}", img.name, l.digest)
 }
 

@@ -25,7 +25,7 @@ impl System {
     /// reference logs a line per request, and reading those here would take CPU from the
     /// load generator (and a full pipe would stall the reference). `sh` execs the command,
     /// so the process is the system itself.
-    fn start(
+    pub(crate) fn start(
         name: &'static str,
         addr: SocketAddr,
         root: PathBuf,
@@ -53,7 +53,7 @@ impl System {
     }
 
     /// Wait until it accepts connections; if it never does, fail with its log.
-    fn wait_listening(&self) {
+    pub(crate) fn wait_listening(&self) {
         let addr = self.addr;
         if std::panic::catch_unwind(|| support::wait_port(addr)).is_err() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
