@@ -11,6 +11,8 @@
 //! |---|---|
 //! | `main.rs` | CLI: `serve`, `check-config`, `verify`; wires config → store (locked) → workers; signals |
 //! | [`server`] | the composition root: worker threads, listeners, accept loops, connection cap, drain (`server/mod.rs`); [`server::conn`]: per connection head → route → [`proxy::serve`] → access log, keep-alive, linger |
+//! | [`tls`] | TLS to clients (`http.tls`): the rustls server settings and their reload on SIGHUP; [`tls::stream`]: one connection's handshake (within the head timeout), reads and writes on the worker's loop |
+//! | [`auth`] | client authentication between route and proxy (`auth`): [`auth::htpasswd`] (Basic, bcrypt on the job pool, a per-worker cache), [`auth::token`] (Bearer JWTs against `rootcertbundle`), the 401 challenge, failures counted |
 //! | [`config`] | YAML (the reference registry's shape) → [`config::Config`]; unknown keys and unsupported sections are errors; `schema`, `yaml` walk, `env` overrides, [`config::units`] |
 //! | [`limits`] | every hard bound, each with its reason, grouped by data-path step; const asserts tie related ones |
 //! | [`live`] | what SIGHUP can change while running: limits, upstream credentials, log level |
@@ -20,7 +22,7 @@
 //! | [`buffers`] | per-worker pools of head and body buffers, and the budget for heads grown past 4 KiB |
 //! | [`jobs`] | the job pool: blocking work (O_DIRECT writes, sha256, fsync) off the event loops |
 //! | [`worker`] | a worker's context: [`worker::Shared`] (every worker's) and [`worker::Worker`] (one thread's: upstream client, buffers, kept file descriptors for hits, idle connections) |
-//! | [`http`] | `parse` (pure request heads), `body` (framing), `response` (the one writer to a client socket), `client` (the upstream exchange), `pool` (upstream connections), `connect` (resolving, TLS roots, our own listeners refused), `url` (upstream [`http::url::Url`] / `Origin`), `sink` (where upstream bytes land), `sendfile` (page cache → socket) |
+//! | [`http`] | `parse` (pure request heads), `body` (framing), `response` (the one writer to a client socket), `client` (the upstream exchange), `pool` (upstream connections), `connect` (resolving, TLS roots, our own listeners refused), `url` (upstream [`http::url::Url`] / `Origin`), `sink` (where upstream bytes land), `sendfile` (page cache → socket), `socket` (a client's socket: plain or TLS) |
 //! | [`route`] | method + path → [`route::Route`]; OCI name/tag/digest grammar |
 //! | [`media`] | manifest media types; which answer a client's `Accept` gets ([`media::Accepts`]) |
 //! | [`debug`] | the debug listener: `/metrics`, `/debug/health` (every worker, the store, upstream), manual down/up |
@@ -39,7 +41,9 @@
 //! 2. **parse** — the request head is parsed from the connection's read buffer within the
 //!    limits ([`http::parse`], [`server::conn`]). Pipelined requests are answered in order. An idle
 //!    connection waits for readability holding no buffer; buffers come from [`buffers`].
-//! 3. **route** — method + path become a [`route::Route`]; writes get 405 `UNSUPPORTED`.
+//! 3. **route** — method + path become a [`route::Route`]; writes get 405 `UNSUPPORTED`. With
+//!    `auth`, the request's credentials are checked for what the route needs ([`auth`]); over
+//!    TLS the connection's handshake came first, at accept ([`tls`]).
 //! 4. **tags** — a manifest by tag is resolved upstream with HEAD (within a freshness window,
 //!    and stale-if-error) ([`proxy`], [`store::tags`]). From here on everything is by digest.
 //! 5. **lookup** — the index says whether the digest is committed; a hit streams the file, by

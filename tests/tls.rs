@@ -508,3 +508,64 @@ fn missing_or_mismatched_files_are_clear_errors_at_check_config_and_start() {
     assert_eq!(status.code(), Some(2));
     p.wait_log("http.tls.certificate: ", Duration::from_secs(10));
 }
+
+#[test]
+fn socket_activation_serves_tls_on_the_inherited_socket() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let (up, _) = upstream_with(&[1000]);
+    let pki = Pki::new("ec");
+    let d = pki.path();
+    // The socket "systemd" passes; the config names another address, which stays unused.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = d.join("activated.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nhttp: {{addr: 127.0.0.1:{}, tls: {{certificate: {}, key: {}}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nproxy: {{remoteurl: {}}}\n",
+            support::free_port(),
+            pki.cert.display(),
+            pki.key.display(),
+            d.join("data").display(),
+            up.url()
+        ),
+    )
+    .unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "LISTEN_PID=$$ LISTEN_FDS=1 exec {} serve --config {}",
+        env!("CARGO_BIN_EXE_ringcache"),
+        cfg.display()
+    ));
+    // SAFETY: between fork and exec, only dup2 (async-signal-safe) onto fd 3, which clears
+    // its close-on-exec flag.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let rc = support::Proc::spawn(cmd);
+    rc.wait_log(
+        "serving on sockets passed by systemd",
+        Duration::from_secs(20),
+    );
+    rc.wait_log("ready", Duration::from_secs(20));
+    drop(listener);
+    assert_eq!(certs::get(addr, &pki.client(), "/v2/", &[]).status, 200);
+    let (bytes, _) = {
+        let mut plain = TcpStream::connect(addr).unwrap();
+        plain
+            .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        until_closed(plain)
+    };
+    assert!(
+        !bytes.starts_with(b"HTTP/"),
+        "plain HTTP is not served there"
+    );
+}

@@ -100,9 +100,15 @@ impl TlsStream {
 
     /// Whether a request's bytes may already be here without the socket being readable:
     /// plaintext rustls decrypted and nobody read yet, or ciphertext read and not processed.
+    /// Called as the connection turns idle: a read buffer with nothing left in it is freed
+    /// then (an idle connection holds no read buffer of ours; the next read takes a new one).
     pub fn has_pending(&mut self) -> bool {
-        self.rpos < self.rbuf.len()
-            || matches!(self.conn.reader().fill_buf(), Ok(b) if !b.is_empty())
+        if self.rpos < self.rbuf.len() {
+            return true;
+        }
+        self.rbuf = Vec::new();
+        self.rpos = 0;
+        matches!(self.conn.reader().fill_buf(), Ok(b) if !b.is_empty())
     }
 
     /// Feed rustls: what is buffered, else one socket read. `Ok(0)`: the client closed.
