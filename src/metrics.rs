@@ -337,6 +337,17 @@ pub fn render(workers: &[Counters], g: &Gauges) -> String {
             get(n)
         );
     }
+    let _ = writeln!(o, "# HELP ringcache_tls_handshake_failures_total TLS handshakes with clients that failed, by reason.\n# TYPE ringcache_tls_handshake_failures_total counter");
+    for (reason, n) in TLS_HANDSHAKE_FAILURE_REASONS
+        .iter()
+        .zip(&TLS_HANDSHAKE_FAILURES)
+    {
+        let _ = writeln!(
+            o,
+            "ringcache_tls_handshake_failures_total{{reason=\"{reason}\"}} {}",
+            get(n)
+        );
+    }
     let _ = writeln!(o, "# HELP ringcache_fills_failed_total Fills that ended without a commit, by reason.\n# TYPE ringcache_fills_failed_total counter");
     for (reason, n) in &g.fills_failed {
         let _ = writeln!(o, "ringcache_fills_failed_total{{reason=\"{reason}\"}} {n}");
@@ -372,6 +383,15 @@ pub const AUTH_FAILURE_REASONS: [&str; 10] = [
 /// Counts per [`AUTH_FAILURE_REASONS`]; process-wide (refusals are off the hit path).
 pub static AUTH_FAILURES: [AtomicU64; AUTH_FAILURE_REASONS.len()] =
     [const { AtomicU64::new(0) }; AUTH_FAILURE_REASONS.len()];
+
+/// Why a TLS handshake with a client failed (`ringcache_tls_handshake_failures_total{reason}`):
+/// not finished within the head timeout, the client closed or the socket failed, or TLS
+/// refused it (not TLS at all, no shared version or suite, no valid client certificate).
+pub const TLS_HANDSHAKE_FAILURE_REASONS: [&str; 3] = ["timeout", "io", "tls"];
+
+/// Counts per [`TLS_HANDSHAKE_FAILURE_REASONS`]; process-wide (off the hit path).
+pub static TLS_HANDSHAKE_FAILURES: [AtomicU64; TLS_HANDSHAKE_FAILURE_REASONS.len()] =
+    [const { AtomicU64::new(0) }; TLS_HANDSHAKE_FAILURE_REASONS.len()];
 
 /// Process-wide counters written off the hot path (the expiry thread, failing fills).
 #[derive(Default)]

@@ -287,11 +287,14 @@ fn until_closed(mut s: TcpStream) -> (Vec<u8>, Duration) {
 fn plain_http_garbage_and_a_stalled_handshake_are_closed_while_others_are_served() {
     let (up, _) = upstream_with(&[1000]);
     let pki = Pki::new("ec");
+    let mut env = pki.env();
+    env.push(("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0".into()));
     let rc = start(
         &up,
         "ringcache: {workers: 1, limits: {head_timeout: 2s}}\n",
-        &pki.env(),
+        &env,
     );
+    let dbg = rc.debug_addr();
     let client = pki.client();
     let mut kept = certs::connect(rc.addr, &client).unwrap();
 
@@ -337,6 +340,10 @@ fn plain_http_garbage_and_a_stalled_handshake_are_closed_while_others_are_served
         "the stalled handshake closed at the head timeout, not {took:?}"
     );
     assert_eq!(certs::get_on(&mut kept, "/v2/", &[]).unwrap().status, 200);
+    // Counted by reason: plain HTTP and the two garbage inputs, the stalled one.
+    let metric = |r: &str| format!("ringcache_tls_handshake_failures_total{{reason=\"{r}\"}}");
+    support::wait_metric(dbg, &metric("tls"), |v| v == 3.0);
+    support::wait_metric(dbg, &metric("timeout"), |v| v == 1.0);
 }
 
 #[test]

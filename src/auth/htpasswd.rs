@@ -326,6 +326,19 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Untrusted bytes (a header value, a file's text) never panic the parsers.
+        #[test]
+        fn prop_any_value_and_any_file_parse_or_not(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            text in "(?s).{0,300}",
+        ) {
+            let _ = basic(&raw);
+            let (users, _) = parse(&text, "f");
+            proptest::prop_assert!(users.values().all(|h| h.starts_with("$2")));
+        }
+    }
+
     #[test]
     fn the_dummy_hash_is_a_valid_bcrypt_hash() {
         assert!(bcrypt::verify("x", DUMMY_HASH).unwrap());

@@ -374,6 +374,29 @@ mod tests {
         assert!(kid.split(':').all(|g| g.len() == 4));
     }
 
+    proptest::proptest! {
+        /// Untrusted bytes: any Authorization value is refused without a panic (no keys, so
+        /// nothing verifies), and any bytes are a key or an error.
+        #[test]
+        fn prop_any_bearer_value_is_refused_and_any_bytes_parse_or_fail(
+            token in "[A-Za-z0-9_.=-]{0,300}",
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+        ) {
+            let t = Token {
+                settings: RwLock::new(Arc::new(Settings {
+                    realm: "r".into(),
+                    service: "s".into(),
+                    issuer: "i".into(),
+                    keys: Vec::new(),
+                })),
+            };
+            let value = format!("Bearer {token}");
+            proptest::prop_assert!(t.check(Access::Pull("a"), Some(value.as_bytes()), 0).is_err());
+            proptest::prop_assert!(t.check(Access::Base, Some(&raw), 0).is_err());
+            let _ = key_of(&raw);
+        }
+    }
+
     #[test]
     fn garbage_is_not_a_certificate_and_does_not_panic() {
         for input in [

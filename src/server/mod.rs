@@ -305,6 +305,8 @@ async fn front_door(
     match crate::tls::TlsStream::accept(stream, tls.current(), deadline).await {
         Ok(s) => Some(Socket::Tls(Box::new(s))),
         Err(e) => {
+            crate::metrics::TLS_HANDSHAKE_FAILURES[e.reason()]
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
             None
         }

@@ -41,6 +41,17 @@ pub enum HandshakeError {
     Tls(rustls::Error),
 }
 
+impl HandshakeError {
+    /// Index into [`crate::metrics::TLS_HANDSHAKE_FAILURE_REASONS`].
+    pub fn reason(&self) -> usize {
+        match self {
+            HandshakeError::Timeout => 0,
+            HandshakeError::Io(_) => 1,
+            HandshakeError::Tls(_) => 2,
+        }
+    }
+}
+
 impl std::fmt::Display for HandshakeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
