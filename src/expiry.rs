@@ -64,10 +64,15 @@ pub fn restore(shared: &Shared, loaded: &Loaded) {
             .store(now - age_ms, Ordering::Relaxed);
         restored += 1;
     }
-    let stale = Instant::now()
-        .checked_sub(shared.config.tags_fresh_for)
-        .unwrap_or_else(Instant::now);
+    let regs = shared.config.registries();
     for ((name, tag, resolved_for), (digest, mt)) in &loaded.tags {
+        // A tag of a registry no longer configured stays out (its key names no upstream).
+        let Some((u, _)) = regs.split(name) else {
+            continue;
+        };
+        let stale = Instant::now()
+            .checked_sub(shared.live.fresh_for(u))
+            .unwrap_or_else(Instant::now);
         if shared.store.index.contains(digest) {
             shared
                 .tags
@@ -79,8 +84,12 @@ pub fn restore(shared: &Shared, loaded: &Loaded) {
 
 struct Expiry {
     shared: Arc<Shared>,
-    /// In milliseconds.
+    /// In milliseconds: the shortest upstream TTL, when deadlines are armed (an entry's own
+    /// TTL is decided when its deadline fires, [`Expiry::ttl_of`]).
     ttl: Option<u64>,
+    /// Each upstream's TTL (ms; `None`: never expires), and which upstream a key is of.
+    ttls: Vec<Option<u64>>,
+    registries: crate::registry::Registries,
     wheel: Wheel<Digest>,
     timers: HashMap<Digest, TimerId>,
     /// (last access in ms when inserted, digest): the LRU order, corrected lazily.
@@ -93,13 +102,16 @@ struct Expiry {
 
 /// Run the expiry thread until `shared.stopping` is set; flushes the state before returning.
 pub fn run(shared: Arc<Shared>, changes: ChangeReceiver, journal: Journal, state: Loaded) {
-    let ttl = shared
+    let ttls: Vec<Option<u64>> = shared
         .config
-        .upstream
-        .ttl
-        .map(|d| (d.as_millis() as u64).max(1000));
+        .all_upstreams()
+        .map(|u| u.ttl.map(|d| (d.as_millis() as u64).max(1000)))
+        .collect();
+    let ttl = ttls.iter().flatten().copied().min();
     let mut x = Expiry {
         ttl,
+        ttls,
+        registries: shared.config.registries(),
         wheel: Wheel::new(now_tick()),
         timers: HashMap::new(),
         lru: BTreeSet::new(),
@@ -241,7 +253,10 @@ impl Expiry {
         let Some(entry) = self.shared.store.index.get(&digest) else {
             return;
         };
-        let Some(ttl) = self.ttl else { return };
+        // Content kept without expiry for one of its upstreams is not re-armed: it stays.
+        let Some(ttl) = self.ttl_of(&entry) else {
+            return;
+        };
         match policy::deadline(entry.last_access(), ttl, now_ms) {
             policy::Deadline::Rearm { due_ms } => {
                 self.timers
@@ -250,6 +265,27 @@ impl Expiry {
             policy::Deadline::Expire => {
                 self.remove(digest, "expired");
             }
+        }
+    }
+
+    /// An entry's TTL: the longest of the upstreams whose repositories link it (content
+    /// shared by two registries lives as long as the more patient one keeps it); the default
+    /// upstream's for an entry with no link.
+    fn ttl_of(&self, entry: &crate::store::Entry) -> Option<u64> {
+        let mut longest = None;
+        let mut any = false;
+        for repo in entry.repos() {
+            any = true;
+            let u = self.registries.upstream_of(&repo);
+            match self.ttls.get(u).copied().flatten() {
+                None => return None,
+                Some(t) => longest = longest.max(Some(t)),
+            }
+        }
+        if any {
+            longest
+        } else {
+            self.ttls.first().copied().flatten()
         }
     }
 

@@ -88,6 +88,7 @@ pub mod live;
 pub mod media;
 pub mod metrics;
 pub mod proxy;
+pub mod registry;
 pub mod route;
 pub mod server;
 pub mod service;

@@ -71,6 +71,10 @@ pub const UPSTREAM_INTERIM_MAX: usize = 16;
 pub const UPSTREAM_WARN_EVERY: Duration = Duration::from_secs(60);
 /// Subjects of such warnings remembered at once (expired ones are dropped past it).
 pub const UPSTREAM_WARN_KEYS_MAX: usize = 1024;
+/// Upstreams one ringcache mirrors (the default and `ringcache.upstreams`): each worker keeps
+/// per-upstream counters in fixed arrays of this size, so that the hit path indexes and never
+/// allocates or locks; 32 is several times what an edge node mirrors.
+pub const UPSTREAMS_MAX: usize = 32;
 /// Redirects followed for one upstream request (Docker Hub uses one, to its CDN).
 pub const REDIRECTS_MAX: usize = 10;
 /// Idle upstream connections kept per worker per origin.

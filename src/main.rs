@@ -333,20 +333,47 @@ fn reload(shared: &Shared, path: Option<&PathBuf>) {
             None => restart.push("log.level"),
         }
     }
-    let creds = new
-        .upstream
-        .username
-        .clone()
-        .zip(new.upstream.password.clone());
-    if creds != *shared.live.credentials.read().unwrap() {
-        *shared.live.credentials.write().unwrap() = creds;
-        applied.push("proxy.username/password");
+    // Per upstream: credentials, CA files, tag freshness. The set of upstreams (and their
+    // remote URLs) changes only with a restart: workers hold a client per upstream.
+    let same_upstreams = new.registries() == shared.registries
+        && new
+            .all_upstreams()
+            .zip(old.all_upstreams())
+            .all(|(n, o)| n.url == o.url);
+    if same_upstreams {
+        let creds = ringcache::live::credentials_of(&new);
+        if creds != *shared.live.credentials.read().unwrap() {
+            *shared.live.credentials.write().unwrap() = creds;
+            applied.push("upstream credentials (username/password)");
+        }
+        let cas: Vec<_> = new.all_upstreams().map(|u| u.ca_file.clone()).collect();
+        let cas_before: Vec<_> = old.all_upstreams().map(|u| u.ca_file.clone()).collect();
+        // CA files are re-read on every reload (a rotated CA keeps its path).
+        match ringcache::live::tls_of(&new) {
+            Ok(tls) => {
+                *shared.live.tls.write().unwrap() = tls;
+                if cas.iter().any(Option::is_some) || cas != cas_before {
+                    applied.push("upstream CA files (ca_file)");
+                }
+            }
+            Err(e) => tracing::error!("upstream CA files not reloaded, keeping the old ones: {e}"),
+        }
+        for (u, up) in new.all_upstreams().enumerate() {
+            if let Some(a) = shared.live.fresh_for_ms.get(u) {
+                let ms = up.tags_fresh_for.as_millis() as u64;
+                if a.swap(ms, std::sync::atomic::Ordering::Relaxed) != ms {
+                    applied.push("tags.fresh_for");
+                }
+            }
+        }
+    } else {
+        restart.push("proxy.remoteurl / ringcache.upstreams (the set of upstreams)");
     }
     if new.limits != shared.live.limits() {
         *shared.live.limits.write().unwrap() = new.limits.clone();
         applied.push("ringcache.limits");
     }
-    let checks: [(&str, bool); 15] = [
+    let checks: [(&str, bool); 13] = [
         ("http.addr", new.http_addr != old.http_addr),
         ("log.accesslog.disabled", new.access_log != old.access_log),
         ("http.debug.addr", new.debug_addr != old.debug_addr),
@@ -355,17 +382,19 @@ fn reload(shared: &Shared, path: Option<&PathBuf>) {
             "storage.filesystem.rootdirectory",
             new.root_dir != old.root_dir,
         ),
-        ("proxy.remoteurl", new.upstream.url != old.upstream.url),
-        ("proxy.ttl", new.upstream.ttl != old.upstream.ttl),
         (
-            "ringcache.upstream.ca_file",
-            new.upstream.ca_file != old.upstream.ca_file,
+            "proxy.ttl / ringcache.upstreams.*.ttl",
+            new.all_upstreams()
+                .map(|u| u.ttl)
+                .ne(old.all_upstreams().map(|u| u.ttl)),
+        ),
+        (
+            "ringcache.upstream.token_realms",
+            new.all_upstreams()
+                .map(|u| &u.token_realms)
+                .ne(old.all_upstreams().map(|u| &u.token_realms)),
         ),
         ("ringcache.workers", new.workers != old.workers),
-        (
-            "ringcache.tags.fresh_for",
-            new.tags_fresh_for != old.tags_fresh_for,
-        ),
         (
             "ringcache.storage",
             (
@@ -417,8 +446,8 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     // Signals are blocked before any thread starts (every thread inherits the mask) and taken
     // by one thread with sigwait, which starts the drain; a second signal stops at once.
     let signals = block_signals();
-    let tls = ringcache::http::connect::tls_config(config.upstream.ca_file.as_deref())
-        .map_err(|e| anyhow::anyhow!("upstream TLS setup: {e}"))?;
+    let tls =
+        ringcache::live::tls_of(&config).map_err(|e| anyhow::anyhow!("upstream TLS setup: {e}"))?;
     let mut store = ringcache::store::Store::open(&config.root_dir)
         .with_context(|| format!("opening the store at {}", config.root_dir.display()))?;
     store.direct_ingest = config.direct_writes;
@@ -447,6 +476,9 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         ringcache::upstream::note_listener(l.local_addr()?);
     }
     tracing::info!(upstream = %config.upstream.url, workers = config.workers, "listening on {addr}");
+    for u in &config.upstreams {
+        tracing::info!(registry = %u.registry, upstream = %u.url, ns = ?u.forward_ns(), "mirroring");
+    }
     let (journal, loaded) = ringcache::store::state::Journal::open(&config.root_dir.join("state"))
         .with_context(|| {
             format!(
@@ -463,13 +495,13 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         heartbeats: Arc::new(ringcache::service::Heartbeats::new(config.workers)),
         counters: (0..config.workers).map(|_| Default::default()).collect(),
         tallies: Default::default(),
-        upstream_health: Default::default(),
+        upstream_health: config.all_upstreams().map(|_| Default::default()).collect(),
         health_down: Default::default(),
         driver: Default::default(),
-        live: Arc::new(ringcache::live::Reloadable::new(&config)),
+        live: Arc::new(ringcache::live::Reloadable::new(&config, tls)),
         stopping: Default::default(),
+        registries: config.registries(),
         store,
-        tls,
         config,
     });
     ringcache::expiry::restore(&shared, &loaded);

@@ -239,6 +239,7 @@ pub(super) const RINGCACHE_KEYS: &[&str] = &[
     "upstream.ca_file",
     "upstream.token_realms",
     "tags.fresh_for",
+    "upstreams",
     "state.interval",
     "storage.size_max",
     "storage.high_water_percent",

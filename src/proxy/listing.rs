@@ -50,15 +50,20 @@ pub(super) async fn tags_list(
     x.send_full(200, &headers, body).await.map_err(io)
 }
 
-/// `_catalog` lists the repositories with cached content (the cache's own view), each once
-/// under the name upstream knows it by: on Docker Hub `alpine` and `library/alpine` are one
-/// repository, listed as `library/alpine`.
-pub(super) async fn catalog(w: &Rc<Worker>, x: &mut Exchange<'_>, page: &Page) -> Result<()> {
-    let all = w
-        .shared
-        .store
-        .index
-        .repositories_as(|r| w.upstream.repo_name(r).into_owned());
+/// `_catalog` lists one upstream's repositories with cached content (the cache's own view),
+/// each once under the name upstream knows it by: on Docker Hub `alpine` and `library/alpine`
+/// are one repository, listed as `library/alpine`.
+pub(super) async fn catalog(
+    w: &Rc<Worker>,
+    x: &mut Exchange<'_>,
+    upstream: usize,
+    page: &Page,
+) -> Result<()> {
+    let regs = &w.shared.registries;
+    let all = w.shared.store.index.repositories_as(|key| {
+        let (u, name) = regs.split(key)?;
+        (u == upstream).then(|| w.upstream.get(u).repo_name(name).into_owned())
+    });
     let start = page
         .last
         .as_ref()
@@ -71,8 +76,12 @@ pub(super) async fn catalog(w: &Rc<Worker>, x: &mut Exchange<'_>, page: &Page) -
     let mut headers = vec![("Content-Type", JSON)];
     let link;
     if start + slice.len() < all.len() && !slice.is_empty() {
+        let ns = match upstream {
+            0 => String::new(),
+            u => format!("&ns={}", crate::route::percent_encode(regs.name(u))),
+        };
         link = format!(
-            "</v2/_catalog?last={}&n={n}>; rel=\"next\"",
+            "</v2/_catalog?last={}&n={n}{ns}>; rel=\"next\"",
             crate::route::percent_encode(slice[slice.len() - 1])
         );
         headers.push(("Link", &link));

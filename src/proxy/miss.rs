@@ -68,6 +68,7 @@ pub(super) async fn serve_miss(
         Joined::Lead(lease, fill) => {
             tracing::debug!(%digest, worker = w.id, "fill started; following it");
             w.counters()
+                .of(x.upstream)
                 .fills_started
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             monoio::spawn(task::run(w.clone(), lease, content, req.via.clone()));

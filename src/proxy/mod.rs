@@ -90,7 +90,7 @@ pub async fn serve(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>) -> Resul
         // Cold paths are boxed here and below, so that the connection task (one per open
         // connection) is as small as the hit path needs.
         Route::Tags { name, page } => Box::pin(tags_list(w, req, x, name, page)).await,
-        Route::Catalog { page } => Box::pin(catalog(w, x, page)).await,
+        Route::Catalog { upstream, page } => Box::pin(catalog(w, x, *upstream, page)).await,
         // Not served yet. A 404 whose code is not NAME_UNKNOWN is what the distribution-spec
         // prescribes for a registry without the API: clients fall back to the tag schema.
         Route::Referrers { .. } => Err(Error::client(

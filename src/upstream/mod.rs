@@ -36,7 +36,94 @@ pub struct Health {
     pub err_ms: std::sync::atomic::AtomicU64,
 }
 
+/// Every upstream's client on one worker, and which one a repository key belongs to
+/// ([`crate::registry`]): upstream 0 is the default (`proxy:`), the rest `ringcache.upstreams`.
+/// Each has its own connections, credentials, tokens and TLS roots: nothing of one is ever
+/// used for another.
+pub struct Upstreams {
+    registries: crate::registry::Registries,
+    all: Vec<Upstream>,
+}
+
+impl Upstreams {
+    /// One client per configured upstream, in the config's order.
+    pub fn new(
+        config: &crate::config::Config,
+        limits: &crate::limits::Limits,
+        health: &[std::sync::Arc<Health>],
+        live: &std::sync::Arc<crate::live::Reloadable>,
+    ) -> Upstreams {
+        let tls = live.tls.read().unwrap().clone();
+        let all = config
+            .all_upstreams()
+            .enumerate()
+            .map(|(i, u)| {
+                Upstream::new(
+                    i,
+                    u,
+                    Client::new(tls[i].clone(), limits.clone()),
+                    health[i].clone(),
+                    live.clone(),
+                )
+            })
+            .collect();
+        Upstreams {
+            registries: config.registries(),
+            all,
+        }
+    }
+
+    pub fn registries(&self) -> &crate::registry::Registries {
+        &self.registries
+    }
+
+    /// Upstream `u` (the default for an index out of range).
+    pub fn get(&self, u: usize) -> &Upstream {
+        self.all.get(u).unwrap_or(&self.all[0])
+    }
+
+    /// The upstream of a repository key, and the repository's name there.
+    pub fn of<'a>(&self, key: &'a str) -> (&Upstream, &'a str) {
+        match self.registries.split(key) {
+            Some((u, name)) => (self.get(u), name),
+            // Keys are built from the running config's registries; none other reaches here.
+            None => (self.get(0), key),
+        }
+    }
+
+    /// [`Upstream::send`] for repository key `key`.
+    pub async fn send(
+        &self,
+        method: &str,
+        key: &str,
+        tail: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Response> {
+        let (u, name) = self.of(key);
+        u.send(method, name, tail, headers).await
+    }
+
+    /// [`Upstream::get_range`] for repository key `key`.
+    pub async fn get_range(
+        &self,
+        key: &str,
+        tail: &str,
+        accept_via: (Option<&str>, Option<&str>),
+        from: u64,
+        to: Option<u64>,
+        unknown: Kind,
+    ) -> Result<(Response, u64)> {
+        let (u, name) = self.of(key);
+        u.get_range(name, tail, accept_via, from, to, unknown).await
+    }
+}
+
 pub struct Upstream {
+    /// Which upstream this is (its slot in [`crate::live::Reloadable`]'s per-upstream settings).
+    index: usize,
+    /// `?ns=<registry>` sent with every request to this upstream's origin, when its remote
+    /// URL is a mirror of the registry (another ringcache) rather than the registry itself.
+    ns: Option<String>,
     health: std::sync::Arc<Health>,
     live: std::sync::Arc<crate::live::Reloadable>,
     /// The reload generation this client's credentials, limits and tokens belong to.
@@ -139,15 +226,20 @@ application/vnd.docker.distribution.manifest.v2+json";
 
 impl Upstream {
     pub fn new(
+        index: usize,
         config: &UpstreamConfig,
         client: Client,
         health: std::sync::Arc<Health>,
         live: std::sync::Arc<crate::live::Reloadable>,
     ) -> Upstream {
         let host = config.url.origin.host.as_str();
-        let credentials = live.credentials.read().unwrap().clone();
+        let credentials = live.credentials(index);
         client.refuse(listeners());
         Upstream {
+            index,
+            ns: config
+                .forward_ns()
+                .map(|r| format!("ns={}", crate::route::percent_encode(r))),
             health,
             generation: std::cell::Cell::new(
                 live.generation.load(std::sync::atomic::Ordering::Acquire),
@@ -188,6 +280,7 @@ impl Upstream {
             origin: self.base.origin.clone(),
             path: format!("{base_path}/v2/{name}/{tail}"),
         };
+        self.add_ns(&mut url.path);
         // Registries redirect blob GETs, and HEADs too (Distribution answers both from the
         // same handler), to their storage's URL on another host; nothing else leaves.
         let may_leave = tail.starts_with("blobs/") && matches!(method, "GET" | "HEAD");
@@ -208,7 +301,16 @@ impl Upstream {
             origin: self.base.origin.clone(),
             path: format!("{base_path}{path}"),
         };
+        self.add_ns(&mut url.path);
         self.send_url(method, &mut url, scope, headers, false).await
+    }
+
+    /// The namespace, for a parent that mirrors several registries (see [`Upstream::ns`]).
+    fn add_ns(&self, path: &mut String) {
+        if let Some(ns) = &self.ns {
+            path.push(if path.contains('?') { '&' } else { '?' });
+            path.push_str(ns);
+        }
     }
 
     /// After a reload (SIGHUP): take the new credentials and limits, drop cached tokens.
@@ -219,7 +321,10 @@ impl Upstream {
             .load(std::sync::atomic::Ordering::Acquire);
         if now != self.generation.get() {
             self.generation.set(now);
-            *self.credentials.borrow_mut() = self.live.credentials.read().unwrap().clone();
+            *self.credentials.borrow_mut() = self.live.credentials(self.index);
+            if let Some(tls) = self.live.tls.read().unwrap().get(self.index) {
+                self.client.set_tls(tls.clone());
+            }
             self.client.set_limits(self.live.limits());
             *self.tokens.borrow_mut() = Tokens::default();
         }
