@@ -116,7 +116,7 @@ impl SendfileMode {
 #[derive(Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     /// The registry name clients write for it (`ghcr.io`, `harbor.corp:5000`); the default
-    /// upstream's is its remote URL's authority.
+    /// upstream's is `ringcache.upstream.registry`, else its remote URL's authority.
     pub registry: String,
     pub url: Url,
     pub username: Option<String>,
@@ -450,6 +450,7 @@ impl Config {
                 },
                 "state": {"interval": format_duration(self.state_interval)},
                 "upstream": {
+                    "registry": self.upstream.registry,
                     "ca_file": self.upstream.ca_file.as_ref().map(|p| p.display().to_string()),
                     "token_realms": self.upstream.token_realms.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
                 },

@@ -238,6 +238,7 @@ pub(super) const RINGCACHE_KEYS: &[&str] = &[
     "drain_timeout",
     "upstream.ca_file",
     "upstream.token_realms",
+    "upstream.registry",
     "tags.fresh_for",
     "upstreams",
     "state.interval",

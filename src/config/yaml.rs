@@ -241,6 +241,16 @@ pub(super) fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), C
                             config.upstream.ca_file = Some(PathBuf::from(string(&key, v2)?))
                         }
                         "token_realms" => config.upstream.token_realms = realms(&key, v2)?,
+                        "registry" => {
+                            let r = string(&key, v2)?;
+                            if !crate::registry::is_registry_name(r) {
+                                return Err(err(
+                                    &key,
+                                    "not a registry name: host or host:port, as clients write it (e.g. docker.io)",
+                                ));
+                            }
+                            config.upstream.registry = r.to_ascii_lowercase();
+                        }
                         _ => return Err(unknown(&key, &ringcache_children("upstream"))),
                     }
                 }

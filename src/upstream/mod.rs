@@ -248,10 +248,10 @@ impl Upstream {
             token_realms: config.token_realms.clone(),
             live,
             base: config.url.clone(),
-            docker_hub: matches!(
-                host,
-                "registry-1.docker.io" | "docker.io" | "index.docker.io"
-            ),
+            // Docker Hub's `library/` rule goes with its name, wherever the URL points (a
+            // mirror of Docker Hub, a tier).
+            docker_hub: crate::registry::DOCKER_HUB.contains(&config.registry.as_str())
+                || crate::registry::DOCKER_HUB.contains(&host),
             client,
             tokens: RefCell::new(Tokens::default()),
         }
