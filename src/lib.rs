@@ -13,7 +13,7 @@
 //! | [`server`] | the composition root: worker threads, listeners, accept loops, connection cap, drain (`server/mod.rs`); [`server::conn`]: per connection head → route → [`proxy::serve`] → access log, keep-alive, linger |
 //! | [`config`] | YAML (the reference registry's shape) → [`config::Config`]; unknown keys and unsupported sections are errors; `schema`, `yaml` walk, `env` overrides, [`config::units`] |
 //! | [`limits`] | every hard bound, each with its reason, grouped by data-path step; const asserts tie related ones |
-//! | [`live`] | what SIGHUP can change while running: limits, upstream credentials, log level |
+//! | [`live`] | what SIGHUP can change while running: limits, each upstream's credentials, CA roots and tag freshness, log level |
 //! | [`error`] | one [`error::Error`]; one table kind → OCI code + status |
 //! | [`expiry`] | the expiry thread: TTL from last use, size cap (LRU), persisted state |
 //! | [`failpoint`] | named pauses (and panics) for tests (feature `failpoints`, never in release) |
@@ -22,6 +22,7 @@
 //! | [`worker`] | a worker's context: [`worker::Shared`] (every worker's) and [`worker::Worker`] (one thread's: upstream client, buffers, kept file descriptors for hits, idle connections) |
 //! | [`http`] | `parse` (pure request heads), `body` (framing), `response` (the one writer to a client socket), `client` (the upstream exchange), `pool` (upstream connections), `connect` (resolving, TLS roots, our own listeners refused), `url` (upstream [`http::url::Url`] / `Origin`), `sink` (where upstream bytes land), `sendfile` (page cache → socket) |
 //! | [`route`] | method + path → [`route::Route`]; OCI name/tag/digest grammar |
+//! | [`registry`] | which upstream a request is for (`?ns=`, a configured path prefix, else the default) and the repository **key** that keeps every upstream's links, tags and fills apart |
 //! | [`media`] | manifest media types; which answer a client's `Accept` gets ([`media::Accepts`]) |
 //! | [`debug`] | the debug listener: `/metrics`, `/debug/health` (every worker, the store, upstream), manual down/up |
 //! | [`digest`] | the sha256 [`digest::Digest`] newtype |
@@ -30,7 +31,7 @@
 //! | [`service`] | systemd: readiness, watchdog, socket activation, open-files limit; a panic anywhere aborts the process |
 //! | [`store`] | content-addressed files, the index, ingest and commit ([`store::ingest`]: `block` memory and budget, `recent` blocks for followers, the write/hash `pipeline`, the `Ingest` and its commit), tag resolutions, each worker's kept descriptors, the changes the expiry thread journals, the root's lock, a tree walked without following links |
 //! | [`fill`] | the sharded in-flight map, the fill task, followers |
-//! | [`upstream`] | registry client: auth (Basic, Bearer), which realms get credentials, redirects, `Via` and loop refusal |
+//! | [`upstream`] | registry client: [`upstream::Upstreams`] (one client per configured registry, chosen by key), auth (Basic, Bearer), which realms get credentials, redirects, `Via` and loop refusal, `ns` to a parent tier |
 //! | [`wheel`] | hierarchical timing wheel, pure: `advance(now)` → expired keys |
 //!
 //! # The data path
@@ -39,7 +40,8 @@
 //! 2. **parse** — the request head is parsed from the connection's read buffer within the
 //!    limits ([`http::parse`], [`server::conn`]). Pipelined requests are answered in order. An idle
 //!    connection waits for readability holding no buffer; buffers come from [`buffers`].
-//! 3. **route** — method + path become a [`route::Route`]; writes get 405 `UNSUPPORTED`.
+//! 3. **route** — method + path become a [`route::Route`]; writes get 405 `UNSUPPORTED`. The
+//!    registry is chosen here ([`registry`]); from here on a repository is its key.
 //! 4. **tags** — a manifest by tag is resolved upstream with HEAD (within a freshness window,
 //!    and stale-if-error) ([`proxy`], [`store::tags`]). From here on everything is by digest.
 //! 5. **lookup** — the index says whether the digest is committed; a hit streams the file, by
