@@ -369,3 +369,36 @@ fn containerd_falls_back_to_the_next_host_for_a_registry_ringcache_does_not_mirr
     );
     assert_eq!(two.hub.blob_gets() + two.ghcr.blob_gets(), 0);
 }
+
+/// After a restart, a registry's links and tags are still its own: served with no upstream
+/// request for the content it confirmed, and still refused under the other registry.
+#[test]
+fn a_restart_keeps_each_registrys_links_apart() {
+    let hub = TestUpstream::start();
+    let ghcr = TestUpstream::start();
+    let blob = ghcr.add_blob(b"only ghcr has this".to_vec(), Fault::None);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let extra = format!(
+        "ringcache:\n  upstream: {{registry: docker.io}}\n  upstreams:\n    ghcr.io: {{remoteurl: {}}}\n",
+        ghcr.url()
+    );
+    let path = format!("/v2/team/app/blobs/{blob}?ns=ghcr.io");
+    {
+        let mut rc = Ringcache::start_at(&hub.url(), &extra, &root);
+        assert_eq!(http::get(rc.addr, &path).status, 200);
+        rc.proc.signal(libc::SIGTERM);
+        assert!(rc.proc.wait_exit(Duration::from_secs(20)).success());
+    }
+    let before = ghcr.count(&format!("GET /v2/team/app/blobs/{blob}"))
+        + ghcr.count(&format!("HEAD /v2/team/app/blobs/{blob}"));
+    let rc = Ringcache::start_at(&hub.url(), &extra, &root);
+    assert_eq!(http::get(rc.addr, &path).status, 200);
+    let after = ghcr.count(&format!("GET /v2/team/app/blobs/{blob}"))
+        + ghcr.count(&format!("HEAD /v2/team/app/blobs/{blob}"));
+    assert_eq!(after, before, "the restored link was not ghcr.io's");
+    // Docker Hub's repository of the same name never confirmed it.
+    let r = http::get(rc.addr, &format!("/v2/team/app/blobs/{blob}"));
+    assert_eq!(r.status, 404);
+    assert_eq!(hub.count(&format!("HEAD /v2/team/app/blobs/{blob}")), 1);
+}
