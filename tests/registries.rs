@@ -402,3 +402,37 @@ fn a_restart_keeps_each_registrys_links_apart() {
     assert_eq!(r.status, 404);
     assert_eq!(hub.count(&format!("HEAD /v2/team/app/blobs/{blob}")), 1);
 }
+
+/// SIGHUP reloads a table entry's credentials; the default upstream never gets them.
+#[test]
+fn sighup_reloads_an_entrys_credentials_and_they_stay_its_own() {
+    let hub = TestUpstream::start();
+    let ghcr = TestUpstream::start();
+    ghcr.require_bearer("ghcr-user", "right");
+    ghcr.add_manifest("team/app", "1", OCI_MANIFEST, b"{\"ghcr\":1}".to_vec());
+    hub.add_manifest("team/app", "1", OCI_MANIFEST, b"{\"hub\":1}".to_vec());
+    let rc = Ringcache::start(
+        &hub.url(),
+        &format!(
+            "ringcache:\n  upstream: {{registry: docker.io}}\n  upstreams:\n    ghcr.io: {{remoteurl: {}, username: ghcr-user, password: wrong}}\n",
+            ghcr.url()
+        ),
+    );
+    let get = |path: &str| http::request(rc.addr, "GET", path, &[("Accept", OCI_MANIFEST)], b"");
+    assert_eq!(get("/v2/team/app/manifests/1?ns=ghcr.io").status, 401);
+    let cfg = rc.root.with_extension("yml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("password: wrong", "password: right")).unwrap();
+    rc.proc.signal(libc::SIGHUP);
+    let line = rc.proc.wait_log("reloaded", Duration::from_secs(10));
+    assert!(line.contains("credentials"), "{line}");
+    let r = get("/v2/team/app/manifests/1?ns=ghcr.io");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"{\"ghcr\":1}"[..]));
+    assert_eq!(get("/v2/team/app/manifests/1").body, b"{\"hub\":1}");
+    // Docker Hub's upstream was never sent an Authorization header.
+    assert!(
+        hub.seen().iter().all(|(_, authz)| authz.is_none()),
+        "{:?}",
+        hub.seen()
+    );
+}
