@@ -369,6 +369,9 @@ fn reload(shared: &Shared, path: Option<&PathBuf>) {
     } else {
         restart.push("proxy.remoteurl / ringcache.upstreams (the set of upstreams)");
     }
+    if shared.live.reload_ratelimit(&new) {
+        applied.push("ringcache.ratelimit");
+    }
     if new.limits != shared.live.limits() {
         *shared.live.limits.write().unwrap() = new.limits.clone();
         applied.push("ringcache.limits");
