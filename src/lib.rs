@@ -90,6 +90,7 @@ pub mod live;
 pub mod media;
 pub mod metrics;
 pub mod proxy;
+pub mod referrers;
 pub mod registry;
 pub mod route;
 pub mod server;

@@ -493,6 +493,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         fills: ringcache::fill::Fills::new(ringcache::limits::FILLS_INFLIGHT_MAX),
         tags: Default::default(),
+        referrers: Default::default(),
         drain: Default::default(),
         changes,
         heartbeats: Arc::new(ringcache::service::Heartbeats::new(config.workers)),
