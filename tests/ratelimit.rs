@@ -154,3 +154,37 @@ fn stretching_can_be_turned_off() {
     }
     assert_eq!(rc.proc.count_log(&["upstream pull budget nearly spent"]), 0);
 }
+
+#[test]
+fn each_upstream_has_its_own_budget_and_stretch() {
+    let hub = TestUpstream::start();
+    let ghcr = TestUpstream::start();
+    let img = image::image(1, &[1000]);
+    for up in [&hub, &ghcr] {
+        up.add_manifest("a/b", "v1", MANIFEST, img.manifest.clone());
+    }
+    hub.set_ratelimit(Some((100, 1, 21600)));
+    ghcr.set_ratelimit(Some((5000, 4000, 3600)));
+    let rc = Ringcache::start_with_env(
+        &hub.url(),
+        &format!(
+            "ringcache:\n  upstream: {{registry: docker.io}}\n  tags: {{fresh_for: 0s}}\n  upstreams:\n    ghcr.io: {{remoteurl: {}}}\n",
+            ghcr.url()
+        ),
+        &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")],
+    );
+    let dbg = rc.debug_addr();
+    let get = |path: &str| http::request(rc.addr, "GET", path, &[("Accept", MANIFEST)], b"").body;
+    for _ in 0..3 {
+        assert_eq!(get("/v2/a/b/manifests/v1"), img.manifest);
+        assert_eq!(get("/v2/ghcr.io/a/b/manifests/v1"), img.manifest);
+    }
+    assert_eq!(hub.count("HEAD /v2/a/b/manifests/v1"), 1, "stretched");
+    assert_eq!(ghcr.count("HEAD /v2/a/b/manifests/v1"), 3, "not stretched");
+    let remaining = |u: &str| format!("ringcache_upstream_ratelimit_remaining{{upstream=\"{u}\"}}");
+    wait_metric(dbg, &remaining("docker.io"), |v| v == 1.0);
+    wait_metric(dbg, &remaining("ghcr.io"), |v| v == 4000.0);
+    let stretched = |u: &str| format!("ringcache_upstream_ratelimit_stretched{{upstream=\"{u}\"}}");
+    wait_metric(dbg, &stretched("docker.io"), |v| v == 1.0);
+    wait_metric(dbg, &stretched("ghcr.io"), |v| v == 0.0);
+}

@@ -359,3 +359,38 @@ fn cosign_signature_and_attestation_tags_pass_through_the_tag_path() {
         assert_eq!(h.status, 200);
     }
 }
+
+#[test]
+fn each_registry_has_its_own_referrers() {
+    let hub = TestUpstream::start();
+    let ghcr = TestUpstream::start();
+    hub.serve_referrers(Some(true));
+    ghcr.serve_referrers(Some(true));
+    // The same repository name and subject in both registries, different artifacts.
+    let img = image::image(1, &[1000]);
+    let subject = hub.add_manifest("a/b", "v1", MANIFEST, img.manifest.clone());
+    ghcr.add_manifest("a/b", "v1", MANIFEST, img.manifest.clone());
+    let on_hub = hub.add_manifest("a/b", "s", MANIFEST, artifact(&subject, 1, SIG, 31));
+    let on_ghcr = ghcr.add_manifest("a/b", "s", MANIFEST, artifact(&subject, 1, SIG, 32));
+    let rc = Ringcache::start(
+        &hub.url(),
+        &format!(
+            "ringcache:\n  upstream: {{registry: docker.io}}\n  tags: {{fresh_for: 1h}}\n  upstreams:\n    ghcr.io: {{remoteurl: {}}}\n",
+            ghcr.url()
+        ),
+    );
+    for _ in 0..2 {
+        let h = http::get(rc.addr, &format!("/v2/a/b/referrers/{subject}"));
+        assert_eq!(listed(&h), std::slice::from_ref(&on_hub));
+        let g = http::get(rc.addr, &format!("/v2/a/b/referrers/{subject}?ns=ghcr.io"));
+        assert_eq!(listed(&g), std::slice::from_ref(&on_ghcr));
+        let p = http::get(rc.addr, &format!("/v2/ghcr.io/a/b/referrers/{subject}"));
+        assert_eq!(listed(&p), std::slice::from_ref(&on_ghcr));
+    }
+    assert_eq!(hub.count("GET /v2/a/b/referrers/"), 1);
+    assert_eq!(
+        ghcr.count("GET /v2/a/b/referrers/"),
+        1,
+        "one answer per key"
+    );
+}
