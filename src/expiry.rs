@@ -38,6 +38,11 @@ fn wall_of(ms: u64) -> u64 {
 /// Apply the loaded state to a freshly scanned store: media types, links and ages for the
 /// files that exist; tags as stale resolutions (usable for stale-if-error, revalidated first).
 pub fn restore(shared: &Shared, loaded: &Loaded) {
+    // Links and tags under plain names are the default upstream's. When the default upstream
+    // stands for another registry than when they were recorded, they are not its: dropped
+    // (the new registry confirms what it has; nothing is served on the old one's word).
+    let plain_kept = default_registry_kept(shared);
+    let keep = |key: &str| plain_kept || key.contains(crate::registry::KEY_SEP);
     let ttl = shared
         .config
         .upstream
@@ -53,7 +58,7 @@ pub fn restore(shared: &Shared, loaded: &Loaded) {
         if let Some(mt) = &saved.media_type {
             entry.set_media_type(mt.as_str().into());
         }
-        for r in &saved.repos {
+        for r in saved.repos.iter().filter(|r| keep(r)) {
             entry.link(r);
         }
         // Age at save time, clamped to [0, ttl]: downtime and clock jumps do not count.
@@ -66,6 +71,9 @@ pub fn restore(shared: &Shared, loaded: &Loaded) {
     }
     let regs = shared.config.registries();
     for ((name, tag, resolved_for), (digest, mt)) in &loaded.tags {
+        if !keep(name) {
+            continue;
+        }
         // A tag of a registry no longer configured stays out (its key names no upstream).
         let Some((u, _)) = regs.split(name) else {
             continue;
@@ -80,6 +88,34 @@ pub fn restore(shared: &Shared, loaded: &Loaded) {
         }
     }
     tracing::info!(restored, tags = loaded.tags.len(), "state restored");
+}
+
+/// Whether the default upstream stands for the same registry as when the state was saved
+/// (recorded in `state/default-registry`, rewritten here); true for a store without the file.
+fn default_registry_kept(shared: &Shared) -> bool {
+    let dir = shared.config.root_dir.join("state");
+    let path = dir.join("default-registry");
+    let now = shared.registries.name(0).to_string();
+    let before = std::fs::read_to_string(&path).ok();
+    let kept = match before.as_deref().map(str::trim) {
+        None => true,
+        Some(b) => b == now,
+    };
+    if !kept {
+        tracing::warn!(
+            before = %before.as_deref().unwrap_or("").trim(),
+            now = %now,
+            "the default upstream stands for another registry than when the cache was written: its repositories' links and tags are dropped (content stays, confirmed again by the new registry)"
+        );
+    }
+    let tmp = dir.join("default-registry.tmp");
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&tmp, format!("{now}\n")))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "cannot record the default upstream's registry name");
+    }
+    kept
 }
 
 struct Expiry {

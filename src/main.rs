@@ -335,39 +335,69 @@ fn reload(shared: &Shared, path: Option<&PathBuf>) {
     }
     // Per upstream: credentials, CA files, tag freshness. The set of upstreams (and their
     // remote URLs) changes only with a restart: workers hold a client per upstream.
-    let same_upstreams = new.registries() == shared.registries
-        && new
-            .all_upstreams()
-            .zip(old.all_upstreams())
-            .all(|(n, o)| n.url == o.url);
-    if same_upstreams {
-        let creds = ringcache::live::credentials_of(&new);
-        if creds != *shared.live.credentials.read().unwrap() {
-            *shared.live.credentials.write().unwrap() = creds;
+    // Per upstream: credentials, CA files, tag freshness, for every upstream still configured
+    // with the same name and remote URL (matched to its running slot). Adding or removing an
+    // upstream, or moving one to another URL, needs a restart: workers hold a client each.
+    let running: Vec<&ringcache::config::UpstreamConfig> = old.all_upstreams().collect();
+    let slot_of = |u: &ringcache::config::UpstreamConfig| {
+        running
+            .iter()
+            .position(|o| o.registry == u.registry && o.url == u.url)
+    };
+    let kept: Vec<(usize, &ringcache::config::UpstreamConfig)> = new
+        .all_upstreams()
+        .filter_map(|u| slot_of(u).map(|slot| (slot, u)))
+        .collect();
+    if kept.len() != running.len() || new.all_upstreams().count() != running.len() {
+        restart.push("the set of upstreams (proxy.remoteurl, ringcache.upstreams, ringcache.upstream.registry)");
+    }
+    {
+        let mut creds = shared.live.credentials.write().unwrap();
+        let mut changed = false;
+        for (slot, u) in &kept {
+            let c = u.username.clone().zip(u.password.clone());
+            if let Some(old) = creds.get_mut(*slot) {
+                if *old != c {
+                    *old = c;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
             applied.push("upstream credentials (username/password)");
         }
-        let cas: Vec<_> = new.all_upstreams().map(|u| u.ca_file.clone()).collect();
-        let cas_before: Vec<_> = old.all_upstreams().map(|u| u.ca_file.clone()).collect();
-        // CA files are re-read on every reload (a rotated CA keeps its path).
-        match ringcache::live::tls_of(&new) {
-            Ok(tls) => {
-                *shared.live.tls.write().unwrap() = tls;
-                if cas.iter().any(Option::is_some) || cas != cas_before {
-                    applied.push("upstream CA files (ca_file)");
+    }
+    // CA files are re-read on every reload (a rotated CA keeps its path); one that fails to
+    // load keeps that upstream's old roots.
+    {
+        let mut tls = shared.live.tls.write().unwrap();
+        let mut reloaded = false;
+        for (slot, u) in &kept {
+            match ringcache::http::connect::tls_config(u.ca_file.as_deref()) {
+                Ok(t) => {
+                    if let Some(cur) = tls.get_mut(*slot) {
+                        *cur = t;
+                        reloaded |= u.ca_file.is_some() || running[*slot].ca_file.is_some();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(registry = %u.registry, "upstream CA file not reloaded, keeping the old one: {e}")
                 }
             }
-            Err(e) => tracing::error!("upstream CA files not reloaded, keeping the old ones: {e}"),
         }
-        for (u, up) in new.all_upstreams().enumerate() {
-            if let Some(a) = shared.live.fresh_for_ms.get(u) {
-                let ms = up.tags_fresh_for.as_millis() as u64;
-                if a.swap(ms, std::sync::atomic::Ordering::Relaxed) != ms {
-                    applied.push("tags.fresh_for");
-                }
+        if reloaded {
+            applied.push("upstream CA files (ca_file)");
+        }
+    }
+    for (slot, u) in &kept {
+        if let Some(a) = shared.live.fresh_for_ms.get(*slot) {
+            let ms = u.tags_fresh_for.as_millis() as u64;
+            if a.swap(ms, std::sync::atomic::Ordering::Relaxed) != ms
+                && !applied.contains(&"tags.fresh_for")
+            {
+                applied.push("tags.fresh_for");
             }
         }
-    } else {
-        restart.push("proxy.remoteurl / ringcache.upstreams (the set of upstreams)");
     }
     if shared.live.reload_ratelimit(&new) {
         applied.push("ringcache.ratelimit");

@@ -261,17 +261,22 @@ pub fn is_media_type(s: &str) -> bool {
     }
 }
 
-/// The `ns` query parameter, decoded (`None` when absent; a second `ns` is refused).
-fn ns_of(query: &str) -> Result<Option<String>, Error> {
+/// The `ns` query parameter, decoded (`None` when absent; a second `ns` is refused). Borrowed
+/// unless it holds an escape: containerd sends registry names as they are.
+fn ns_of(query: &str) -> Result<Option<std::borrow::Cow<'_, str>>, Error> {
     let mut found = None;
     for pair in query.split('&') {
         if let Some(v) = pair.strip_prefix("ns=") {
             if found.is_some() {
                 return Err(Error::client(Kind::BadRequest, "more than one ns"));
             }
-            found = Some(
-                percent_decode(v).ok_or_else(|| Error::client(Kind::BadRequest, "bad query"))?,
-            );
+            found = Some(if v.contains(['%', '+']) {
+                percent_decode(v)
+                    .ok_or_else(|| Error::client(Kind::BadRequest, "bad query"))?
+                    .into()
+            } else {
+                v.into()
+            });
         } else if pair == "ns" {
             return Err(Error::client(Kind::BadRequest, "ns without a value"));
         }

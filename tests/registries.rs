@@ -436,3 +436,51 @@ fn sighup_reloads_an_entrys_credentials_and_they_stay_its_own() {
         hub.seen()
     );
 }
+
+/// A store written while the default upstream stood for one registry, restarted with it
+/// standing for another: the old links are not the new registry's word, so the new one is
+/// asked first. And a refused `ns` is a WARN naming the setting.
+#[test]
+fn a_new_default_registry_does_not_inherit_the_old_ones_links() {
+    let up = TestUpstream::start();
+    let blob = up.add_blob(b"confirmed by the old registry".to_vec(), Fault::None);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let path = format!("/v2/team/app/blobs/{blob}");
+    let head = format!("HEAD /v2/team/app/blobs/{blob}");
+    {
+        let mut rc = Ringcache::start_at(
+            &up.url(),
+            "ringcache: {upstream: {registry: registry.corp}}\n",
+            &root,
+        );
+        assert_eq!(http::get(rc.addr, &path).status, 200);
+        let r = http::get(rc.addr, "/v2/team/app/manifests/1?ns=docker.io");
+        assert_eq!(r.status, 404);
+        rc.proc
+            .wait_log("not mirrored here", Duration::from_secs(10));
+        rc.proc.signal(libc::SIGTERM);
+        assert!(rc.proc.wait_exit(Duration::from_secs(20)).success());
+    }
+    // Same registry name: the link holds, no confirmation.
+    {
+        let mut rc = Ringcache::start_at(
+            &up.url(),
+            "ringcache: {upstream: {registry: registry.corp}}\n",
+            &root,
+        );
+        assert_eq!(http::get(rc.addr, &path).status, 200);
+        assert_eq!(up.count(&head), 0);
+        rc.proc.signal(libc::SIGTERM);
+        assert!(rc.proc.wait_exit(Duration::from_secs(20)).success());
+    }
+    let rc = Ringcache::start_at(
+        &up.url(),
+        "ringcache: {upstream: {registry: docker.io}}\n",
+        &root,
+    );
+    rc.proc
+        .wait_log("another registry", Duration::from_secs(10));
+    assert_eq!(http::get(rc.addr, &path).status, 200);
+    assert_eq!(up.count(&head), 1, "the new registry was asked to confirm");
+}

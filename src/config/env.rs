@@ -126,6 +126,7 @@ fn upstream_entry_path(tree: &Value, var: &str, entry: &str) -> Result<Vec<Strin
             k
         }
     });
+    let mut found: Vec<Vec<String>> = Vec::new();
     for registry in listed.into_iter().flat_map(|m| m.keys()) {
         let Some(field) = entry
             .strip_prefix(&norm(registry))
@@ -139,7 +140,23 @@ fn upstream_entry_path(tree: &Value, var: &str, entry: &str) -> Result<Vec<Strin
                 "tags_fresh_for" => path.extend(["tags".into(), "fresh_for".into()]),
                 k => path.push(k.into()),
             }
-            return Ok(path);
+            found.push(path);
+        }
+    }
+    // `a-b.io` and `a.b.io` are both `A_B_IO`: a secret meant for one must not go to the
+    // other, so a name that fits two entries is refused.
+    match found.len() {
+        1 => return Ok(found.remove(0)),
+        0 => {}
+        _ => {
+            let names: Vec<&str> = found.iter().map(|p| p[2].as_str()).collect();
+            return Err(err(
+                var,
+                format!(
+                    "fits more than one entry of ringcache.upstreams ({}); set it in the file",
+                    names.join(", ")
+                ),
+            ));
         }
     }
     Err(err(

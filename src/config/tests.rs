@@ -689,6 +689,17 @@ fn upstreams_table_from_the_environment() {
     assert_eq!(by("harbor.corp:5000").ttl, Some(Duration::from_secs(3600)));
     assert_eq!(by("quay.io").tags_fresh_for, Duration::from_secs(10));
     assert_eq!(by("mirror.example").token_realms.len(), 2);
+    // Two entries one variable name fits: refused, never applied to the first.
+    let two = "proxy: {remoteurl: https://registry-1.docker.io}\nringcache:\n  upstreams:\n    a-b.io: {remoteurl: https://a-b.io}\n    a.b.io: {remoteurl: https://a.b.io}\n";
+    let e = Config::from_yaml_env(
+        two,
+        [(
+            "RINGCACHE_UPSTREAMS_A_B_IO_PASSWORD".to_string(),
+            "s".to_string(),
+        )],
+    )
+    .unwrap_err();
+    assert!(e.message.contains("more than one"), "{e}");
     // Only entries the file lists, and only their keys.
     for var in [
         "RINGCACHE_UPSTREAMS_GCR_IO_PASSWORD",

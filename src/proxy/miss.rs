@@ -84,8 +84,10 @@ pub(super) async fn serve_miss(
         fill.add_link(name);
     }
     x.cache = cache;
+    // The follower's own repository (confirmed above when it is not the fill's): a bypass
+    // fetches from its own registry, with its own credentials.
     let src = Source {
-        repo: &fill.repo,
+        repo: name,
         tail,
         accept,
         digest,

@@ -201,6 +201,16 @@ async fn exchange(
     let method = Method::parse(head.method.str(&buf));
     let target = head.target.str(&buf);
     let routed = route::route(method, target, &worker.shared.registries);
+    if let Err(e) = &routed {
+        if e.kind == Kind::NameUnknown {
+            if let Some(ns) = target
+                .split_once('?')
+                .and_then(|(_, q)| q.split('&').find_map(|p| p.strip_prefix("ns=")))
+            {
+                crate::upstream::warn_unmirrored(ns);
+            }
+        }
+    }
     // A request with a body we will not read (writes are refused) ends the connection.
     let keep_alive = head.keep_alive() && !head.has_body;
     let mut x = Exchange::new(

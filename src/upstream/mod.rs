@@ -221,6 +221,16 @@ fn warn_now(key: &str) -> bool {
     true
 }
 
+/// A client asked for a registry this ringcache does not mirror (`?ns=`): a WARN once a
+/// minute per registry, naming the settings (containerd falls back to the registry quietly,
+/// so a misnamed default upstream would otherwise go unnoticed).
+pub fn warn_unmirrored(ns: &str) {
+    let ns: String = ns.chars().take(64).filter(|c| !c.is_control()).collect();
+    if warn_now(&format!("ns {ns}")) {
+        tracing::warn!(ns = %ns, "a client asked for a registry not mirrored here (404 NAME_UNKNOWN; containerd then pulls from the registry itself); ringcache.upstream.registry names the default upstream's registry, ringcache.upstreams adds others");
+    }
+}
+
 /// Media types a manifest request accepts when the client sent no Accept header.
 pub const MANIFEST_ACCEPT_DEFAULT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
