@@ -106,6 +106,8 @@ pub struct State {
     /// (path fragment, Location): a request whose path contains the fragment is answered
     /// `302` to that location (checked before anything else but `/token`).
     redirects: Mutex<Vec<(String, String)>>,
+    /// Set by `TestUpstream::stop`: open connections close at their next request.
+    stopped: AtomicBool,
 }
 
 pub const TOKEN: &str = "test-token-123";
@@ -309,6 +311,13 @@ impl TestUpstream {
     pub fn seen(&self) -> Vec<(String, Option<String>)> {
         self.state.seen.lock().unwrap().clone()
     }
+
+    /// Stop as a registry that went away does: the listener closes, and connections the
+    /// cache keeps open close at their next request, unanswered.
+    pub fn stop(self) {
+        self.state.stopped.store(true, Ordering::SeqCst);
+        drop(self);
+    }
 }
 
 impl Drop for TestUpstream {
@@ -325,7 +334,7 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
     let mut r = BufReader::new(conn);
     loop {
         let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
+        if r.read_line(&mut line)? == 0 || st.stopped.load(Ordering::SeqCst) {
             return Ok(());
         }
         let line = line.trim_end().to_string();
