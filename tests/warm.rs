@@ -517,3 +517,40 @@ fn a_pinned_image_outlives_a_cap_that_evicts_everything_else() {
         "{err4}"
     );
 }
+
+/// An image of a registry in `ringcache.upstreams` is warmed with `?ns=<registry>`: its own
+/// upstream is asked, never the default one, and clients using either routing find it warm.
+#[test]
+fn warm_names_a_table_registry_by_ns() {
+    let hub = TestUpstream::start();
+    let ghcr = TestUpstream::start();
+    let img = image::image(15, &[20_000]);
+    publish(&ghcr, "team/app", "v1", &img);
+    let rc = Ringcache::start(
+        &hub.url(),
+        &format!(
+            "{HUB}  upstreams:\n    ghcr.io: {{remoteurl: {}, tags: {{fresh_for: 1h}}}}\n",
+            ghcr.url()
+        ),
+    );
+    let (code, out, err) = warm(&rc, &["ghcr.io/team/app:v1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(hub.connections(), 0, "the default upstream was asked");
+    assert_eq!(
+        ghcr.count(&format!(
+            "GET /v2/team/app/blobs/{}",
+            img.layer_digests()[0]
+        )),
+        1
+    );
+    let gets = ghcr.count("GET ");
+    for path in [
+        format!("/v2/team/app/blobs/{}?ns=ghcr.io", img.layer_digests()[0]),
+        format!("/v2/ghcr.io/team/app/blobs/{}", img.layer_digests()[0]),
+        "/v2/ghcr.io/team/app/manifests/v1".to_string(),
+    ] {
+        let r = http::request(rc.addr, "GET", &path, &[("Accept", OCI_MANIFEST)], b"");
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    assert_eq!(ghcr.count("GET "), gets, "a warm image was fetched again");
+}
