@@ -245,7 +245,8 @@ fn serve(shared: &Shared, heads: &Mutex<Heads>, mut conn: TcpStream) -> std::io:
     }
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/metrics") => {
-            let text = render(&shared.counters, &gauges(shared));
+            let mut text = render(&shared.counters, &gauges(shared));
+            budgets(shared, &mut text);
             respond(
                 &mut conn,
                 200,
@@ -404,6 +405,19 @@ fn gauges(shared: &Shared) -> Gauges {
             .map(|u| shared.registries.name(u).to_string())
             .collect(),
     }
+}
+
+/// Each upstream's pull budget and 429s ([`crate::upstream::ratelimit`]).
+fn budgets(shared: &Shared, text: &mut String) {
+    let names: Vec<String> = (0..shared.registries.len())
+        .map(|u| shared.registries.name(u).to_string())
+        .collect();
+    let readings: Vec<_> = shared
+        .upstream_health
+        .iter()
+        .map(|h| h.budget.read())
+        .collect();
+    crate::upstream::ratelimit::render(text, &names, &readings);
 }
 
 fn respond(conn: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std::io::Result<()> {

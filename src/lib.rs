@@ -13,7 +13,7 @@
 //! | [`server`] | the composition root: worker threads, listeners, accept loops, connection cap, drain (`server/mod.rs`); [`server::conn`]: per connection head → route → [`proxy::serve`] → access log, keep-alive, linger |
 //! | [`config`] | YAML (the reference registry's shape) → [`config::Config`]; unknown keys and unsupported sections are errors; `schema`, `yaml` walk, `env` overrides, [`config::units`] |
 //! | [`limits`] | every hard bound, each with its reason, grouped by data-path step; const asserts tie related ones |
-//! | [`live`] | what SIGHUP can change while running: limits, each upstream's credentials, CA roots and tag freshness, log level |
+//! | [`live`] | what SIGHUP can change while running: limits, each upstream's credentials, CA roots and tag freshness (and its stretch), `ringcache.ratelimit`, log level |
 //! | [`error`] | one [`error::Error`]; one table kind → OCI code + status |
 //! | [`expiry`] | the expiry thread: TTL from last use, size cap (LRU), pins kept past both, persisted state |
 //! | [`failpoint`] | named pauses (and panics) for tests (feature `failpoints`, never in release) |
@@ -27,11 +27,12 @@
 //! | [`debug`] | the debug listener: `/metrics`, `/debug/health` (every worker, the store, upstream), manual down/up |
 //! | [`digest`] | the sha256 [`digest::Digest`] newtype |
 //! | [`metrics`] | per-worker counters, summed into Prometheus text at scrape time |
-//! | [`proxy`] | `serve(request)`: the one place where hit / miss / fill / bypass is decided; one file per noun (blob, manifest, listing, miss, bypass) |
+//! | [`proxy`] | `serve(request)`: the one place where hit / miss / fill / bypass is decided; one file per noun (blob, manifest, listing, referrers, miss, bypass) |
+//! | [`referrers`] | the referrers API's pure part: an index's descriptors, the `artifactType` filter, the fallback tag `sha256-<hex>`, upstream's next page, and the bounded in-memory [`referrers::Cache`] of answers (why not the blob store: its module docs) |
 //! | [`service`] | systemd: readiness, watchdog, socket activation, open-files limit; a panic anywhere aborts the process |
 //! | [`store`] | content-addressed files, the index, ingest and commit ([`store::ingest`]: `block` memory and budget, `recent` blocks for followers, the write/hash `pipeline`, the `Ingest` and its commit), tag resolutions, each worker's kept descriptors, the changes the expiry thread journals, the root's lock, a tree walked without following links |
 //! | [`fill`] | the sharded in-flight map, the fill task, followers |
-//! | [`upstream`] | registry client: [`upstream::Upstreams`] (one client per configured registry, chosen by key), auth (Basic, Bearer), which realms get credentials, redirects, `Via` and loop refusal, `ns` to a parent tier |
+//! | [`upstream`] | registry client: [`upstream::Upstreams`] (one client per configured registry, chosen by key), auth (Basic, Bearer), which realms get credentials, redirects, `Via` and loop refusal, `ns` to a parent tier; [`upstream::ratelimit`]: each upstream's pull budget (`ratelimit-*` fields, 429s) and the tag freshness it stretches |
 //! | [`wheel`] | hierarchical timing wheel, pure: `advance(now)` → expired keys |
 //! | [`reference`](mod@reference) | image references as operators write them (`ghcr.io/team/app:1`, `alpine`), Docker's rules, mapped to an upstream and key; `--platform`, pure |
 //! | [`oci`] | what a manifest refers to: an index's platforms, an image's config and layers, pure |
@@ -48,7 +49,9 @@
 //! 3. **route** — method + path become a [`route::Route`]; writes get 405 `UNSUPPORTED`. The
 //!    registry is chosen here ([`registry`]); from here on a repository is its key.
 //! 4. **tags** — a manifest by tag is resolved upstream with HEAD (within a freshness window,
-//!    and stale-if-error) ([`proxy`], [`store::tags`]). From here on everything is by digest.
+//!    stretched while the upstream's pull budget is low, and stale-if-error) ([`proxy`],
+//!    [`store::tags`], [`upstream::ratelimit`]); referrers are answered the same way, from
+//!    upstream's API or the fallback tag ([`referrers`]). From here on everything is by digest.
 //! 5. **lookup** — the index says whether the digest is committed; a hit streams the file, by
 //!    sendfile where its pages are cached, else through io_uring reads; a client on this host
 //!    alone on its worker gets copies read into a buffer, which it receives faster
@@ -99,6 +102,7 @@ pub mod oci;
 pub mod pin;
 pub mod proxy;
 pub mod reference;
+pub mod referrers;
 pub mod registry;
 pub mod route;
 pub mod server;

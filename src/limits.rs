@@ -121,6 +121,18 @@ pub const TAGS_MAX: usize = 100_000;
 /// no index gets one platform's manifest); the oldest goes past it. Nearly every client sends
 /// every manifest type, so one or two are the rule.
 pub const TAG_ANSWERS_MAX: usize = 8;
+/// A referrers answer from upstream (all its pages together), or a fallback tag's index, is
+/// read whole into memory to be filtered: a manifest's cap (the fallback tag's index is one).
+pub const REFERRERS_BODY_BYTES_MAX: u64 = MANIFEST_BYTES_MAX;
+/// Pages of one upstream referrers answer followed (`Link: <...>; rel="next"`); past it the
+/// answer holds the referrers of the pages read (logged).
+pub const REFERRERS_PAGES_MAX: usize = 16;
+/// Referrers answers kept in memory (per process, by repository, subject and
+/// `artifactType`); the least recently confirmed is dropped past it...
+pub const REFERRERS_CACHED_MAX: usize = 10_000;
+/// ...or past this many bytes of them: most answers are a few hundred bytes, and a few large
+/// ones must not hold hundreds of MiB.
+pub const REFERRERS_CACHED_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 // ---- Client connections (steps 1–2): heads, buffers, lingering, memory handed back ----
 
@@ -308,5 +320,7 @@ const _: () = assert!(SMALL_CHUNK_BYTES <= CHUNK_BYTES);
 const _: () = assert!(CHUNK_LINE_MAX <= TRAILERS_MAX);
 // The debug listener's threads cover its connections (and as many still ending).
 const _: () = assert!(DEBUG_THREADS_MAX >= DEBUG_CONNECTIONS_MAX);
+// One referrers answer fits in the bytes kept for all of them.
+const _: () = assert!(REFERRERS_BODY_BYTES_MAX as usize <= REFERRERS_CACHED_BYTES_MAX);
 // A tag's local copy is no bigger than the shared table it copies.
 const _: () = assert!(TAGS_LOCAL_MAX <= TAGS_MAX);

@@ -22,6 +22,13 @@ pub struct Reloadable {
     pub offline: std::sync::atomic::AtomicBool,
     /// `ringcache.pin`: read by the expiry thread when `generation` moves.
     pub pins: std::sync::RwLock<Vec<crate::reference::ImageRef>>,
+    /// Each upstream's stretched tag freshness, in ms (0: not stretched): set while its pull
+    /// budget is nearly spent ([`crate::upstream::ratelimit`]); [`Reloadable::fresh_for`]
+    /// takes the larger of the two.
+    pub stretched_ms: Box<[std::sync::atomic::AtomicU64]>,
+    /// `ringcache.ratelimit.stretch_below` (millionths) and `stretch_to` (ms).
+    pub stretch_below_ppm: std::sync::atomic::AtomicU64,
+    pub stretch_to_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Each upstream's credentials, in upstream order.
@@ -55,7 +62,22 @@ impl Reloadable {
                 .collect(),
             offline: std::sync::atomic::AtomicBool::new(config.offline),
             pins: std::sync::RwLock::new(config.pins.clone()),
+            stretched_ms: config.all_upstreams().map(|_| Default::default()).collect(),
+            stretch_below_ppm: config.ratelimit.stretch_below_ppm.into(),
+            stretch_to_ms: (config.ratelimit.stretch_to.as_millis() as u64).into(),
         }
+    }
+
+    /// SIGHUP: take `ringcache.ratelimit` from `config`; whether it changed. A stretch in
+    /// force keeps its window until the budget recovers.
+    pub fn reload_ratelimit(&self, config: &Config) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let below = self
+            .stretch_below_ppm
+            .swap(config.ratelimit.stretch_below_ppm, Relaxed);
+        let to = config.ratelimit.stretch_to.as_millis() as u64;
+        let was = self.stretch_to_ms.swap(to, Relaxed);
+        below != config.ratelimit.stretch_below_ppm || was != to
     }
 
     /// Whether `ringcache.offline` is on (read before every upstream request).
@@ -68,12 +90,13 @@ impl Reloadable {
         self.credentials.read().unwrap().get(u).cloned().flatten()
     }
 
-    /// Upstream `u`'s tag freshness window.
+    /// Upstream `u`'s tag freshness window (stretched while its pull budget is low).
     pub fn fresh_for(&self, u: usize) -> std::time::Duration {
-        let ms = self
-            .fresh_for_ms
-            .get(u)
-            .map_or(0, |a| a.load(std::sync::atomic::Ordering::Relaxed));
+        let load = |a: &[std::sync::atomic::AtomicU64]| {
+            a.get(u)
+                .map_or(0, |a| a.load(std::sync::atomic::Ordering::Relaxed))
+        };
+        let ms = load(&self.fresh_for_ms).max(load(&self.stretched_ms));
         std::time::Duration::from_millis(ms)
     }
 

@@ -641,6 +641,9 @@ fn reload(shared: &Shared, path: Option<&PathBuf>) {
             .store(new.offline, std::sync::atomic::Ordering::Relaxed);
         applied.push("ringcache.offline");
     }
+    if shared.live.reload_ratelimit(&new) {
+        applied.push("ringcache.ratelimit");
+    }
     if new.limits != shared.live.limits() {
         *shared.live.limits.write().unwrap() = new.limits.clone();
         applied.push("ringcache.limits");
@@ -767,6 +770,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         fills: ringcache::fill::Fills::new(ringcache::limits::FILLS_INFLIGHT_MAX),
         tags: Default::default(),
+        referrers: Default::default(),
         drain: Default::default(),
         changes,
         heartbeats: Arc::new(ringcache::service::Heartbeats::new(config.workers)),

@@ -36,12 +36,13 @@ pub enum Route {
         upstream: usize,
         page: Page,
     },
-    /// `GET /v2/<name>/referrers/<digest>` (distribution-spec v1.1 "Listing Referrers"). Not
-    /// served yet: answered with a 404 OCI error, on which clients (oras, cosign, containerd)
-    /// fall back to the referrers tag schema.
+    /// `GET /v2/<name>/referrers/<digest>[?artifactType=<media type>]` (distribution-spec
+    /// v1.1 "Listing Referrers"), served by [`crate::proxy`]'s `referrers`.
     Referrers {
         name: String,
         digest: Digest,
+        /// The `artifactType` filter, decoded and checked against the media type grammar.
+        artifact_type: Option<String>,
     },
 }
 
@@ -189,12 +190,12 @@ pub fn route(method: Method, target: &str, regs: &Registries) -> Result<Option<R
                 digest: digest_checked(last)?,
             }))
         }
-        // Any query (`artifactType`) is irrelevant until the API is served.
         "referrers" => {
             let name = key(name)?;
             Ok(Some(Route::Referrers {
                 name,
                 digest: digest_checked(last)?,
+                artifact_type: artifact_type(query)?,
             }))
         }
         _ => Ok(None),
@@ -215,6 +216,49 @@ fn digest_checked(s: &str) -> Result<Digest, Error> {
             Error::client(Kind::DigestInvalid, "unsupported digest algorithm")
         }
     })
+}
+
+/// The `artifactType` query parameter of a referrers request, decoded: a media type
+/// (RFC 6838 §4.2, no parameters); more than one is refused (the spec defines one).
+fn artifact_type(query: &str) -> Result<Option<String>, Error> {
+    let mut found = None;
+    for pair in query.split('&') {
+        let Some(v) = pair.strip_prefix("artifactType=") else {
+            continue;
+        };
+        let bad = || Error::client(Kind::BadRequest, "artifactType is not a media type");
+        // A media type holds no space: a raw `+` is the `+` of `+json`, not a space (clients
+        // that do not escape it are common).
+        let v = percent_decode(&v.replace('+', "%2B")).ok_or_else(bad)?;
+        if found.is_some() {
+            return Err(Error::client(
+                Kind::BadRequest,
+                "more than one artifactType",
+            ));
+        }
+        if !is_media_type(&v) {
+            return Err(bad());
+        }
+        found = Some(v);
+    }
+    Ok(found)
+}
+
+/// A media type without parameters (RFC 6838 §4.2): `type/subtype`, each a restricted name of
+/// 1 to 127 characters starting with a letter or digit.
+pub fn is_media_type(s: &str) -> bool {
+    let name = |n: &str| {
+        let b = n.as_bytes();
+        !b.is_empty()
+            && b.len() <= 127
+            && b[0].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(c))
+    };
+    match s.split_once('/') {
+        Some((t, sub)) => name(t) && name(sub),
+        None => false,
+    }
 }
 
 /// The `ns` query parameter, decoded (`None` when absent; a second `ns` is refused).
@@ -568,6 +612,25 @@ mod tests {
                 Ok(Some(Route::Referrers {
                     name: "a/b".into(),
                     digest: d,
+                    artifact_type: Some("x/y".into()),
+                })),
+            ),
+            (
+                "GET",
+                format!("/v2/a/referrers/{D}?n=1&artifactType=application/spdx+json"),
+                Ok(Some(Route::Referrers {
+                    name: "a".into(),
+                    digest: d,
+                    artifact_type: Some("application/spdx+json".into()),
+                })),
+            ),
+            (
+                "GET",
+                format!("/v2/a/referrers/{D}?artifactType=application/spdx%2Bjson&ns=ghcr.io"),
+                Ok(Some(Route::Referrers {
+                    name: "ghcr.io//a".into(),
+                    digest: d,
+                    artifact_type: Some("application/spdx+json".into()),
                 })),
             ),
             (
@@ -576,7 +639,28 @@ mod tests {
                 Ok(Some(Route::Referrers {
                     name: "a".into(),
                     digest: d,
+                    artifact_type: None,
                 })),
+            ),
+            (
+                "GET",
+                format!("/v2/a/referrers/{D}?artifactType=x"),
+                Err(Kind::BadRequest),
+            ),
+            (
+                "GET",
+                format!("/v2/a/referrers/{D}?artifactType=x/y;p=1"),
+                Err(Kind::BadRequest),
+            ),
+            (
+                "GET",
+                format!("/v2/a/referrers/{D}?artifactType=x/y&artifactType=x/z"),
+                Err(Kind::BadRequest),
+            ),
+            (
+                "GET",
+                format!("/v2/a/referrers/{D}?artifactType=%zz"),
+                Err(Kind::BadRequest),
             ),
             (
                 "GET",

@@ -19,6 +19,8 @@ pub struct Shared {
     pub store: Store,
     pub fills: Arc<Fills>,
     pub tags: Tags,
+    /// Referrers answers, like tags (see [`crate::referrers`]).
+    pub referrers: crate::referrers::Cache,
     /// The registry names each upstream answers under (routing, [`crate::registry`]).
     pub registries: crate::registry::Registries,
     pub drain: Drain,

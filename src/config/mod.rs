@@ -93,6 +93,9 @@ pub struct Config {
     /// `ringcache.offline`: serve only from the cache, never dialling upstream (reloaded on
     /// SIGHUP).
     pub offline: bool,
+    /// `ringcache.ratelimit`: stretching the tag freshness of an upstream whose pull budget is
+    /// nearly spent ([`crate::upstream::ratelimit`]).
+    pub ratelimit: RateLimit,
     /// What start reports about the config: keys of the reference schema that were present
     /// but change nothing ringcache does (each with why), defaults taken, variables ignored.
     pub notes: Vec<String>,
@@ -115,6 +118,25 @@ impl SendfileMode {
             SendfileMode::Auto => "auto",
             SendfileMode::Always => "always",
             SendfileMode::Never => "never",
+        }
+    }
+}
+
+/// `ringcache.ratelimit`: below `stretch_below` of its budget left, an upstream's cached tags
+/// are answered for `stretch_to` without asking it (when that is longer than `fresh_for`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// The share of the budget left under which tags are stretched, in millionths (written as
+    /// a fraction, `0.1`, or a percentage, `10%`); 0 never stretches.
+    pub stretch_below_ppm: u64,
+    pub stretch_to: Duration,
+}
+
+impl Default for RateLimit {
+    fn default() -> RateLimit {
+        RateLimit {
+            stretch_below_ppm: crate::upstream::ratelimit::STRETCH_BELOW_DEFAULT_PPM,
+            stretch_to: crate::upstream::ratelimit::STRETCH_TO_DEFAULT,
         }
     }
 }
@@ -274,6 +296,7 @@ impl Config {
             state_interval: Duration::from_secs(10),
             pins: Vec::new(),
             offline: false,
+            ratelimit: RateLimit::default(),
             notes: Vec::new(),
         };
         if let Some(v) = get(&root, "version") {
@@ -465,6 +488,10 @@ impl Config {
                     "token_realms": self.upstream.token_realms.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
                 },
                 "tags": {"fresh_for": format_duration(self.upstream.tags_fresh_for)},
+                "ratelimit": {
+                    "stretch_below": self.ratelimit.stretch_below_ppm as f64 / 1e6,
+                    "stretch_to": format_duration(self.ratelimit.stretch_to),
+                },
                 "upstreams": upstreams,
                 "limits": {
                     "request_line_bytes_max": l.request_line_bytes_max,

@@ -242,6 +242,8 @@ pub(super) const RINGCACHE_KEYS: &[&str] = &[
     "upstream.token_realms",
     "upstream.registry",
     "tags.fresh_for",
+    "ratelimit.stretch_below",
+    "ratelimit.stretch_to",
     "upstreams",
     "state.interval",
     "storage.size_max",

@@ -267,6 +267,16 @@ pub(super) fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), C
                     }
                 }
             }
+            "ratelimit" => {
+                for (k2, v2) in mapping(&key, v)? {
+                    let key = format!("{key}.{k2}");
+                    match k2.as_str() {
+                        "stretch_below" => config.ratelimit.stretch_below_ppm = share(&key, v2)?,
+                        "stretch_to" => config.ratelimit.stretch_to = duration(&key, v2)?,
+                        _ => return Err(unknown(&key, &ringcache_children("ratelimit"))),
+                    }
+                }
+            }
             "limits" => {
                 for (k2, v2) in mapping(&key, v)? {
                     let key = format!("{key}.{k2}");
@@ -528,6 +538,26 @@ pub(super) fn boolean(key: &str, v: &Value) -> Result<bool, ConfigError> {
 
 pub(super) fn mapping<'a>(key: &str, v: &'a Value) -> Result<&'a Map<String, Value>, ConfigError> {
     v.as_object().ok_or_else(|| err(key, "must be a mapping"))
+}
+
+/// A share between 0 and 1, written as a fraction (`0.1`) or a percentage (`10%`), in
+/// millionths.
+pub(super) fn share(key: &str, v: &Value) -> Result<u64, ConfigError> {
+    let f = match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => match s.trim().strip_suffix('%') {
+            Some(p) => p.trim().parse::<f64>().ok().map(|p| p / 100.0),
+            None => s.trim().parse::<f64>().ok(),
+        },
+        _ => None,
+    };
+    match f {
+        Some(f) if (0.0..=1.0).contains(&f) => Ok((f * 1e6).round() as u64),
+        _ => Err(err(
+            key,
+            "must be a share between 0 and 1 (e.g. 0.1 or 10%); 0 never stretches",
+        )),
+    }
 }
 
 pub(super) fn duration(key: &str, v: &Value) -> Result<Duration, ConfigError> {

@@ -102,6 +102,7 @@ fn worker(addr: std::net::SocketAddr, extra: &str, dir: &std::path::Path) -> Rc<
     let shared = Arc::new(Shared {
         fills: crate::fill::Fills::new(16),
         tags: Default::default(),
+        referrers: Default::default(),
         drain: Default::default(),
         changes: crate::store::changes::queue().0,
         heartbeats: Arc::new(crate::service::Heartbeats::new(1)),

@@ -14,6 +14,7 @@
 //!   redirect or a realm names them.
 
 pub mod auth;
+pub mod ratelimit;
 pub mod realm;
 
 use std::cell::RefCell;
@@ -34,6 +35,8 @@ use auth::{Challenge, Tokens};
 pub struct Health {
     pub ok_ms: std::sync::atomic::AtomicU64,
     pub err_ms: std::sync::atomic::AtomicU64,
+    /// Its pull budget as it last reported it, and its 429s ([`ratelimit`]).
+    pub budget: ratelimit::Budget,
 }
 
 /// Every upstream's client on one worker, and which one a repository key belongs to
@@ -385,6 +388,14 @@ impl Upstream {
             };
             mark.store(now, std::sync::atomic::Ordering::Relaxed);
             let resp = sent?;
+            if same_origin {
+                let (budget, origin) = (&self.health.budget, &self.base.origin);
+                let fields = (
+                    resp.header("ratelimit-limit"),
+                    resp.header("ratelimit-remaining"),
+                );
+                ratelimit::note(budget, &self.live, self.index, origin, resp.status, fields);
+            }
             match resp.status {
                 401 if same_origin && !challenged => {
                     challenged = true;
