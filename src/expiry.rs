@@ -134,6 +134,21 @@ struct Expiry {
     /// The state as journalled, for compaction.
     state: Loaded,
     pending: Vec<Record>,
+    /// `ringcache.pin` and what it resolves to ([`crate::pin`]): kept past their TTL and
+    /// never evicted.
+    pins: Pins,
+}
+
+/// The pinned images and their digests, resolved again when a commit or a tag may have
+/// changed them, or the pins themselves changed (SIGHUP).
+struct Pins {
+    refs: Vec<crate::reference::ImageRef>,
+    digests: std::collections::HashSet<Digest>,
+    /// Something changed since the last resolution.
+    dirty: bool,
+    /// The reload generation `refs` were read at.
+    generation: u64,
+    resolved_at: Option<Instant>,
 }
 
 /// Run the expiry thread until `shared.stopping` is set; flushes the state before returning.
@@ -144,6 +159,7 @@ pub fn run(shared: Arc<Shared>, changes: ChangeReceiver, journal: Journal, state
         .map(|u| u.ttl.map(|d| (d.as_millis() as u64).max(1000)))
         .collect();
     let ttl = ttls.iter().flatten().copied().min();
+    let pins = shared.live.pins.read().unwrap().clone();
     let mut x = Expiry {
         ttl,
         ttls,
@@ -154,6 +170,13 @@ pub fn run(shared: Arc<Shared>, changes: ChangeReceiver, journal: Journal, state
         journal,
         state,
         pending: Vec::new(),
+        pins: Pins {
+            refs: pins,
+            digests: Default::default(),
+            dirty: true,
+            generation: shared.live.generation.load(Ordering::Acquire),
+            resolved_at: None,
+        },
         shared,
     };
     for (digest, entry) in x.shared.store.index.entries() {
@@ -172,6 +195,7 @@ pub fn run(shared: Arc<Shared>, changes: ChangeReceiver, journal: Journal, state
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
+        x.resolve_pins();
         for (digest, _) in x.wheel.advance(now_tick()) {
             x.timers.remove(&digest);
             x.fired(digest, now_ms());
@@ -209,6 +233,8 @@ impl Expiry {
     }
 
     fn apply(&mut self, ev: Change) {
+        // A commit may be a pinned tag's manifest; a tag may be a pinned one.
+        self.pins.dirty = true;
         match ev {
             Change::Committed(digest) => {
                 let Some(entry) = self.shared.store.index.get(&digest) else {
@@ -293,6 +319,13 @@ impl Expiry {
         let Some(ttl) = self.ttl_of(&entry) else {
             return;
         };
+        if self.pins.digests.contains(&digest) {
+            // Pinned: looked at again a TTL from now (it expires then if unpinned and unused).
+            let due_ms = now_ms.saturating_add(ttl);
+            self.timers
+                .insert(digest, self.wheel.insert(digest, due_ms.div_ceil(1000)));
+            return;
+        }
         match policy::deadline(entry.last_access(), ttl, now_ms) {
             policy::Deadline::Rearm { due_ms } => {
                 self.timers
@@ -341,9 +374,71 @@ impl Expiry {
             high,
             low,
             |d| index.get(d).map(|e| e.last_access()),
-            |d| self.remove(d, "evicted"),
+            // Pinned content stays (queued, for when it is unpinned).
+            |d| !self.pins.digests.contains(&d) && self.remove(d, "evicted"),
         );
         self.lru = lru;
+    }
+
+    /// Resolve the pins again if they, a commit or a tag changed since (at most once per
+    /// [`crate::limits::PIN_RESOLVE_EVERY`]): tags from the journalled state, manifests read
+    /// from the store.
+    fn resolve_pins(&mut self) {
+        let generation = self.shared.live.generation.load(Ordering::Acquire);
+        if generation != self.pins.generation {
+            self.pins.generation = generation;
+            let refs = self.shared.live.pins.read().unwrap().clone();
+            if refs != self.pins.refs {
+                self.pins.refs = refs;
+                self.pins.dirty = true;
+                self.pins.resolved_at = None;
+            }
+        }
+        if !self.pins.dirty
+            || (self.pins.refs.is_empty() && self.pins.digests.is_empty())
+            || self
+                .pins
+                .resolved_at
+                .is_some_and(|t| t.elapsed() < crate::limits::PIN_RESOLVE_EVERY)
+        {
+            return;
+        }
+        self.pins.dirty = false;
+        self.pins.resolved_at = Some(Instant::now());
+        let wanted = crate::pin::tag_keys(&self.pins.refs, &self.registries);
+        let mut tags: HashMap<(&str, &str), Vec<Digest>> = HashMap::new();
+        for ((name, tag, _), (digest, _)) in &self.state.tags {
+            if wanted.get(name).is_some_and(|t| t.contains(tag)) {
+                tags.entry((name, tag)).or_default().push(*digest);
+            }
+        }
+        let store = &self.shared.store;
+        let r = crate::pin::resolve(
+            &self.pins.refs,
+            &self.registries,
+            |k, t| tags.get(&(k, t)).cloned().unwrap_or_default(),
+            |d| {
+                let entry = store.index.get(d)?;
+                (entry.size <= crate::limits::MANIFEST_BYTES_MAX)
+                    .then(|| std::fs::read(store.blob_path(d)).ok())
+                    .flatten()
+            },
+        );
+        if r.digests != self.pins.digests {
+            let bytes: u64 = r
+                .digests
+                .iter()
+                .filter_map(|d| store.index.get(d).map(|e| e.size))
+                .sum();
+            tracing::info!(
+                images = self.pins.refs.len(),
+                digests = r.digests.len(),
+                bytes,
+                pending = ?r.pending,
+                "pins resolved"
+            );
+            self.pins.digests = r.digests;
+        }
     }
 
     /// Remove a committed entry unless a fill for it is in flight. Returns whether it went.

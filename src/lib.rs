@@ -9,13 +9,13 @@
 //!
 //! | module | what it is |
 //! |---|---|
-//! | `main.rs` | CLI: `serve`, `check-config`, `verify`; wires config → store (locked) → workers; signals |
+//! | `main.rs` | CLI: `serve`, `check-config`, `verify`, `warm`, `export`, `import`; wires config → store (locked) → workers; signals |
 //! | [`server`] | the composition root: worker threads, listeners, accept loops, connection cap, drain (`server/mod.rs`); [`server::conn`]: per connection head → route → [`proxy::serve`] → access log, keep-alive, linger |
 //! | [`config`] | YAML (the reference registry's shape) → [`config::Config`]; unknown keys and unsupported sections are errors; `schema`, `yaml` walk, `env` overrides, [`config::units`] |
 //! | [`limits`] | every hard bound, each with its reason, grouped by data-path step; const asserts tie related ones |
 //! | [`live`] | what SIGHUP can change while running: limits, each upstream's credentials, CA roots and tag freshness (and its stretch), `ringcache.ratelimit`, log level |
 //! | [`error`] | one [`error::Error`]; one table kind → OCI code + status |
-//! | [`expiry`] | the expiry thread: TTL from last use, size cap (LRU), persisted state |
+//! | [`expiry`] | the expiry thread: TTL from last use, size cap (LRU), pins kept past both, persisted state |
 //! | [`failpoint`] | named pauses (and panics) for tests (feature `failpoints`, never in release) |
 //! | [`buffers`] | per-worker pools of head and body buffers, and the budget for heads grown past 4 KiB |
 //! | [`jobs`] | the job pool: blocking work (O_DIRECT writes, sha256, fsync) off the event loops |
@@ -34,6 +34,11 @@
 //! | [`fill`] | the sharded in-flight map, the fill task, followers |
 //! | [`upstream`] | registry client: [`upstream::Upstreams`] (one client per configured registry, chosen by key), auth (Basic, Bearer), which realms get credentials, redirects, `Via` and loop refusal, `ns` to a parent tier; [`upstream::ratelimit`]: each upstream's pull budget (`ratelimit-*` fields, 429s) and the tag freshness it stretches |
 //! | [`wheel`] | hierarchical timing wheel, pure: `advance(now)` → expired keys |
+//! | [`reference`](mod@reference) | image references as operators write them (`ghcr.io/team/app:1`, `alpine`), Docker's rules, mapped to an upstream and key; `--platform`, pure |
+//! | [`oci`] | what a manifest refers to: an index's platforms, an image's config and layers, pure |
+//! | [`pin`] | `ringcache.pin` → the digests the expiry thread keeps past TTL and cap, pure |
+//! | [`warm`] | `ringcache warm`: pulls images through the running server on a small blocking HTTP/1.1 client (not the data path) |
+//! | [`handoff`] | `ringcache export` / `import`: the store to and from an OCI image layout; a store read without its lock (`check-config`'s pinned bytes) |
 //!
 //! # The data path
 //!
@@ -66,8 +71,8 @@
 //!    If the store fails instead (disk full, read-only, I/O), followers finish straight from
 //!    upstream, verifying themselves ([`proxy::bypass`], [`store::incident`]).
 //! 9. **expiry** — a timing wheel holds one deadline per entry; last access decides between
-//!    re-arming and removal; a size cap evicts least-recently-used entries; state is journalled
-//!    ([`wheel`], [`expiry`], [`store::state`]).
+//!    re-arming and removal; a size cap evicts least-recently-used entries; pinned images
+//!    stay; state is journalled ([`wheel`], [`expiry`], [`pin`], [`store::state`]).
 //!
 //! # Glossary
 //!
@@ -86,13 +91,17 @@ pub mod error;
 pub mod expiry;
 pub mod failpoint;
 pub mod fill;
+pub mod handoff;
 pub mod http;
 pub mod jobs;
 pub mod limits;
 pub mod live;
 pub mod media;
 pub mod metrics;
+pub mod oci;
+pub mod pin;
 pub mod proxy;
+pub mod reference;
 pub mod referrers;
 pub mod registry;
 pub mod route;
@@ -100,5 +109,6 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod upstream;
+pub mod warm;
 pub mod wheel;
 pub mod worker;

@@ -272,6 +272,26 @@ pub const WHEEL_SLOT_BITS: u32 = 6;
 pub const WHEEL_LEVELS: usize = 4;
 /// Ticks (seconds) covered by the wheel's levels; farther deadlines go to the overflow list.
 pub const WHEEL_HORIZON: u64 = 1 << (WHEEL_SLOT_BITS as u64 * WHEEL_LEVELS as u64);
+/// Images in `ringcache.pin`: each is resolved (tags, manifests read from disk) whenever a
+/// manifest or tag changes, at most once per [`PIN_RESOLVE_EVERY`].
+pub const PINS_MAX: usize = 1024;
+/// Pins are resolved again at most this often while commits and tags keep coming.
+pub const PIN_RESOLVE_EVERY: Duration = Duration::from_millis(500);
+
+// ---- Tools: warm, export, import (not the data path) ----
+
+/// `ringcache warm --jobs`: blob downloads at once, at most (each is one connection to the
+/// server and one buffer of [`WARM_CHUNK_BYTES`]).
+pub const WARM_JOBS_MAX: usize = 64;
+/// One read of a blob body by `warm`, `export` and `import` (the body is hashed and dropped,
+/// or written, a chunk at a time: never held whole).
+pub const WARM_CHUNK_BYTES: usize = 256 * 1024;
+/// A response head `warm` reads from the server.
+pub const WARM_HEAD_BYTES_MAX: usize = 64 * 1024;
+/// `warm --file`: the list's size, at most.
+pub const WARM_LIST_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// `import`: an OCI layout's `index.json`, at most.
+pub const LAYOUT_INDEX_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 // ---- How the bounds relate ----
 

@@ -18,6 +18,10 @@ pub struct Reloadable {
     pub tls: std::sync::RwLock<Vec<std::sync::Arc<rustls::ClientConfig>>>,
     /// Each upstream's `tags.fresh_for`, in ms: read on every manifest by tag, so an atomic.
     pub fresh_for_ms: Box<[std::sync::atomic::AtomicU64]>,
+    /// `ringcache.offline`: serve only from the cache; no upstream request is made.
+    pub offline: std::sync::atomic::AtomicBool,
+    /// `ringcache.pin`: read by the expiry thread when `generation` moves.
+    pub pins: std::sync::RwLock<Vec<crate::reference::ImageRef>>,
     /// Each upstream's stretched tag freshness, in ms (0: not stretched): set while its pull
     /// budget is nearly spent ([`crate::upstream::ratelimit`]); [`Reloadable::fresh_for`]
     /// takes the larger of the two.
@@ -56,6 +60,8 @@ impl Reloadable {
                 .all_upstreams()
                 .map(|u| std::sync::atomic::AtomicU64::new(u.tags_fresh_for.as_millis() as u64))
                 .collect(),
+            offline: std::sync::atomic::AtomicBool::new(config.offline),
+            pins: std::sync::RwLock::new(config.pins.clone()),
             stretched_ms: config.all_upstreams().map(|_| Default::default()).collect(),
             stretch_below_ppm: config.ratelimit.stretch_below_ppm.into(),
             stretch_to_ms: (config.ratelimit.stretch_to.as_millis() as u64).into(),
@@ -72,6 +78,11 @@ impl Reloadable {
         let to = config.ratelimit.stretch_to.as_millis() as u64;
         let was = self.stretch_to_ms.swap(to, Relaxed);
         below != config.ratelimit.stretch_below_ppm || was != to
+    }
+
+    /// Whether `ringcache.offline` is on (read before every upstream request).
+    pub fn offline(&self) -> bool {
+        self.offline.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Upstream `u`'s credentials.

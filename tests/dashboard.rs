@@ -633,8 +633,11 @@ fn man_pages_name_every_subcommand() {
         pages,
         [
             "ringcache-check-config.1",
+            "ringcache-export.1",
+            "ringcache-import.1",
             "ringcache-serve.1",
             "ringcache-verify.1",
+            "ringcache-warm.1",
             "ringcache.1"
         ],
         "one page per visible subcommand (not the hidden man, not help)"

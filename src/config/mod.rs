@@ -87,6 +87,12 @@ pub struct Config {
     pub sendfile: SendfileMode,
     /// How often changed access times, links and tags are appended to the state journal.
     pub state_interval: Duration,
+    /// `ringcache.pin`: images whose tags, manifests and blobs neither expire nor are evicted
+    /// (registries checked against the upstreams; reloaded on SIGHUP; see [`crate::pin`]).
+    pub pins: Vec<crate::reference::ImageRef>,
+    /// `ringcache.offline`: serve only from the cache, never dialling upstream (reloaded on
+    /// SIGHUP).
+    pub offline: bool,
     /// `ringcache.ratelimit`: stretching the tag freshness of an upstream whose pull budget is
     /// nearly spent ([`crate::upstream::ratelimit`]).
     pub ratelimit: RateLimit,
@@ -288,6 +294,8 @@ impl Config {
             sendfile: SendfileMode::Auto,
             low_water_percent: 90,
             state_interval: Duration::from_secs(10),
+            pins: Vec::new(),
+            offline: false,
             ratelimit: RateLimit::default(),
             notes: Vec::new(),
         };
@@ -472,6 +480,8 @@ impl Config {
                     "direct_writes": self.direct_writes,
                 },
                 "state": {"interval": format_duration(self.state_interval)},
+                "offline": self.offline,
+                "pin": self.pins.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
                 "upstream": {
                     "registry": self.upstream.registry,
                     "ca_file": self.upstream.ca_file.as_ref().map(|p| p.display().to_string()),

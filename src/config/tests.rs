@@ -709,3 +709,49 @@ fn upstreams_table_from_the_environment() {
         assert_eq!(e.key, var, "{e}");
     }
 }
+
+#[test]
+fn pins_and_offline() {
+    let c = with_up(
+        "ringcache:\n  offline: true\n  upstream: {registry: docker.io}\n  upstreams: {ghcr.io: {remoteurl: https://ghcr.io}}\n  pin: [alpine:3, ghcr.io/team/app:1, alpine:3]\n",
+    )
+    .unwrap();
+    assert!(c.offline);
+    assert!(!with_up("").unwrap().offline, "off by default");
+    let pins: Vec<String> = c.pins.iter().map(|p| p.to_string()).collect();
+    // Listed once each, as Docker reads them.
+    assert_eq!(pins, ["docker.io/library/alpine:3", "ghcr.io/team/app:1"]);
+    let effective = c.effective();
+    assert_eq!(effective["ringcache"]["offline"], true);
+    assert_eq!(effective["ringcache"]["pin"][1], "ghcr.io/team/app:1");
+    // From the environment: a comma-separated list.
+    let env = [(
+        "RINGCACHE_PIN".to_string(),
+        "up.example/a:3,up.example/b/c".to_string(),
+    )];
+    let c = Config::from_yaml_env(UP, env).unwrap();
+    assert_eq!(c.pins.len(), 2);
+    // Errors name the entry and what is wrong with it.
+    for (yaml, key, says) in [
+        (
+            "ringcache: {pin: [quay.io/a/b:1]}",
+            "ringcache.pin[0]",
+            "quay.io",
+        ),
+        (
+            "ringcache: {pin: [up.example/a, 'Bad:x']}",
+            "ringcache.pin[1]",
+            "not a valid",
+        ),
+        ("ringcache: {pin: alpine}", "ringcache.pin", "list"),
+        (
+            "ringcache: {offline: yes please}",
+            "ringcache.offline",
+            "true or false",
+        ),
+    ] {
+        let e = with_up(yaml).unwrap_err();
+        assert_eq!(e.key, key, "{yaml}: {e}");
+        assert!(e.message.contains(says), "{yaml}: {e}");
+    }
+}

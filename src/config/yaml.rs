@@ -158,6 +158,9 @@ pub(super) fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), C
             // After the rest: an entry takes `ringcache.tags.fresh_for` unless it sets its own.
             "upstreams" => {}
             "drain_timeout" => config.drain_timeout = duration(&key, v)?,
+            "offline" => config.offline = boolean(&key, v)?,
+            // Registries are checked after `upstreams` is read (below).
+            "pin" => config.pins = pins(&key, v)?,
             "storage" => {
                 for (k2, v2) in mapping(&key, v)? {
                     let key = format!("{key}.{k2}");
@@ -335,7 +338,37 @@ pub(super) fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), C
     if let Some(v) = rc.get("upstreams") {
         upstreams_section(v, config)?;
     }
+    let regs = config.registries();
+    for (i, p) in config.pins.iter().enumerate() {
+        p.locate(&regs)
+            .map_err(|e| err(&format!("ringcache.pin[{i}]"), format!("{p}: {e}")))?;
+    }
     Ok(())
+}
+
+/// `ringcache.pin`: a list of image references (`ghcr.io/team/app:1`, `alpine:3`).
+fn pins(key: &str, v: &Value) -> Result<Vec<crate::reference::ImageRef>, ConfigError> {
+    let items = match v {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(items) => items,
+        _ => return Err(err(key, "must be a list of image references")),
+    };
+    if items.len() > crate::limits::PINS_MAX {
+        return Err(err(
+            key,
+            format!("at most {} pinned images", crate::limits::PINS_MAX),
+        ));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let key = format!("{key}[{i}]");
+        let s = string(&key, item)?;
+        let r = crate::reference::ImageRef::parse(s).map_err(|e| err(&key, e))?;
+        if !out.contains(&r) {
+            out.push(r);
+        }
+    }
+    Ok(out)
 }
 
 /// The keys an entry of `ringcache.upstreams` takes.

@@ -51,6 +51,10 @@ pub(super) async fn serve_miss(
         unknown,
         ctype,
     } = miss;
+    if w.shared.live.offline() {
+        // Said here rather than by a fill that fails: no fill starts.
+        return Err(crate::upstream::offline(unknown));
+    }
     let store = &w.shared.store;
     let (fill, cache) = match w
         .shared

@@ -286,6 +286,9 @@ impl Upstream {
         tail: &str,
         headers: &[(&str, &str)],
     ) -> Result<Response> {
+        if self.live.offline() {
+            return Err(offline(unknown_of(tail)));
+        }
         let name = self.repo_name(name);
         let scope = format!("repository:{name}:pull");
         let base_path = self.base.path.trim_end_matches('/');
@@ -309,6 +312,9 @@ impl Upstream {
         scope: &str,
         headers: &[(&str, &str)],
     ) -> Result<Response> {
+        if self.live.offline() {
+            return Err(offline(Kind::NameUnknown));
+        }
         let base_path = self.base.path.trim_end_matches('/');
         let mut url = Url {
             origin: self.base.origin.clone(),
@@ -594,6 +600,27 @@ impl Upstream {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Error::upstream(Kind::Unavailable, "token endpoint sent no token"))?;
         Ok((token, ttl))
+    }
+}
+
+/// What a client is told for content that is not cached while `ringcache.offline` is on:
+/// the 404 of its kind (MANIFEST_UNKNOWN, BLOB_UNKNOWN, NAME_UNKNOWN), saying why. Checked
+/// before any upstream request, so an offline cache never dials.
+pub fn offline(unknown: Kind) -> Error {
+    Error::client(
+        unknown,
+        "offline: not in the cache, and this mirror does not ask upstream (ringcache.offline)",
+    )
+}
+
+/// The 404 kind for a request `tail` (`manifests/...`, `blobs/...`, `tags/list`).
+fn unknown_of(tail: &str) -> Kind {
+    if tail.starts_with("blobs/") {
+        Kind::BlobUnknown
+    } else if tail.starts_with("manifests/") {
+        Kind::ManifestUnknown
+    } else {
+        Kind::NameUnknown
     }
 }
 

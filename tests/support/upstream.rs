@@ -106,6 +106,8 @@ pub struct State {
     /// (path fragment, Location): a request whose path contains the fragment is answered
     /// `302` to that location (checked before anything else but `/token`).
     redirects: Mutex<Vec<(String, String)>>,
+    /// Set by `TestUpstream::stop`: open connections close at their next request.
+    stopped: AtomicBool,
     /// The referrers API: `None` answers 404 (a registry without it); `Some(filter)` answers
     /// with the manifests whose `subject` is the digest, filtered by `artifactType` (and
     /// saying so) when `filter`.
@@ -341,6 +343,13 @@ impl TestUpstream {
     pub fn seen(&self) -> Vec<(String, Option<String>)> {
         self.state.seen.lock().unwrap().clone()
     }
+
+    /// Stop as a registry that went away does: the listener closes, and connections the
+    /// cache keeps open close at their next request, unanswered.
+    pub fn stop(self) {
+        self.state.stopped.store(true, Ordering::SeqCst);
+        drop(self);
+    }
 }
 
 impl Drop for TestUpstream {
@@ -357,7 +366,7 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
     let mut r = BufReader::new(conn);
     loop {
         let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
+        if r.read_line(&mut line)? == 0 || st.stopped.load(Ordering::SeqCst) {
             return Ok(());
         }
         let line = line.trim_end().to_string();
