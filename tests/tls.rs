@@ -413,7 +413,12 @@ fn skopeo_pulls_over_tls_with_its_cert_dir_and_credentials() {
 fn containerd_pulls_through_ringcache_over_tls() {
     let (up, img) = upstream_with(&[40_000]);
     let pki = Pki::new("ec");
-    let rc = start(&up, "", &pki.env());
+    // containerd names the registry (`?ns=registry.test`): the default upstream answers as it.
+    let rc = start(
+        &up,
+        "ringcache: {upstream: {registry: registry.test}}\n",
+        &pki.env(),
+    );
     let ctr = Containerd::start_tls("registry.test", rc.addr, &pki.ca);
     let pulled = ctr
         .pull("registry.test/team/app:v1", "linux/amd64")

@@ -244,14 +244,20 @@ mod tests {
     #[test]
     fn routes_need_what_the_reference_asks() {
         use crate::route::{route, Method};
+        let regs = crate::registry::Registries::new("registry.test", ["ghcr.io"]);
         for (path, want) in [
             ("/", None),
             ("/v2/", Some(Access::Base)),
             ("/v2/_catalog", Some(Access::Catalog)),
             ("/v2/team/app/tags/list", Some(Access::Pull("team/app"))),
             ("/v2/a/manifests/v1", Some(Access::Pull("a"))),
+            // Another upstream's repository is checked under its key.
+            (
+                "/v2/ghcr.io/team/app/manifests/v1",
+                Some(Access::Pull("ghcr.io//team/app")),
+            ),
         ] {
-            let r = route(Method::Get, path).unwrap().unwrap();
+            let r = route(Method::Get, path, &regs).unwrap().unwrap();
             assert_eq!(access(&r), want, "{path}");
         }
         assert_eq!(Reason::Scope.as_str(), "scope");

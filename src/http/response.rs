@@ -45,6 +45,8 @@ pub struct Exchange<'a> {
     pub ty: Option<crate::metrics::Type>,
     /// Time spent waiting for upstream before the first byte (misses).
     pub upstream_ms: Option<u64>,
+    /// Which upstream the request is for (0: the default; see [`crate::registry`]).
+    pub upstream: usize,
 }
 
 /// The one send loop to a client socket: all of `buf`, or an error once the client has accepted
@@ -90,6 +92,7 @@ impl<'a> Exchange<'a> {
             cache: Default::default(),
             ty: None,
             upstream_ms: None,
+            upstream: 0,
         }
     }
 

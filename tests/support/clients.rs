@@ -212,22 +212,35 @@ impl Containerd {
     /// Start containerd with each `(registry, mirror)`: pulls from `registry` go to `mirror`
     /// (plain HTTP), and never anywhere else.
     pub fn start(mirrors: &[(&str, SocketAddr)]) -> Containerd {
-        let hosts: Vec<(&str, String)> = mirrors
+        // containerd's hosts.toml: the mirror first (pull and resolve), then `server`, a
+        // closed loopback port, so a mirror failure fails at once.
+        let files: Vec<(&str, String)> = mirrors
             .iter()
-            .map(|(registry, mirror)| (*registry, format!("[host.\"http://{mirror}\"]\n")))
+            .map(|(registry, mirror)| {
+                (
+                    *registry,
+                    format!(
+                        "server = \"http://127.0.0.1:1\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+                    ),
+                )
+            })
             .collect();
-        Containerd::boot(&hosts)
+        Containerd::start_with_hosts(&files)
     }
 
     /// Start containerd with `registry` mirrored to ringcache over TLS at `mirror`, trusting
     /// the CA certificate `ca` (hosts.toml `ca`).
     pub fn start_tls(registry: &str, mirror: SocketAddr, ca: &Path) -> Containerd {
-        let host = format!("[host.\"https://{mirror}\"]\n  ca = \"{}\"\n", ca.display());
-        Containerd::boot(&[(registry, host)])
+        let text = format!(
+            "server = \"http://127.0.0.1:1\"\n\n[host.\"https://{mirror}\"]\n  ca = \"{}\"\n  capabilities = [\"pull\", \"resolve\"]\n",
+            ca.display()
+        );
+        Containerd::start_with_hosts(&[(registry, text)])
     }
 
-    /// Start containerd; each `(registry, host table)` is a hosts.toml mirror entry.
-    fn boot(mirrors: &[(&str, String)]) -> Containerd {
+    /// Start containerd with each `(directory, hosts.toml)` under its hosts directory
+    /// (`_default` is containerd's catch-all for registries without a directory).
+    pub fn start_with_hosts(files: &[(&str, String)]) -> Containerd {
         require_root_and(&["containerd", "ctr", "unshare"]);
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -272,18 +285,11 @@ disabled_plugins = [
         std::fs::create_dir_all(d.join("tmp")).unwrap();
         std::fs::write(d.join("config.toml"), config).unwrap();
         let hosts = d.join("hosts.d");
-        for (registry, host) in mirrors {
-            // containerd's hosts.toml: the mirror first (pull and resolve), then `server`,
-            // a closed loopback port, so a mirror failure fails at once.
+        std::fs::create_dir_all(&hosts).unwrap();
+        for (registry, text) in files {
             let file = hosts.join(registry).join("hosts.toml");
             std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-            std::fs::write(
-                file,
-                format!(
-                    "server = \"http://127.0.0.1:1\"\n\n{host}  capabilities = [\"pull\", \"resolve\"]\n"
-                ),
-            )
-            .unwrap();
+            std::fs::write(file, text).unwrap();
         }
         let mut cmd = namespaced(&[], "containerd");
         cmd.arg("--config").arg(d.join("config.toml"));
@@ -383,6 +389,16 @@ impl Podman {
     /// Set podman up with each `(registry, mirror)`: pulls from `registry` go to `mirror`
     /// (plain HTTP), and never anywhere else.
     pub fn start(mirrors: &[(&str, SocketAddr)]) -> Podman {
+        let locations: Vec<(&str, String)> = mirrors
+            .iter()
+            .map(|(registry, mirror)| (*registry, mirror.to_string()))
+            .collect();
+        Podman::start_with_locations(&locations)
+    }
+
+    /// Set podman up with each `(registry, mirror location)`: a location may hold a path
+    /// (`127.0.0.1:5000/ghcr.io`), which podman puts before the repository name.
+    pub fn start_with_locations(mirrors: &[(&str, String)]) -> Podman {
         require_root_and(&["podman", "unshare"]);
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
