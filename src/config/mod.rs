@@ -86,6 +86,12 @@ pub struct Config {
     pub sendfile: SendfileMode,
     /// How often changed access times, links and tags are appended to the state journal.
     pub state_interval: Duration,
+    /// `ringcache.proxy_protocol`: connections from `proxy_protocol_from` start with a PROXY
+    /// protocol header (v1 or v2) naming the client, as a load balancer sends it; from any
+    /// other peer such a header is a bad request ([`crate::http::proxyproto`]).
+    pub proxy_protocol: bool,
+    /// `ringcache.proxy_protocol_from`: the load balancers' addresses or networks.
+    pub proxy_protocol_from: crate::http::proxyproto::Allow,
     /// What start reports about the config: keys of the reference schema that were present
     /// but change nothing ringcache does (each with why), defaults taken, variables ignored.
     pub notes: Vec<String>,
@@ -243,6 +249,8 @@ impl Config {
             sendfile: SendfileMode::Auto,
             low_water_percent: 90,
             state_interval: Duration::from_secs(10),
+            proxy_protocol: false,
+            proxy_protocol_from: Default::default(),
             notes: Vec::new(),
         };
         if let Some(v) = get(&root, "version") {
@@ -393,6 +401,8 @@ impl Config {
                     "direct_writes": self.direct_writes,
                 },
                 "state": {"interval": format_duration(self.state_interval)},
+                "proxy_protocol": self.proxy_protocol,
+                "proxy_protocol_from": self.proxy_protocol_from.to_strings(),
                 "upstream": {
                     "ca_file": self.upstream.ca_file.as_ref().map(|p| p.display().to_string()),
                     "token_realms": self.upstream.token_realms.iter().map(|u| u.to_string()).collect::<Vec<_>>(),

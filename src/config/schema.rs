@@ -240,6 +240,8 @@ pub(super) const RINGCACHE_KEYS: &[&str] = &[
     "upstream.token_realms",
     "tags.fresh_for",
     "state.interval",
+    "proxy_protocol",
+    "proxy_protocol_from",
     "storage.size_max",
     "storage.high_water_percent",
     "storage.low_water_percent",
@@ -258,7 +260,7 @@ pub(super) const RINGCACHE_KEYS: &[&str] = &[
 ];
 
 /// `ringcache` keys that take a list: from the environment, a comma-separated value.
-pub(super) const RINGCACHE_LISTS: &[&str] = &["upstream.token_realms"];
+pub(super) const RINGCACHE_LISTS: &[&str] = &["upstream.token_realms", "proxy_protocol_from"];
 
 /// The `ringcache.` keys directly under `section` (`""`: the section itself).
 pub(super) fn ringcache_children(section: &str) -> Vec<&'static str> {

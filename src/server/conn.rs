@@ -22,6 +22,7 @@ use monoio::net::TcpStream;
 use crate::buffers::{Buffers, HeadRoom, HEAD_FIRST_BYTES};
 use crate::error::{Error, Kind};
 use crate::http::parse::{parse_range, parse_request, Head, Parsed};
+use crate::http::proxyproto;
 use crate::http::response::Exchange;
 use crate::http::sendfile;
 use crate::proxy::{self, Request};
@@ -58,6 +59,11 @@ pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::Sock
         || sock.local_addr().ok(),
         peer,
     );
+    // Behind a load balancer: the client's address, from its PROXY header (the sendfile
+    // policy above stays with the balancer, the socket's real peer).
+    let Some(peer) = proxied(&worker, &mut sock, peer, &limits).await else {
+        return;
+    };
     // Pipelined bytes not yet answered; empty (and unallocated) while idle.
     let mut buf: Vec<u8> = Vec::new();
     // What the head buffer holds past its first size, out of the worker's budget; released
@@ -87,6 +93,31 @@ pub async fn serve(worker: Rc<Worker>, mut sock: TcpStream, peer: std::net::Sock
         }
         if buf.is_empty() {
             room.give(std::mem::take(&mut buf));
+        }
+    }
+}
+
+/// The client's address: with `ringcache.proxy_protocol`, a peer in `proxy_protocol_from`
+/// must start with a PROXY header, read here (exactly, within the head timeout), and its source
+/// stands for the client; `None`: no valid header in time, the connection closes. From any
+/// other peer, nothing is read: a PROXY header there fails as a request head (400).
+async fn proxied(
+    worker: &Worker,
+    sock: &mut TcpStream,
+    peer: std::net::SocketAddr,
+    limits: &crate::limits::Limits,
+) -> Option<std::net::SocketAddr> {
+    let config = &worker.shared.config;
+    if !config.proxy_protocol || !config.proxy_protocol_from.contains(peer.ip()) {
+        return Some(peer);
+    }
+    let deadline = Instant::now() + limits.head_timeout;
+    match proxyproto::read(sock, deadline).await {
+        Ok(Some(h)) => Some(h.source.unwrap_or(peer)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "connection refused");
+            None
         }
     }
 }
