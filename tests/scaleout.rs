@@ -1,0 +1,510 @@
+//! Scaling out (issue 21): three ringcache nodes behind HAProxy (the shipped
+//! `deploy/haproxy/haproxy.cfg`, node addresses rewritten), each pulling through a parent
+//! ringcache whose upstream is the counting test origin, all on loopback. One upstream fetch
+//! per digest per tier whatever node a client reaches; a node killed, drained or restarted;
+//! tiers streaming while both fill; the PROXY protocol; `Cache-Status` on every answer.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufReader, Read};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use support::image::{self, Image};
+use support::upstream::{Blob, TestUpstream};
+use support::{eventually, http, Proc, Ringcache};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const SHIPPED: &str = "deploy/haproxy/haproxy.cfg";
+/// The parent answers tags from its cache this long: within a test, the origin is asked for
+/// a tag once.
+const PARENT: &str = "ringcache: {workers: 1, tags: {fresh_for: 10m}}\n";
+const NODE: &str =
+    "ringcache: {workers: 1, proxy_protocol: true, proxy_protocol_from: [127.0.0.1/32]}\n";
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// The shipped HAProxy config made to run here, as `scripts/cluster.sh` does: what needs root
+/// (chroot, user, the admin socket, syslog; maxconn, which needs a raised open-files limit) dropped, the bind on loopback, the node lines
+/// replaced (each with its debug port for the health check), and a stats page.
+fn haproxy_config(
+    front: SocketAddr,
+    stats: SocketAddr,
+    nodes: &[(SocketAddr, SocketAddr)],
+) -> String {
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(SHIPPED)).unwrap();
+    let mut out = String::new();
+    for line in shipped.lines() {
+        let t = line.trim_start();
+        let dropped = [
+            "chroot",
+            "user ",
+            "group ",
+            "stats socket",
+            "log /dev/log",
+            "maxconn",
+            "server node",
+        ];
+        if dropped.iter().any(|d| t.starts_with(d)) {
+            continue;
+        }
+        if t == "bind :5000" {
+            out.push_str(&format!("    bind {front}\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    for (i, (addr, dbg)) in nodes.iter().enumerate() {
+        out.push_str(&format!(
+            "    server node{} {addr} port {}\n",
+            i + 1,
+            dbg.port()
+        ));
+    }
+    out.push_str(&format!(
+        "frontend stats\n    bind {stats}\n    stats enable\n    stats uri /\n"
+    ));
+    out
+}
+
+struct Haproxy {
+    proc: Proc,
+    addr: SocketAddr,
+    stats: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    fn start(nodes: &[(SocketAddr, SocketAddr)]) -> Haproxy {
+        support::require("haproxy");
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap();
+        let stats: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap();
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(&cfg, haproxy_config(addr, stats, nodes)).unwrap();
+        let mut cmd = Command::new("haproxy");
+        cmd.arg("-db").arg("-f").arg(&cfg);
+        let proc = Proc::spawn(cmd);
+        let opened = std::panic::catch_unwind(|| support::wait_port(addr));
+        assert!(opened.is_ok(), "HAProxy did not start: {}", proc.log.lock().unwrap());
+        let h = Haproxy {
+            proc,
+            addr,
+            stats,
+            _dir: dir,
+        };
+        h.wait_state("UP", &["node1", "node2", "node3"][..nodes.len()]);
+        h
+    }
+
+    /// Each node's state as HAProxy's stats page says (UP, DOWN, ...).
+    fn states(&self) -> HashMap<String, String> {
+        let csv = http::get(self.stats, "/;csv").text();
+        csv.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f.first() == Some(&"ringcache") && f.get(1)?.starts_with("node"))
+                    .then(|| (f[1].to_string(), f.get(17).unwrap_or(&"").to_string()))
+            })
+            .collect()
+    }
+
+    fn wait_state(&self, state: &str, nodes: &[&str]) {
+        let what = format!("HAProxy sees {nodes:?} {state}");
+        eventually(WITHIN, &what, || {
+            let s = self.states();
+            nodes
+                .iter()
+                .all(|n| s.get(*n).is_some_and(|v| v.starts_with(state)))
+                .then_some(())
+        })
+    }
+}
+
+/// A ringcache with its debug listener; on `root` when given (a restart keeps its store), on
+/// `at` (its listener and debug addresses) when given.
+fn ringcache(
+    upstream: &str,
+    extra: &str,
+    root: &Path,
+    at: Option<(SocketAddr, SocketAddr)>,
+) -> (Ringcache, SocketAddr) {
+    let (http_addr, dbg) = match at {
+        Some((a, d)) => (a.to_string(), d.to_string()),
+        None => ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string()),
+    };
+    let env = [
+        ("REGISTRY_HTTP_ADDR", http_addr.as_str()),
+        ("REGISTRY_HTTP_DEBUG_ADDR", dbg.as_str()),
+    ];
+    let rc = Ringcache::start_env(upstream, extra, root, &env);
+    let dbg = rc.debug_addr();
+    (rc, dbg)
+}
+
+/// One response, its body hashed as it streams.
+#[derive(Debug, Clone)]
+struct Got {
+    status: u16,
+    node: String,
+    cache: String,
+    len: u64,
+    hex: String,
+    complete: bool,
+}
+
+fn fetch(addr: SocketAddr, path: &str, accept: Option<&str>) -> Got {
+    let mut s = http::connect(addr);
+    let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+    http::send(&mut s, addr, "GET", path, &headers, b"");
+    let mut r = BufReader::new(s);
+    let failed = |status| Got {
+        status,
+        node: String::new(),
+        cache: String::new(),
+        len: 0,
+        hex: String::new(),
+        complete: false,
+    };
+    let head = match http::read_response(&mut r, true) {
+        Ok(h) => h,
+        Err(_) => return failed(0),
+    };
+    let want: u64 = head
+        .header("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let (mut got, mut buf) = (0u64, vec![0u8; 256 * 1024]);
+    while got < want {
+        let n = ((want - got) as usize).min(buf.len());
+        match r.read(&mut buf[..n]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                ctx.update(&buf[..n]);
+                got += n as u64;
+            }
+        }
+    }
+    Got {
+        status: head.status,
+        node: head.header("x-ringcache-node").unwrap_or("").to_string(),
+        cache: head.header("cache-status").unwrap_or("").to_string(),
+        len: got,
+        hex: ringcache::digest::Digest::from_ring(&ctx.finish()).hex(),
+        complete: got == want,
+    }
+}
+
+/// What a client pulls: (path, Accept, sha256 hex, size).
+fn paths(name: &str, tag: &str, img: &Image) -> Vec<(String, Option<&'static str>, String, u64)> {
+    let mut out = vec![(
+        format!("/v2/{name}/manifests/{tag}"),
+        Some(OCI_MANIFEST),
+        support::sha256_hex(&img.manifest),
+        img.manifest.len() as u64,
+    )];
+    for b in std::iter::once(&img.config).chain(&img.layers) {
+        let hex = support::sha256_hex(b);
+        out.push((
+            format!("/v2/{name}/blobs/sha256:{hex}"),
+            None,
+            hex,
+            b.len() as u64,
+        ));
+    }
+    out
+}
+
+/// Fetch until a complete, verified body arrives (at most 8 tries, each on a new connection):
+/// a body cut short (its node killed) is tried again; a complete body with the wrong digest
+/// is corruption, and fails the test at once.
+fn fetch_verified(
+    addr: SocketAddr,
+    path: &str,
+    accept: Option<&str>,
+    hex: &str,
+    size: u64,
+) -> (Got, usize) {
+    let mut last = None;
+    for attempt in 1..=8 {
+        let g = fetch(addr, path, accept);
+        if g.status == 200 && g.complete {
+            assert_eq!(
+                (g.len, g.hex.as_str()),
+                (size, hex),
+                "corrupt body delivered for {path}: {g:?}"
+            );
+            return (g, attempt);
+        }
+        last = Some(g);
+    }
+    panic!("{path}: no complete answer in 8 tries; last {last:?}");
+}
+
+/// Every request line the origin saw, for `GET` of a digest (any repository).
+fn origin_gets(up: &TestUpstream, hex: &str) -> usize {
+    up.seen()
+        .iter()
+        .filter(|(l, _)| l.starts_with("GET ") && l.contains(hex))
+        .count()
+}
+
+fn post_down(dbg: SocketAddr) {
+    let r = http::request(
+        dbg,
+        "POST",
+        "/debug/health/down",
+        &[("X-Ringcache-Admin", "1")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn three_nodes_behind_haproxy_one_origin_fetch_per_blob_through_kill_restart_and_drain() {
+    let up = TestUpstream::start();
+    let names = ["team/app", "team/db", "lib/web", "lib/cli"];
+    let images: Vec<Image> = (0..4u64)
+        .map(|i| {
+            image::image(
+                100 + i,
+                &[1_500_000 + 250_000 * i as usize, 600_000, 90_000],
+            )
+        })
+        .collect();
+    for (name, img) in names.iter().zip(&images) {
+        up.add_blob(img.config.clone(), Default::default());
+        for l in &img.layers {
+            up.add_blob(l.clone(), Default::default());
+        }
+        up.add_manifest(name, "v1", OCI_MANIFEST, img.manifest.clone());
+    }
+    // The drain's in-flight transfer: a blob the origin holds (after its first 256 KiB) until
+    // the gate opens.
+    let gated = up.add_blob_with(Blob {
+        data: Arc::new(image::pseudo_random(7, 2 << 20)),
+        gated: true,
+        gate_at: 256 * 1024,
+        ..Default::default()
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let (parent, _) = ringcache(&up.url(), PARENT, &dir.path().join("parent"), None);
+    let mut nodes: Vec<(Ringcache, SocketAddr)> = (1..=3)
+        .map(|i| {
+            ringcache(
+                &parent.url(),
+                NODE,
+                &dir.path().join(format!("node{i}")),
+                None,
+            )
+        })
+        .collect();
+    let addrs: Vec<(SocketAddr, SocketAddr)> = nodes.iter().map(|(rc, d)| (rc.addr, *d)).collect();
+    let lb = Haproxy::start(&addrs);
+    let started = Instant::now();
+
+    // 1. 32 concurrent clients over 4 cold images: each blob fetched from the origin once,
+    // every body verified, one node (and one fill) per digest.
+    let barrier = Arc::new(Barrier::new(32));
+    let clients: Vec<_> = (0..32)
+        .map(|c| {
+            let (b, addr) = (barrier.clone(), lb.addr);
+            let want = paths(names[c % 4], "v1", &images[c % 4]);
+            std::thread::spawn(move || {
+                b.wait();
+                want.into_iter()
+                    .map(|(p, a, hex, size)| {
+                        let g = fetch_verified(addr, &p, a, &hex, size).0;
+                        (
+                            Item {
+                                path: p,
+                                accept: a,
+                                hex,
+                                size,
+                            },
+                            g,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut by_digest: HashMap<String, Vec<Got>> = HashMap::new();
+    let mut items: HashMap<String, Item> = HashMap::new();
+    for c in clients {
+        for (item, g) in c.join().unwrap() {
+            by_digest.entry(item.hex.clone()).or_default().push(g);
+            items.insert(item.hex.clone(), item);
+        }
+    }
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for (hex, gots) in &by_digest {
+        assert!(
+            gots.iter().all(|g| g.cache.starts_with("ringcache; ")),
+            "{gots:?}"
+        );
+        let nodes_seen: std::collections::BTreeSet<&str> =
+            gots.iter().map(|g| g.node.as_str()).collect();
+        assert_eq!(nodes_seen.len(), 1, "{hex} answered by {nodes_seen:?}");
+        let stored = gots
+            .iter()
+            .filter(|g| g.cache == "ringcache; fwd=miss; stored")
+            .count();
+        assert_eq!(stored, 1, "{hex}: one fill at its node: {gots:?}");
+        owner.insert(hex.clone(), gots[0].node.clone());
+    }
+    for img in &images {
+        for b in std::iter::once(&img.config).chain(&img.layers) {
+            assert_eq!(
+                origin_gets(&up, &support::sha256_hex(b)),
+                1,
+                "one origin GET per blob"
+            );
+        }
+    }
+    let spread: std::collections::BTreeSet<&String> = owner.values().collect();
+    eprintln!("cold pull: {:?}, digests on {spread:?}", started.elapsed());
+    assert!(spread.len() >= 2, "16 digests on one node: {owner:?}");
+
+    // 2. The same digest under another repository lands on the same node (a hit there, after
+    // the parent confirms it in that repository).
+    for (hex, node) in &owner {
+        let item = &items[hex];
+        if item.accept.is_some() {
+            continue; // a manifest by tag: hashed on repository + tag
+        }
+        let path = format!("/v2/elsewhere/repo/blobs/sha256:{hex}");
+        let (g, _) = fetch_verified(lb.addr, &path, None, hex, item.size);
+        assert_eq!(&g.node, node, "{hex} under another name");
+    }
+    let origin_before = up.seen().len();
+
+    // 3. A node killed (SIGKILL) mid-run: its clients' retries are served by the others, the
+    // origin is asked for nothing (the parent has it all), no corrupt body is delivered.
+    let done = Arc::new(AtomicUsize::new(0));
+    let retried = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            let (addr, done, retried) = (lb.addr, done.clone(), retried.clone());
+            let want: Vec<_> = (0..4)
+                .flat_map(|i| paths(names[(c + i) % 4], "v1", &images[(c + i) % 4]))
+                .collect();
+            std::thread::spawn(move || {
+                let mut nodes_after = Vec::new();
+                for _round in 0..3 {
+                    for (p, a, hex, size) in &want {
+                        let (g, tries) = fetch_verified(addr, p, *a, hex, *size);
+                        retried.fetch_add(tries - 1, Ordering::Relaxed);
+                        done.fetch_add(1, Ordering::Relaxed);
+                        nodes_after.push((hex.clone(), g.node));
+                    }
+                }
+                nodes_after
+            })
+        })
+        .collect();
+    eventually(WITHIN, "clients are under way", || {
+        (done.load(Ordering::Relaxed) >= 60).then_some(())
+    });
+    let killed = nodes[1].0.proc.child.id();
+    nodes[1].0.proc.signal(libc::SIGKILL);
+    let at_kill = done.load(Ordering::Relaxed);
+    let mut served_by: Vec<(String, String)> = Vec::new();
+    for c in clients {
+        served_by.extend(c.join().unwrap());
+    }
+    eprintln!(
+        "node2 (pid {killed}) killed after {at_kill} of {} fetches; {} retries",
+        served_by.len(),
+        retried.load(Ordering::Relaxed)
+    );
+    lb.wait_state("DOWN", &["node2"]);
+    assert_eq!(
+        up.seen().len(),
+        origin_before,
+        "the origin was asked again: {:?}",
+        &up.seen()[origin_before..]
+    );
+    // node2's digests are now answered by the others.
+    for (hex, node) in owner.iter().filter(|(_, n)| n.as_str() == "node2") {
+        let g = again(lb.addr, &items[hex]);
+        assert_ne!(&g.node, node);
+    }
+
+    // 4. node2 restarted on its store: HAProxy sends it its digests again, and they are hits.
+    let (rc, dbg) = (nodes[1].0.addr, nodes[1].1);
+    let root = nodes[1].0.root.clone();
+    nodes[1] = ringcache(&parent.url(), NODE, &root, Some((rc, dbg)));
+    lb.wait_state("UP", &["node2"]);
+    for (hex, _) in owner.iter().filter(|(_, n)| n.as_str() == "node2") {
+        let g = again(lb.addr, &items[hex]);
+        assert_eq!(
+            (g.node.as_str(), g.cache.as_str()),
+            ("node2", "ringcache; hit"),
+            "{hex}"
+        );
+    }
+    assert_eq!(
+        up.seen().len(),
+        origin_before,
+        "the origin was asked again after the restart"
+    );
+
+    // 5. A node drained with POST /debug/health/down: HAProxy sends it no new requests, and
+    // the transfer it has in flight (held at the origin's gate) finishes, verified.
+    let gated_hex = gated.trim_start_matches("sha256:").to_string();
+    let mut s = http::connect(lb.addr);
+    http::send(
+        &mut s,
+        lb.addr,
+        "GET",
+        &format!("/v2/team/app/blobs/{gated}"),
+        &[],
+        b"",
+    );
+    let mut r = BufReader::new(s);
+    let head = http::read_response(&mut r, true).unwrap();
+    assert_eq!(head.status, 200);
+    let drained = head.header("x-ringcache-node").unwrap().to_string();
+    let i: usize = drained.trim_start_matches("node").parse().unwrap();
+    post_down(nodes[i - 1].1);
+    lb.wait_state("DOWN", &[&drained]);
+    for (hex, _) in owner.iter().filter(|(_, n)| **n == drained) {
+        let g = again(lb.addr, &items[hex]);
+        assert_ne!(g.node, drained, "{hex} sent to the drained node");
+    }
+    up.open_gate();
+    let mut body = vec![0u8; head.header("content-length").unwrap().parse().unwrap()];
+    r.read_exact(&mut body).unwrap();
+    assert_eq!(body.len(), 2 << 20, "the drained node's transfer finished");
+    assert_eq!(support::sha256_hex(&body), gated_hex);
+    assert_eq!(origin_gets(&up, &gated_hex), 1);
+    eprintln!("whole test: {:?}", started.elapsed());
+    let _ = &lb.proc;
+}
+
+/// One thing a client pulled, as it asked for it.
+#[derive(Debug, Clone)]
+struct Item {
+    path: String,
+    accept: Option<&'static str>,
+    hex: String,
+    size: u64,
+}
+
+/// The same request again, verified.
+fn again(addr: SocketAddr, item: &Item) -> Got {
+    fetch_verified(addr, &item.path, item.accept, &item.hex, item.size).0
+}
