@@ -96,7 +96,11 @@ impl Haproxy {
         cmd.arg("-db").arg("-f").arg(&cfg);
         let proc = Proc::spawn(cmd);
         let opened = std::panic::catch_unwind(|| support::wait_port(addr));
-        assert!(opened.is_ok(), "HAProxy did not start: {}", proc.log.lock().unwrap());
+        assert!(
+            opened.is_ok(),
+            "HAProxy did not start: {}",
+            proc.log.lock().unwrap()
+        );
         let h = Haproxy {
             proc,
             addr,
@@ -389,10 +393,22 @@ fn three_nodes_behind_haproxy_one_origin_fetch_per_blob_through_kill_restart_and
         let (g, _) = fetch_verified(lb.addr, &path, None, hex, item.size);
         assert_eq!(&g.node, node, "{hex} under another name");
     }
-    let origin_before = up.seen().len();
 
     // 3. A node killed (SIGKILL) mid-run: its clients' retries are served by the others, the
-    // origin is asked for nothing (the parent has it all), no corrupt body is delivered.
+    // origin is asked for nothing again (the parent has it all, or is filling it), no corrupt
+    // body is delivered. In flight at the kill: 16 clients pulling the warm images, and 4
+    // clients of cold blobs the origin sends slowly; the node killed is the one serving the
+    // first of those (so it has a transfer in flight).
+    let origin_before = up.seen().len();
+    let slow: Vec<String> = (0..4u64)
+        .map(|i| {
+            up.add_blob_with(Blob {
+                data: Arc::new(image::pseudo_random(50 + i, 4 << 20)),
+                pace: Some(Duration::from_millis(15)),
+                ..Default::default()
+            })
+        })
+        .collect();
     let done = Arc::new(AtomicUsize::new(0));
     let retried = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..16)
@@ -402,63 +418,107 @@ fn three_nodes_behind_haproxy_one_origin_fetch_per_blob_through_kill_restart_and
                 .flat_map(|i| paths(names[(c + i) % 4], "v1", &images[(c + i) % 4]))
                 .collect();
             std::thread::spawn(move || {
-                let mut nodes_after = Vec::new();
                 for _round in 0..3 {
                     for (p, a, hex, size) in &want {
-                        let (g, tries) = fetch_verified(addr, p, *a, hex, *size);
+                        let (_, tries) = fetch_verified(addr, p, *a, hex, *size);
                         retried.fetch_add(tries - 1, Ordering::Relaxed);
                         done.fetch_add(1, Ordering::Relaxed);
-                        nodes_after.push((hex.clone(), g.node));
                     }
                 }
-                nodes_after
             })
         })
         .collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let slow_clients: Vec<_> = slow
+        .iter()
+        .enumerate()
+        .map(|(i, digest)| {
+            let (addr, tx) = (lb.addr, tx.clone());
+            let path = format!("/v2/team/app/blobs/{digest}");
+            let hex = digest.trim_start_matches("sha256:").to_string();
+            std::thread::spawn(move || {
+                let first = fetch_reporting(addr, &path, |node| {
+                    let _ = tx.send((i, node.to_string()));
+                });
+                let cut = !(first.status == 200 && first.complete);
+                if !cut {
+                    assert_eq!(first.hex, hex, "corrupt body delivered for {path}");
+                    return (first.clone(), first, cut);
+                }
+                let (g, _) = fetch_verified(addr, &path, None, &hex, 4 << 20);
+                (first, g, cut)
+            })
+        })
+        .collect();
+    drop(tx);
     eventually(WITHIN, "clients are under way", || {
         (done.load(Ordering::Relaxed) >= 60).then_some(())
     });
-    let killed = nodes[1].0.proc.child.id();
-    nodes[1].0.proc.signal(libc::SIGKILL);
+    let victim = loop {
+        let (i, node) = rx.recv_timeout(WITHIN).expect("the slow blobs' heads");
+        if i == 0 {
+            break node;
+        }
+    };
+    let k: usize = victim.trim_start_matches("node").parse().unwrap();
+    nodes[k - 1].0.proc.signal(libc::SIGKILL);
     let at_kill = done.load(Ordering::Relaxed);
-    let mut served_by: Vec<(String, String)> = Vec::new();
     for c in clients {
-        served_by.extend(c.join().unwrap());
+        c.join().unwrap();
     }
+    let slow_got: Vec<_> = slow_clients
+        .into_iter()
+        .map(|c| c.join().unwrap())
+        .collect();
     eprintln!(
-        "node2 (pid {killed}) killed after {at_kill} of {} fetches; {} retries",
-        served_by.len(),
-        retried.load(Ordering::Relaxed)
+        "{victim} killed after {at_kill} of 960 warm fetches; {} retries; slow blobs: {:?}",
+        retried.load(Ordering::Relaxed),
+        slow_got
+            .iter()
+            .map(|(f, g, cut)| (&f.node, &g.node, cut))
+            .collect::<Vec<_>>()
     );
-    lb.wait_state("DOWN", &["node2"]);
+    let (first, retry, cut) = &slow_got[0];
+    assert!(
+        *cut,
+        "the transfer in flight on {victim} was cut: {first:?}"
+    );
+    assert_ne!(retry.node, victim, "its retry went to another node");
+    lb.wait_state("DOWN", &[&victim]);
+    for (d, (_, g, _)) in slow.iter().zip(&slow_got) {
+        assert_eq!(g.hex, d.trim_start_matches("sha256:"));
+        assert_eq!(origin_gets(&up, &g.hex), 1, "one origin GET for {d}");
+    }
+    let origin_after = origin_before + slow.len();
     assert_eq!(
         up.seen().len(),
-        origin_before,
+        origin_after,
         "the origin was asked again: {:?}",
         &up.seen()[origin_before..]
     );
-    // node2's digests are now answered by the others.
-    for (hex, node) in owner.iter().filter(|(_, n)| n.as_str() == "node2") {
+    // The victim's digests are now answered by the others.
+    for (hex, _) in owner.iter().filter(|(_, n)| **n == victim) {
         let g = again(lb.addr, &items[hex]);
-        assert_ne!(&g.node, node);
+        assert_ne!(g.node, victim);
     }
 
-    // 4. node2 restarted on its store: HAProxy sends it its digests again, and they are hits.
-    let (rc, dbg) = (nodes[1].0.addr, nodes[1].1);
-    let root = nodes[1].0.root.clone();
-    nodes[1] = ringcache(&parent.url(), NODE, &root, Some((rc, dbg)));
-    lb.wait_state("UP", &["node2"]);
-    for (hex, _) in owner.iter().filter(|(_, n)| n.as_str() == "node2") {
+    // 4. The victim restarted on its store: HAProxy sends it its digests again, and they
+    // are hits.
+    let (rc, dbg) = (nodes[k - 1].0.addr, nodes[k - 1].1);
+    let root = nodes[k - 1].0.root.clone();
+    nodes[k - 1] = ringcache(&parent.url(), NODE, &root, Some((rc, dbg)));
+    lb.wait_state("UP", &[&victim]);
+    for (hex, _) in owner.iter().filter(|(_, n)| **n == victim) {
         let g = again(lb.addr, &items[hex]);
         assert_eq!(
             (g.node.as_str(), g.cache.as_str()),
-            ("node2", "ringcache; hit"),
+            (victim.as_str(), "ringcache; hit"),
             "{hex}"
         );
     }
     assert_eq!(
         up.seen().len(),
-        origin_before,
+        origin_after,
         "the origin was asked again after the restart"
     );
 
@@ -493,6 +553,43 @@ fn three_nodes_behind_haproxy_one_origin_fetch_per_blob_through_kill_restart_and
     assert_eq!(origin_gets(&up, &gated_hex), 1);
     eprintln!("whole test: {:?}", started.elapsed());
     let _ = &lb.proc;
+}
+
+/// Like [`fetch`], telling `on_head` which node answers as soon as the head arrives.
+fn fetch_reporting(addr: SocketAddr, path: &str, on_head: impl FnOnce(&str)) -> Got {
+    let mut s = http::connect(addr);
+    http::send(&mut s, addr, "GET", path, &[], b"");
+    let mut r = BufReader::new(s);
+    let Ok(head) = http::read_response(&mut r, true) else {
+        on_head("");
+        return fetch(addr, path, None);
+    };
+    let node = head.header("x-ringcache-node").unwrap_or("").to_string();
+    on_head(&node);
+    let want: u64 = head
+        .header("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let (mut got, mut buf) = (0u64, vec![0u8; 64 * 1024]);
+    while got < want {
+        let n = ((want - got) as usize).min(buf.len());
+        match r.read(&mut buf[..n]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                ctx.update(&buf[..n]);
+                got += n as u64;
+            }
+        }
+    }
+    Got {
+        status: head.status,
+        node,
+        cache: head.header("cache-status").unwrap_or("").to_string(),
+        len: got,
+        hex: ringcache::digest::Digest::from_ring(&ctx.finish()).hex(),
+        complete: got == want,
+    }
 }
 
 /// One thing a client pulled, as it asked for it.
