@@ -551,6 +551,27 @@ fn three_nodes_behind_haproxy_one_origin_fetch_per_blob_through_kill_restart_and
     assert_eq!(body.len(), 2 << 20, "the drained node's transfer finished");
     assert_eq!(support::sha256_hex(&body), gated_hex);
     assert_eq!(origin_gets(&up, &gated_hex), 1);
+
+    // 6. Through HAProxy's PROXY v2, a node's access log names the client (here from
+    // 127.0.0.9), not the balancer.
+    let (owner_hex, node) = owner.iter().find(|(_, n)| **n != drained).unwrap();
+    let path = &items[owner_hex].path;
+    let mut s = connect_from("127.0.0.9", lb.addr);
+    http::send(
+        &mut s,
+        lb.addr,
+        "GET",
+        path,
+        &[("Accept", OCI_MANIFEST)],
+        b"",
+    );
+    let resp = http::read_response(&mut BufReader::new(s), false).unwrap();
+    assert_eq!(
+        (resp.status, resp.header("x-ringcache-node")),
+        (200, Some(node.as_str()))
+    );
+    let n: usize = node.trim_start_matches("node").parse().unwrap();
+    nodes[n - 1].0.proc.wait_log("peer=127.0.0.9:", WITHIN);
     eprintln!("whole test: {:?}", started.elapsed());
     let _ = &lb.proc;
 }
@@ -604,4 +625,198 @@ struct Item {
 /// The same request again, verified.
 fn again(addr: SocketAddr, item: &Item) -> Got {
     fetch_verified(addr, &item.path, item.accept, &item.hex, item.size).0
+}
+
+/// A connection to `to` from the loopback address `from` (127.0.0.0/8 is all this host's).
+fn connect_from(from: &str, to: SocketAddr) -> std::net::TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    s.bind(&local.into()).unwrap();
+    s.connect_timeout(&to.into(), http::TIMEOUT).unwrap();
+    let s: std::net::TcpStream = s.into();
+    s.set_read_timeout(Some(http::TIMEOUT)).unwrap();
+    s
+}
+
+fn send_raw(mut s: std::net::TcpStream, bytes: &[u8]) -> (Vec<u8>, bool) {
+    use std::io::Write;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Bounded: each read waits at most 10 s, and a close or error ends it.
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (out, true),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+fn v2_header(src: [u8; 4], port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&port.to_be_bytes());
+    h.extend_from_slice(&5000u16.to_be_bytes());
+    h
+}
+
+#[test]
+fn proxy_protocol_names_the_client_only_from_allowed_peers() {
+    let up = TestUpstream::start();
+    let rc = Ringcache::start(
+        &up.url(),
+        "ringcache: {workers: 1, proxy_protocol: true, proxy_protocol_from: [127.0.0.1]}\n",
+    );
+    let get = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let ok = |out: &[u8]| out.starts_with(b"HTTP/1.1 200 ");
+    // From an allowed peer: v2 and v1 headers name the client in the access log.
+    let mut v2 = v2_header([192, 0, 2, 7], 4242);
+    v2.extend_from_slice(get);
+    let (out, _) = send_raw(connect_from("127.0.0.1", rc.addr), &v2);
+    assert!(ok(&out), "{}", String::from_utf8_lossy(&out));
+    rc.proc.wait_log("peer=192.0.2.7:4242", WITHIN);
+    let mut v1 = b"PROXY TCP6 2001:db8::9 ::1 5555 5000\r\n".to_vec();
+    v1.extend_from_slice(get);
+    let (out, _) = send_raw(connect_from("127.0.0.1", rc.addr), &v1);
+    assert!(ok(&out), "{}", String::from_utf8_lossy(&out));
+    rc.proc.wait_log("peer=[2001:db8::9]:5555", WITHIN);
+    // A LOCAL header (a balancer's own check): the peer stands.
+    let mut local = v2_header([0; 4], 0);
+    local[12] = 0x20;
+    local[15] = 0;
+    local.truncate(16);
+    local.extend_from_slice(get);
+    let (out, _) = send_raw(connect_from("127.0.0.1", rc.addr), &local);
+    assert!(ok(&out), "{}", String::from_utf8_lossy(&out));
+    // From an allowed peer, anything but a PROXY header: closed, unanswered.
+    let (out, closed) = send_raw(connect_from("127.0.0.1", rc.addr), get);
+    assert!(
+        out.is_empty() && closed,
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    rc.proc.wait_log("invalid PROXY protocol header", WITHIN);
+    // From a peer not allowed: a PROXY header (either version) is a bad request; plain
+    // HTTP is served, and logged with the real peer.
+    for header in [v1.clone(), v2.clone()] {
+        let (out, closed) = send_raw(connect_from("127.0.0.2", rc.addr), &header);
+        assert!(
+            out.starts_with(b"HTTP/1.1 400 ") && closed,
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    let (out, _) = send_raw(connect_from("127.0.0.2", rc.addr), get);
+    assert!(ok(&out));
+    rc.proc.wait_log("peer=127.0.0.2:", WITHIN);
+    // Without proxy_protocol, a PROXY header is a bad request from anyone.
+    let plain = Ringcache::start(&up.url(), "ringcache: {workers: 1}\n");
+    for header in [v1, v2] {
+        let (out, _) = send_raw(connect_from("127.0.0.1", plain.addr), &header);
+        assert!(
+            out.starts_with(b"HTTP/1.1 400 "),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+}
+
+#[test]
+fn a_node_streams_through_its_parent_while_both_fill_and_the_parent_coalesces_nodes() {
+    let up = TestUpstream::start();
+    let size = 4 << 20;
+    let digest = up.add_blob_with(Blob {
+        data: Arc::new(image::pseudo_random(9, size)),
+        gated: true,
+        gate_at: 1 << 20,
+        ..Default::default()
+    });
+    let hex = digest.trim_start_matches("sha256:").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let (parent, _) = ringcache(&up.url(), PARENT, &dir.path().join("parent"), None);
+    let plain = "ringcache: {workers: 1}\n";
+    let (a, _) = ringcache(&parent.url(), plain, &dir.path().join("a"), None);
+    let (b, _) = ringcache(&parent.url(), plain, &dir.path().join("b"), None);
+    // Two nodes miss the same digest (under two repository names) at once.
+    let clients: Vec<_> = [(a.addr, "team/app"), (b.addr, "other/name")]
+        .into_iter()
+        .map(|(addr, name)| {
+            let mut s = http::connect(addr);
+            http::send(
+                &mut s,
+                addr,
+                "GET",
+                &format!("/v2/{name}/blobs/{digest}"),
+                &[],
+                b"",
+            );
+            let mut r = BufReader::new(s);
+            let head = http::read_response(&mut r, true).unwrap();
+            (head, r)
+        })
+        .collect();
+    // The parent's one fill took both nodes' fills: one started, one joined, one origin GET.
+    parent.proc.wait_log("fill started", WITHIN);
+    parent.proc.wait_log("fill joined", WITHIN);
+    let mut readers = Vec::new();
+    for (head, mut r) in clients {
+        assert_eq!(head.status, 200);
+        assert_eq!(
+            head.header("cache-status"),
+            Some("ringcache; fwd=miss; stored")
+        );
+        // The first 512 KiB arrive while the origin still holds the rest: streamed through
+        // both tiers, each filling.
+        let mut first = vec![0u8; 512 * 1024];
+        r.read_exact(&mut first).unwrap();
+        readers.push((first, r));
+    }
+    assert_eq!(origin_gets(&up, &hex), 1);
+    up.open_gate();
+    for (mut body, mut r) in readers {
+        let at = body.len();
+        body.resize(size, 0);
+        r.read_exact(&mut body[at..]).unwrap();
+        assert_eq!(support::sha256_hex(&body), hex);
+    }
+    assert_eq!(origin_gets(&up, &hex), 1, "one origin GET for two nodes");
+    // Warm at the nodes: hits.
+    let g = fetch(a.addr, &format!("/v2/team/app/blobs/{digest}"), None);
+    assert_eq!(
+        (g.status, g.cache.as_str(), g.hex.as_str()),
+        (200, "ringcache; hit", hex.as_str())
+    );
+}
+
+#[test]
+fn haproxy_config_as_shipped_is_valid() {
+    support::require("haproxy");
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join(SHIPPED);
+    let out = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "haproxy -c: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    for needed in [
+        "hash-type consistent",
+        "balance hash var(txn.cache_key)",
+        "http-check send meth GET uri /debug/health",
+        "retries 3",
+        "option redispatch",
+        "send-proxy-v2",
+    ] {
+        assert!(text.contains(needed), "{needed} missing");
+    }
 }
