@@ -15,125 +15,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use support::cluster::Haproxy;
 use support::image::{self, Image};
 use support::upstream::{Blob, TestUpstream};
-use support::{eventually, http, Proc, Ringcache};
+use support::{eventually, http, Ringcache};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const SHIPPED: &str = "deploy/haproxy/haproxy.cfg";
 /// The parent answers tags from its cache this long: within a test, the origin is asked for
 /// a tag once.
 const PARENT: &str = "ringcache: {workers: 1, tags: {fresh_for: 10m}}\n";
 const NODE: &str =
     "ringcache: {workers: 1, proxy_protocol: true, proxy_protocol_from: [127.0.0.1/32]}\n";
 const WITHIN: Duration = Duration::from_secs(30);
-
-/// The shipped HAProxy config made to run here, as `scripts/cluster.sh` does: what needs root
-/// (chroot, user, the admin socket, syslog; maxconn, which needs a raised open-files limit) dropped, the bind on loopback, the node lines
-/// replaced (each with its debug port for the health check), and a stats page.
-fn haproxy_config(
-    front: SocketAddr,
-    stats: SocketAddr,
-    nodes: &[(SocketAddr, SocketAddr)],
-) -> String {
-    let shipped =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(SHIPPED)).unwrap();
-    let mut out = String::new();
-    for line in shipped.lines() {
-        let t = line.trim_start();
-        let dropped = [
-            "chroot",
-            "user ",
-            "group ",
-            "stats socket",
-            "log /dev/log",
-            "maxconn",
-            "server node",
-        ];
-        if dropped.iter().any(|d| t.starts_with(d)) {
-            continue;
-        }
-        if t == "bind :5000" {
-            out.push_str(&format!("    bind {front}\n"));
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    for (i, (addr, dbg)) in nodes.iter().enumerate() {
-        out.push_str(&format!(
-            "    server node{} {addr} port {}\n",
-            i + 1,
-            dbg.port()
-        ));
-    }
-    out.push_str(&format!(
-        "frontend stats\n    bind {stats}\n    stats enable\n    stats uri /\n"
-    ));
-    out
-}
-
-struct Haproxy {
-    proc: Proc,
-    addr: SocketAddr,
-    stats: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Haproxy {
-    fn start(nodes: &[(SocketAddr, SocketAddr)]) -> Haproxy {
-        support::require("haproxy");
-        let dir = tempfile::tempdir().unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-            .parse()
-            .unwrap();
-        let stats: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-            .parse()
-            .unwrap();
-        let cfg = dir.path().join("haproxy.cfg");
-        std::fs::write(&cfg, haproxy_config(addr, stats, nodes)).unwrap();
-        let mut cmd = Command::new("haproxy");
-        cmd.arg("-db").arg("-f").arg(&cfg);
-        let proc = Proc::spawn(cmd);
-        let opened = std::panic::catch_unwind(|| support::wait_port(addr));
-        assert!(
-            opened.is_ok(),
-            "HAProxy did not start: {}",
-            proc.log.lock().unwrap()
-        );
-        let h = Haproxy {
-            proc,
-            addr,
-            stats,
-            _dir: dir,
-        };
-        h.wait_state("UP", &["node1", "node2", "node3"][..nodes.len()]);
-        h
-    }
-
-    /// Each node's state as HAProxy's stats page says (UP, DOWN, ...).
-    fn states(&self) -> HashMap<String, String> {
-        let csv = http::get(self.stats, "/;csv").text();
-        csv.lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(',').collect();
-                (f.first() == Some(&"ringcache") && f.get(1)?.starts_with("node"))
-                    .then(|| (f[1].to_string(), f.get(17).unwrap_or(&"").to_string()))
-            })
-            .collect()
-    }
-
-    fn wait_state(&self, state: &str, nodes: &[&str]) {
-        let what = format!("HAProxy sees {nodes:?} {state}");
-        eventually(WITHIN, &what, || {
-            let s = self.states();
-            nodes
-                .iter()
-                .all(|n| s.get(*n).is_some_and(|v| v.starts_with(state)))
-                .then_some(())
-        })
-    }
-}
 
 /// A ringcache with its debug listener; on `root` when given (a restart keeps its store), on
 /// `at` (its listener and debug addresses) when given.
@@ -796,7 +689,7 @@ fn a_node_streams_through_its_parent_while_both_fill_and_the_parent_coalesces_no
 #[test]
 fn haproxy_config_as_shipped_is_valid() {
     support::require("haproxy");
-    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join(SHIPPED);
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join(support::cluster::SHIPPED);
     let out = Command::new("haproxy")
         .arg("-c")
         .arg("-f")
