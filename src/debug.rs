@@ -245,7 +245,8 @@ fn serve(shared: &Shared, heads: &Mutex<Heads>, mut conn: TcpStream) -> std::io:
     }
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/metrics") => {
-            let text = render(&shared.counters, &gauges(shared));
+            let mut text = render(&shared.counters, &gauges(shared));
+            budgets(shared, &mut text);
             respond(
                 &mut conn,
                 200,
@@ -255,17 +256,24 @@ fn serve(shared: &Shared, heads: &Mutex<Heads>, mut conn: TcpStream) -> std::io:
         }
         ("GET", "/debug/health") => {
             let failing = checks(shared);
-            if failing.is_empty() {
-                respond(&mut conn, 200, "application/json", "{}")
-            } else {
-                let body = serde_json::Value::Object(
-                    failing
-                        .into_iter()
-                        .map(|(k, v)| (k.to_string(), v.into()))
-                        .collect(),
+            let upstreams = upstreams_failing(shared);
+            let mut body: serde_json::Map<String, serde_json::Value> = failing
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_str().into()))
+                .collect();
+            // Each failing upstream by name: reported, and the node stays healthy while any
+            // upstream answers (the others' clients are served).
+            if !upstreams.is_empty() {
+                body.insert(
+                    "upstreams".into(),
+                    serde_json::Value::Object(
+                        upstreams.into_iter().map(|(k, v)| (k, v.into())).collect(),
+                    ),
                 );
-                respond(&mut conn, 503, "application/json", &body.to_string())
             }
+            let status = if failing.is_empty() { 200 } else { 503 };
+            let body = serde_json::Value::Object(body).to_string();
+            respond(&mut conn, status, "application/json", &body)
         }
         ("POST", "/debug/health/down" | "/debug/health/up") if !req.admin => respond(
             &mut conn,
@@ -343,15 +351,37 @@ pub fn checks(shared: &Shared) -> Vec<(&'static str, String)> {
         }
         Err(e) => failing.push(("store", format!("not writable: {e}"))),
     }
-    let ok = shared.upstream_health.ok_ms.load(Ordering::Relaxed);
-    let err = shared.upstream_health.err_ms.load(Ordering::Relaxed);
-    if err > ok && now_ms().saturating_sub(err) < UPSTREAM_WINDOW_MS {
-        failing.push((
-            "upstream",
-            "unreachable or failing (5xx) in the last minute".to_string(),
-        ));
+    let down = upstreams_failing(shared);
+    if !down.is_empty() && down.len() == shared.upstream_health.len() {
+        let what = if down.len() == 1 {
+            "unreachable or failing (5xx) in the last minute"
+        } else {
+            "every upstream unreachable or failing (5xx) in the last minute"
+        };
+        failing.push(("upstream", what.to_string()));
     }
     failing
+}
+
+/// The upstreams that failed (unreachable or 5xx) more recently than they answered, in the
+/// last minute: (registry name, what is wrong).
+pub fn upstreams_failing(shared: &Shared) -> Vec<(String, String)> {
+    let now = now_ms();
+    shared
+        .upstream_health
+        .iter()
+        .enumerate()
+        .filter_map(|(u, h)| {
+            let ok = h.ok_ms.load(Ordering::Relaxed);
+            let err = h.err_ms.load(Ordering::Relaxed);
+            (err > ok && now.saturating_sub(err) < UPSTREAM_WINDOW_MS).then(|| {
+                (
+                    shared.registries.name(u).to_string(),
+                    "unreachable or failing (5xx) in the last minute".to_string(),
+                )
+            })
+        })
+        .collect()
 }
 
 fn gauges(shared: &Shared) -> Gauges {
@@ -371,7 +401,23 @@ fn gauges(shared: &Shared) -> Gauges {
             .collect(),
         driver: shared.driver.get().copied().unwrap_or("starting"),
         workers: shared.counters.len(),
+        upstreams: (0..shared.registries.len())
+            .map(|u| shared.registries.name(u).to_string())
+            .collect(),
     }
+}
+
+/// Each upstream's pull budget and 429s ([`crate::upstream::ratelimit`]).
+fn budgets(shared: &Shared, text: &mut String) {
+    let names: Vec<String> = (0..shared.registries.len())
+        .map(|u| shared.registries.name(u).to_string())
+        .collect();
+    let readings: Vec<_> = shared
+        .upstream_health
+        .iter()
+        .map(|h| h.budget.read())
+        .collect();
+    crate::upstream::ratelimit::render(text, &names, &readings);
 }
 
 fn respond(conn: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std::io::Result<()> {

@@ -38,6 +38,11 @@ fn wall_of(ms: u64) -> u64 {
 /// Apply the loaded state to a freshly scanned store: media types, links and ages for the
 /// files that exist; tags as stale resolutions (usable for stale-if-error, revalidated first).
 pub fn restore(shared: &Shared, loaded: &Loaded) {
+    // Links and tags under plain names are the default upstream's. When the default upstream
+    // stands for another registry than when they were recorded, they are not its: dropped
+    // (the new registry confirms what it has; nothing is served on the old one's word).
+    let plain_kept = default_registry_kept(shared);
+    let keep = |key: &str| plain_kept || key.contains(crate::registry::KEY_SEP);
     let ttl = shared
         .config
         .upstream
@@ -53,7 +58,7 @@ pub fn restore(shared: &Shared, loaded: &Loaded) {
         if let Some(mt) = &saved.media_type {
             entry.set_media_type(mt.as_str().into());
         }
-        for r in &saved.repos {
+        for r in saved.repos.iter().filter(|r| keep(r)) {
             entry.link(r);
         }
         // Age at save time, clamped to [0, ttl]: downtime and clock jumps do not count.
@@ -64,10 +69,18 @@ pub fn restore(shared: &Shared, loaded: &Loaded) {
             .store(now - age_ms, Ordering::Relaxed);
         restored += 1;
     }
-    let stale = Instant::now()
-        .checked_sub(shared.config.tags_fresh_for)
-        .unwrap_or_else(Instant::now);
+    let regs = shared.config.registries();
     for ((name, tag, resolved_for), (digest, mt)) in &loaded.tags {
+        if !keep(name) {
+            continue;
+        }
+        // A tag of a registry no longer configured stays out (its key names no upstream).
+        let Some((u, _)) = regs.split(name) else {
+            continue;
+        };
+        let stale = Instant::now()
+            .checked_sub(shared.live.fresh_for(u))
+            .unwrap_or_else(Instant::now);
         if shared.store.index.contains(digest) {
             shared
                 .tags
@@ -77,10 +90,42 @@ pub fn restore(shared: &Shared, loaded: &Loaded) {
     tracing::info!(restored, tags = loaded.tags.len(), "state restored");
 }
 
+/// Whether the default upstream stands for the same registry as when the state was saved
+/// (recorded in `state/default-registry`, rewritten here); true for a store without the file.
+fn default_registry_kept(shared: &Shared) -> bool {
+    let dir = shared.config.root_dir.join("state");
+    let path = dir.join("default-registry");
+    let now = shared.registries.name(0).to_string();
+    let before = std::fs::read_to_string(&path).ok();
+    let kept = match before.as_deref().map(str::trim) {
+        None => true,
+        Some(b) => b == now,
+    };
+    if !kept {
+        tracing::warn!(
+            before = %before.as_deref().unwrap_or("").trim(),
+            now = %now,
+            "the default upstream stands for another registry than when the cache was written: its repositories' links and tags are dropped (content stays, confirmed again by the new registry)"
+        );
+    }
+    let tmp = dir.join("default-registry.tmp");
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&tmp, format!("{now}\n")))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "cannot record the default upstream's registry name");
+    }
+    kept
+}
+
 struct Expiry {
     shared: Arc<Shared>,
-    /// In milliseconds.
+    /// In milliseconds: the shortest upstream TTL, when deadlines are armed (an entry's own
+    /// TTL is decided when its deadline fires, [`Expiry::ttl_of`]).
     ttl: Option<u64>,
+    /// Each upstream's TTL (ms; `None`: never expires), and which upstream a key is of.
+    ttls: Vec<Option<u64>>,
+    registries: crate::registry::Registries,
     wheel: Wheel<Digest>,
     timers: HashMap<Digest, TimerId>,
     /// (last access in ms when inserted, digest): the LRU order, corrected lazily.
@@ -89,23 +134,49 @@ struct Expiry {
     /// The state as journalled, for compaction.
     state: Loaded,
     pending: Vec<Record>,
+    /// `ringcache.pin` and what it resolves to ([`crate::pin`]): kept past their TTL and
+    /// never evicted.
+    pins: Pins,
+}
+
+/// The pinned images and their digests, resolved again when a commit or a tag may have
+/// changed them, or the pins themselves changed (SIGHUP).
+struct Pins {
+    refs: Vec<crate::reference::ImageRef>,
+    digests: std::collections::HashSet<Digest>,
+    /// Something changed since the last resolution.
+    dirty: bool,
+    /// The reload generation `refs` were read at.
+    generation: u64,
+    resolved_at: Option<Instant>,
 }
 
 /// Run the expiry thread until `shared.stopping` is set; flushes the state before returning.
 pub fn run(shared: Arc<Shared>, changes: ChangeReceiver, journal: Journal, state: Loaded) {
-    let ttl = shared
+    let ttls: Vec<Option<u64>> = shared
         .config
-        .upstream
-        .ttl
-        .map(|d| (d.as_millis() as u64).max(1000));
+        .all_upstreams()
+        .map(|u| u.ttl.map(|d| (d.as_millis() as u64).max(1000)))
+        .collect();
+    let ttl = ttls.iter().flatten().copied().min();
+    let pins = shared.live.pins.read().unwrap().clone();
     let mut x = Expiry {
         ttl,
+        ttls,
+        registries: shared.config.registries(),
         wheel: Wheel::new(now_tick()),
         timers: HashMap::new(),
         lru: BTreeSet::new(),
         journal,
         state,
         pending: Vec::new(),
+        pins: Pins {
+            refs: pins,
+            digests: Default::default(),
+            dirty: true,
+            generation: shared.live.generation.load(Ordering::Acquire),
+            resolved_at: None,
+        },
         shared,
     };
     for (digest, entry) in x.shared.store.index.entries() {
@@ -124,6 +195,7 @@ pub fn run(shared: Arc<Shared>, changes: ChangeReceiver, journal: Journal, state
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
+        x.resolve_pins();
         for (digest, _) in x.wheel.advance(now_tick()) {
             x.timers.remove(&digest);
             x.fired(digest, now_ms());
@@ -161,6 +233,8 @@ impl Expiry {
     }
 
     fn apply(&mut self, ev: Change) {
+        // A commit may be a pinned tag's manifest; a tag may be a pinned one.
+        self.pins.dirty = true;
         match ev {
             Change::Committed(digest) => {
                 let Some(entry) = self.shared.store.index.get(&digest) else {
@@ -241,7 +315,17 @@ impl Expiry {
         let Some(entry) = self.shared.store.index.get(&digest) else {
             return;
         };
-        let Some(ttl) = self.ttl else { return };
+        // Content kept without expiry for one of its upstreams is not re-armed: it stays.
+        let Some(ttl) = self.ttl_of(&entry) else {
+            return;
+        };
+        if self.pins.digests.contains(&digest) {
+            // Pinned: looked at again a TTL from now (it expires then if unpinned and unused).
+            let due_ms = now_ms.saturating_add(ttl);
+            self.timers
+                .insert(digest, self.wheel.insert(digest, due_ms.div_ceil(1000)));
+            return;
+        }
         match policy::deadline(entry.last_access(), ttl, now_ms) {
             policy::Deadline::Rearm { due_ms } => {
                 self.timers
@@ -250,6 +334,27 @@ impl Expiry {
             policy::Deadline::Expire => {
                 self.remove(digest, "expired");
             }
+        }
+    }
+
+    /// An entry's TTL: the longest of the upstreams whose repositories link it (content
+    /// shared by two registries lives as long as the more patient one keeps it); the default
+    /// upstream's for an entry with no link.
+    fn ttl_of(&self, entry: &crate::store::Entry) -> Option<u64> {
+        let mut longest = None;
+        let mut any = false;
+        for repo in entry.repos() {
+            any = true;
+            let u = self.registries.upstream_of(&repo);
+            match self.ttls.get(u).copied().flatten() {
+                None => return None,
+                Some(t) => longest = longest.max(Some(t)),
+            }
+        }
+        if any {
+            longest
+        } else {
+            self.ttls.first().copied().flatten()
         }
     }
 
@@ -269,9 +374,71 @@ impl Expiry {
             high,
             low,
             |d| index.get(d).map(|e| e.last_access()),
-            |d| self.remove(d, "evicted"),
+            // Pinned content stays (queued, for when it is unpinned).
+            |d| !self.pins.digests.contains(&d) && self.remove(d, "evicted"),
         );
         self.lru = lru;
+    }
+
+    /// Resolve the pins again if they, a commit or a tag changed since (at most once per
+    /// [`crate::limits::PIN_RESOLVE_EVERY`]): tags from the journalled state, manifests read
+    /// from the store.
+    fn resolve_pins(&mut self) {
+        let generation = self.shared.live.generation.load(Ordering::Acquire);
+        if generation != self.pins.generation {
+            self.pins.generation = generation;
+            let refs = self.shared.live.pins.read().unwrap().clone();
+            if refs != self.pins.refs {
+                self.pins.refs = refs;
+                self.pins.dirty = true;
+                self.pins.resolved_at = None;
+            }
+        }
+        if !self.pins.dirty
+            || (self.pins.refs.is_empty() && self.pins.digests.is_empty())
+            || self
+                .pins
+                .resolved_at
+                .is_some_and(|t| t.elapsed() < crate::limits::PIN_RESOLVE_EVERY)
+        {
+            return;
+        }
+        self.pins.dirty = false;
+        self.pins.resolved_at = Some(Instant::now());
+        let wanted = crate::pin::tag_keys(&self.pins.refs, &self.registries);
+        let mut tags: HashMap<(&str, &str), Vec<Digest>> = HashMap::new();
+        for ((name, tag, _), (digest, _)) in &self.state.tags {
+            if wanted.get(name).is_some_and(|t| t.contains(tag)) {
+                tags.entry((name, tag)).or_default().push(*digest);
+            }
+        }
+        let store = &self.shared.store;
+        let r = crate::pin::resolve(
+            &self.pins.refs,
+            &self.registries,
+            |k, t| tags.get(&(k, t)).cloned().unwrap_or_default(),
+            |d| {
+                let entry = store.index.get(d)?;
+                (entry.size <= crate::limits::MANIFEST_BYTES_MAX)
+                    .then(|| std::fs::read(store.blob_path(d)).ok())
+                    .flatten()
+            },
+        );
+        if r.digests != self.pins.digests {
+            let bytes: u64 = r
+                .digests
+                .iter()
+                .filter_map(|d| store.index.get(d).map(|e| e.size))
+                .sum();
+            tracing::info!(
+                images = self.pins.refs.len(),
+                digests = r.digests.len(),
+                bytes,
+                pending = ?r.pending,
+                "pins resolved"
+            );
+            self.pins.digests = r.digests;
+        }
     }
 
     /// Remove a committed entry unless a fill for it is in flight. Returns whether it went.

@@ -71,6 +71,10 @@ pub const UPSTREAM_INTERIM_MAX: usize = 16;
 pub const UPSTREAM_WARN_EVERY: Duration = Duration::from_secs(60);
 /// Subjects of such warnings remembered at once (expired ones are dropped past it).
 pub const UPSTREAM_WARN_KEYS_MAX: usize = 1024;
+/// Upstreams one ringcache mirrors (the default and `ringcache.upstreams`): each worker keeps
+/// per-upstream counters in fixed arrays of this size, so that the hit path indexes and never
+/// allocates or locks; 32 is several times what an edge node mirrors.
+pub const UPSTREAMS_MAX: usize = 32;
 /// Redirects followed for one upstream request (Docker Hub uses one, to its CDN).
 pub const REDIRECTS_MAX: usize = 10;
 /// Idle upstream connections kept per worker per origin.
@@ -117,6 +121,18 @@ pub const TAGS_MAX: usize = 100_000;
 /// no index gets one platform's manifest); the oldest goes past it. Nearly every client sends
 /// every manifest type, so one or two are the rule.
 pub const TAG_ANSWERS_MAX: usize = 8;
+/// A referrers answer from upstream (all its pages together), or a fallback tag's index, is
+/// read whole into memory to be filtered: a manifest's cap (the fallback tag's index is one).
+pub const REFERRERS_BODY_BYTES_MAX: u64 = MANIFEST_BYTES_MAX;
+/// Pages of one upstream referrers answer followed (`Link: <...>; rel="next"`); past it the
+/// answer holds the referrers of the pages read (logged).
+pub const REFERRERS_PAGES_MAX: usize = 16;
+/// Referrers answers kept in memory (per process, by repository, subject and
+/// `artifactType`); the least recently confirmed is dropped past it...
+pub const REFERRERS_CACHED_MAX: usize = 10_000;
+/// ...or past this many bytes of them: most answers are a few hundred bytes, and a few large
+/// ones must not hold hundreds of MiB.
+pub const REFERRERS_CACHED_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 // ---- Client connections (steps 1–2): heads, buffers, lingering, memory handed back ----
 
@@ -264,6 +280,26 @@ pub const WHEEL_SLOT_BITS: u32 = 6;
 pub const WHEEL_LEVELS: usize = 4;
 /// Ticks (seconds) covered by the wheel's levels; farther deadlines go to the overflow list.
 pub const WHEEL_HORIZON: u64 = 1 << (WHEEL_SLOT_BITS as u64 * WHEEL_LEVELS as u64);
+/// Images in `ringcache.pin`: each is resolved (tags, manifests read from disk) whenever a
+/// manifest or tag changes, at most once per [`PIN_RESOLVE_EVERY`].
+pub const PINS_MAX: usize = 1024;
+/// Pins are resolved again at most this often while commits and tags keep coming.
+pub const PIN_RESOLVE_EVERY: Duration = Duration::from_millis(500);
+
+// ---- Tools: warm, export, import (not the data path) ----
+
+/// `ringcache warm --jobs`: blob downloads at once, at most (each is one connection to the
+/// server and one buffer of [`WARM_CHUNK_BYTES`]).
+pub const WARM_JOBS_MAX: usize = 64;
+/// One read of a blob body by `warm`, `export` and `import` (the body is hashed and dropped,
+/// or written, a chunk at a time: never held whole).
+pub const WARM_CHUNK_BYTES: usize = 256 * 1024;
+/// A response head `warm` reads from the server.
+pub const WARM_HEAD_BYTES_MAX: usize = 64 * 1024;
+/// `warm --file`: the list's size, at most.
+pub const WARM_LIST_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// `import`: an OCI layout's `index.json`, at most.
+pub const LAYOUT_INDEX_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 // ---- How the bounds relate ----
 
@@ -295,5 +331,7 @@ const _: () = assert!(SMALL_CHUNK_BYTES <= CHUNK_BYTES);
 const _: () = assert!(CHUNK_LINE_MAX <= TRAILERS_MAX);
 // The debug listener's threads cover its connections (and as many still ending).
 const _: () = assert!(DEBUG_THREADS_MAX >= DEBUG_CONNECTIONS_MAX);
+// One referrers answer fits in the bytes kept for all of them.
+const _: () = assert!(REFERRERS_BODY_BYTES_MAX as usize <= REFERRERS_CACHED_BYTES_MAX);
 // A tag's local copy is no bigger than the shared table it copies.
 const _: () = assert!(TAGS_LOCAL_MAX <= TAGS_MAX);

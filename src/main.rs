@@ -1,5 +1,5 @@
-//! The `ringcache` command: `serve`, `check-config`, `verify` (and the hidden `man`, which
-//! writes the man pages). Wires config → store → workers.
+//! The `ringcache` command: `serve`, `check-config`, `verify`, `warm`, `export`, `import` (and
+//! the hidden `man`, which writes the man pages). Wires config → store → workers.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -49,6 +49,71 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Pull images through a running ringcache, so they are cached before clients ask.
+    ///
+    /// Each image's manifests (an index and every platform it lists, or only those given by
+    /// --platform) and every blob are fetched THROUGH the server, as a client would: a warm
+    /// joins fills in flight and counts as use. Images name their registry as Docker does
+    /// (ghcr.io/team/app:1; alpine means docker.io/library/alpine:latest); the config's
+    /// upstreams say which registries are mirrored. Blob bodies are hashed as they stream
+    /// and dropped. Exits 1 if any image failed, naming the reason for each.
+    Warm {
+        /// The config file: its http.addr is the default server, and its upstreams map
+        /// registries (default: the embedded config).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The running ringcache, http://host:port (default: the config's http.addr).
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Only this platform of a multi-platform image, os/arch[/variant] (repeatable).
+        #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+        platforms: Vec<String>,
+        /// Read more images from FILE, one per line (blank lines and # comments skipped).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Blob downloads at once.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        /// The images: [REGISTRY/]NAME[:TAG][@DIGEST].
+        #[arg(value_name = "IMAGE")]
+        images: Vec<String>,
+    },
+    /// Write cached images to a directory as an OCI image layout.
+    ///
+    /// With no IMAGE, the working set: every cached tag whose content is all cached (a
+    /// multi-platform image with the platforms that are). The layout's index.json names each
+    /// image registry/name:tag (annotation org.opencontainers.image.ref.name), so that
+    /// `skopeo copy oci:DIR:docker.io/library/alpine:3 ...` reads it and `ringcache import`
+    /// loads it into another node. Files are hard links into the store (copies across
+    /// filesystems). Safe while the cache runs (tags resolved in its last state.interval may
+    /// be missing).
+    Export {
+        /// The config file whose store is exported (default: the embedded config).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The layout's directory (made if missing; an index.json there keeps its other
+        /// images).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Only these images: [REGISTRY/]NAME[:TAG][@DIGEST].
+        #[arg(value_name = "IMAGE")]
+        images: Vec<String>,
+    },
+    /// Load an OCI image layout (as written by export) into a stopped cache's store.
+    ///
+    /// Every blob is copied in and its sha256 checked; manifests' media types, repository
+    /// links and tags are recorded in the state journal, so the cache starts warm and serves
+    /// these images without asking upstream (tags are revalidated upstream when it is
+    /// reachable, and served from the cache when it is not, or with ringcache.offline).
+    /// Takes the cache directory's lock: stop the cache first.
+    Import {
+        /// The config file whose store is loaded (default: the embedded config).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The OCI image layout's directory.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Write the man pages (ringcache.1 and one per subcommand) into DIR, for packaging.
     #[command(hide = true)]
     Man {
@@ -80,6 +145,19 @@ fn main() -> ExitCode {
             };
             for note in &config.notes {
                 eprintln!("ringcache: note: {note}");
+            }
+            if !config.pins.is_empty() {
+                match ringcache::handoff::pinned_report(
+                    &config.root_dir,
+                    &config.pins,
+                    &config.registries(),
+                    config.size_max_bytes,
+                ) {
+                    Ok(text) => eprintln!("ringcache: pinned: {text}"),
+                    Err(e) => eprintln!(
+                        "ringcache: pinned: cannot tell how much of the store pinned images hold ({e})"
+                    ),
+                }
             }
             print!(
                 "{}",
@@ -131,6 +209,16 @@ fn main() -> ExitCode {
                 },
             }
         }
+        Command::Warm {
+            config,
+            server,
+            platforms,
+            file,
+            jobs,
+            images,
+        } => warm(config, server, platforms, file, jobs, images),
+        Command::Export { config, to, images } => export(config, to, images),
+        Command::Import { config, dir } => import(config, dir),
         Command::Serve { config: path } => {
             let config = match load(path.as_ref()) {
                 Ok(c) => c,
@@ -165,6 +253,179 @@ fn main() -> ExitCode {
                     }
                 },
             }
+        }
+    }
+}
+
+/// `ringcache warm` (see its help).
+fn warm(
+    config: Option<PathBuf>,
+    server: Option<String>,
+    platforms: Vec<String>,
+    file: Option<PathBuf>,
+    jobs: usize,
+    mut images: Vec<String>,
+) -> ExitCode {
+    let config = match load(config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringcache: config error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let usage = |e: String| {
+        eprintln!("ringcache: warm: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    };
+    let server = match server {
+        Some(s) => match ringcache::warm::Server::parse(&s) {
+            Ok(s) => s,
+            Err(e) => return usage(e),
+        },
+        None => ringcache::warm::Server::of_listen(config.http_addr),
+    };
+    let platforms = match platforms
+        .iter()
+        .map(|p| ringcache::reference::Platform::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(p) => p,
+        Err(e) => return usage(e),
+    };
+    if let Some(f) = file {
+        use std::io::Read;
+        let mut text = String::new();
+        let read = std::fs::File::open(&f).and_then(|h| {
+            h.take(ringcache::limits::WARM_LIST_BYTES_MAX)
+                .read_to_string(&mut text)
+        });
+        if let Err(e) = read {
+            return usage(format!("{}: {e}", f.display()));
+        }
+        images.extend(ringcache::warm::read_list(&text));
+    }
+    if images.is_empty() {
+        return usage("no images given (IMAGE... or --file)".into());
+    }
+    let opts = ringcache::warm::Options {
+        server,
+        platforms,
+        jobs,
+        live: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+    };
+    let outcomes =
+        ringcache::warm::run(&images, &config.registries(), &opts, &mut std::io::stdout());
+    let failed = outcomes.iter().filter(|(_, r)| r.is_err()).count();
+    if failed > 0 {
+        eprintln!(
+            "ringcache: warm: {failed} of {} images failed",
+            outcomes.len()
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// `ringcache export` (see its help).
+fn export(config: Option<PathBuf>, to: PathBuf, images: Vec<String>) -> ExitCode {
+    let config = match load(config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringcache: config error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let regs = config.registries();
+    let mut refs = Vec::new();
+    for i in &images {
+        match ringcache::reference::ImageRef::parse(i).and_then(|r| r.locate(&regs).map(|_| r)) {
+            Ok(r) => refs.push(r),
+            Err(e) => {
+                eprintln!("ringcache: export: {i}: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    match ringcache::handoff::export(&config.root_dir, &regs, &refs, &to) {
+        Ok(r) => {
+            for i in &r.images {
+                println!("exported {i}");
+            }
+            for n in &r.notes {
+                println!("note: {n}");
+            }
+            for e in &r.errors {
+                eprintln!("ringcache: export: {e}");
+            }
+            println!(
+                "{} images, {} files ({} bytes) in {}",
+                r.images.len(),
+                r.files,
+                r.bytes,
+                to.display()
+            );
+            if r.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("ringcache: export: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ringcache import` (see its help).
+fn import(config: Option<PathBuf>, dir: PathBuf) -> ExitCode {
+    let config = match load(config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringcache: config error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match ringcache::handoff::import(&config.root_dir, &config.registries(), &dir) {
+        Ok(r) => {
+            for i in &r.images {
+                println!("imported {i}");
+            }
+            for n in &r.notes {
+                println!("note: {n}");
+            }
+            for e in &r.errors {
+                eprintln!("ringcache: import: {e}");
+            }
+            println!(
+                "{} images; {} files copied and verified ({} bytes), {} already in the store, under {}",
+                r.images.len(),
+                r.files,
+                r.bytes,
+                r.present,
+                config.root_dir.display()
+            );
+            if r.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(ringcache::handoff::ImportError::Store(e)) => {
+            match e.get_ref().and_then(|i| i.downcast_ref::<InUse>()) {
+                Some(busy) => {
+                    eprintln!("ringcache: import: {busy}; stop it first");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+                None => {
+                    eprintln!("ringcache: import: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("ringcache: import: {e}; nothing was imported");
+            ExitCode::FAILURE
         }
     }
 }
@@ -333,20 +594,91 @@ fn reload(shared: &Shared, path: Option<&PathBuf>) {
             None => restart.push("log.level"),
         }
     }
-    let creds = new
-        .upstream
-        .username
-        .clone()
-        .zip(new.upstream.password.clone());
-    if creds != *shared.live.credentials.read().unwrap() {
-        *shared.live.credentials.write().unwrap() = creds;
-        applied.push("proxy.username/password");
+    // Per upstream: credentials, CA files, tag freshness. The set of upstreams (and their
+    // remote URLs) changes only with a restart: workers hold a client per upstream.
+    // Per upstream: credentials, CA files, tag freshness, for every upstream still configured
+    // with the same name and remote URL (matched to its running slot). Adding or removing an
+    // upstream, or moving one to another URL, needs a restart: workers hold a client each.
+    let running: Vec<&ringcache::config::UpstreamConfig> = old.all_upstreams().collect();
+    let slot_of = |u: &ringcache::config::UpstreamConfig| {
+        running
+            .iter()
+            .position(|o| o.registry == u.registry && o.url == u.url)
+    };
+    let kept: Vec<(usize, &ringcache::config::UpstreamConfig)> = new
+        .all_upstreams()
+        .filter_map(|u| slot_of(u).map(|slot| (slot, u)))
+        .collect();
+    if kept.len() != running.len() || new.all_upstreams().count() != running.len() {
+        restart.push("the set of upstreams (proxy.remoteurl, ringcache.upstreams, ringcache.upstream.registry)");
+    }
+    {
+        let mut creds = shared.live.credentials.write().unwrap();
+        let mut changed = false;
+        for (slot, u) in &kept {
+            let c = u.username.clone().zip(u.password.clone());
+            if let Some(old) = creds.get_mut(*slot) {
+                if *old != c {
+                    *old = c;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            applied.push("upstream credentials (username/password)");
+        }
+    }
+    // CA files are re-read on every reload (a rotated CA keeps its path); one that fails to
+    // load keeps that upstream's old roots.
+    {
+        let mut tls = shared.live.tls.write().unwrap();
+        let mut reloaded = false;
+        for (slot, u) in &kept {
+            match ringcache::http::connect::tls_config(u.ca_file.as_deref()) {
+                Ok(t) => {
+                    if let Some(cur) = tls.get_mut(*slot) {
+                        *cur = t;
+                        reloaded |= u.ca_file.is_some() || running[*slot].ca_file.is_some();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(registry = %u.registry, "upstream CA file not reloaded, keeping the old one: {e}")
+                }
+            }
+        }
+        if reloaded {
+            applied.push("upstream CA files (ca_file)");
+        }
+    }
+    for (slot, u) in &kept {
+        if let Some(a) = shared.live.fresh_for_ms.get(*slot) {
+            let ms = u.tags_fresh_for.as_millis() as u64;
+            if a.swap(ms, std::sync::atomic::Ordering::Relaxed) != ms
+                && !applied.contains(&"tags.fresh_for")
+            {
+                applied.push("tags.fresh_for");
+            }
+        }
+    }
+    if new.pins != *shared.live.pins.read().unwrap() {
+        *shared.live.pins.write().unwrap() = new.pins.clone();
+        applied.push("ringcache.pin");
+    }
+    if new.offline != shared.live.offline() {
+        shared
+            .live
+            .offline
+            .store(new.offline, std::sync::atomic::Ordering::Relaxed);
+        applied.push("ringcache.offline");
+    }
+    if shared.live.reload_ratelimit(&new) {
+        applied.push("ringcache.ratelimit");
     }
     if new.limits != shared.live.limits() {
         *shared.live.limits.write().unwrap() = new.limits.clone();
         applied.push("ringcache.limits");
     }
-    let checks: [(&str, bool); 15] = [
+    let checks: [(&str, bool); 13] = [
         ("http.addr", new.http_addr != old.http_addr),
         ("log.accesslog.disabled", new.access_log != old.access_log),
         ("http.debug.addr", new.debug_addr != old.debug_addr),
@@ -355,17 +687,19 @@ fn reload(shared: &Shared, path: Option<&PathBuf>) {
             "storage.filesystem.rootdirectory",
             new.root_dir != old.root_dir,
         ),
-        ("proxy.remoteurl", new.upstream.url != old.upstream.url),
-        ("proxy.ttl", new.upstream.ttl != old.upstream.ttl),
         (
-            "ringcache.upstream.ca_file",
-            new.upstream.ca_file != old.upstream.ca_file,
+            "proxy.ttl / ringcache.upstreams.*.ttl",
+            new.all_upstreams()
+                .map(|u| u.ttl)
+                .ne(old.all_upstreams().map(|u| u.ttl)),
+        ),
+        (
+            "ringcache.upstream.token_realms",
+            new.all_upstreams()
+                .map(|u| &u.token_realms)
+                .ne(old.all_upstreams().map(|u| &u.token_realms)),
         ),
         ("ringcache.workers", new.workers != old.workers),
-        (
-            "ringcache.tags.fresh_for",
-            new.tags_fresh_for != old.tags_fresh_for,
-        ),
         (
             "ringcache.storage",
             (
@@ -417,8 +751,8 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     // Signals are blocked before any thread starts (every thread inherits the mask) and taken
     // by one thread with sigwait, which starts the drain; a second signal stops at once.
     let signals = block_signals();
-    let tls = ringcache::http::connect::tls_config(config.upstream.ca_file.as_deref())
-        .map_err(|e| anyhow::anyhow!("upstream TLS setup: {e}"))?;
+    let tls =
+        ringcache::live::tls_of(&config).map_err(|e| anyhow::anyhow!("upstream TLS setup: {e}"))?;
     let mut store = ringcache::store::Store::open(&config.root_dir)
         .with_context(|| format!("opening the store at {}", config.root_dir.display()))?;
     store.direct_ingest = config.direct_writes;
@@ -447,6 +781,14 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         ringcache::upstream::note_listener(l.local_addr()?);
     }
     tracing::info!(upstream = %config.upstream.url, workers = config.workers, "listening on {addr}");
+    for u in &config.upstreams {
+        tracing::info!(registry = %u.registry, upstream = %u.url, ns = ?u.forward_ns(), "mirroring");
+    }
+    if config.offline {
+        tracing::info!(
+            "offline (ringcache.offline): serving only from the cache; upstream is never asked"
+        );
+    }
     let (journal, loaded) = ringcache::store::state::Journal::open(&config.root_dir.join("state"))
         .with_context(|| {
             format!(
@@ -458,18 +800,19 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         fills: ringcache::fill::Fills::new(ringcache::limits::FILLS_INFLIGHT_MAX),
         tags: Default::default(),
+        referrers: Default::default(),
         drain: Default::default(),
         changes,
         heartbeats: Arc::new(ringcache::service::Heartbeats::new(config.workers)),
         counters: (0..config.workers).map(|_| Default::default()).collect(),
         tallies: Default::default(),
-        upstream_health: Default::default(),
+        upstream_health: config.all_upstreams().map(|_| Default::default()).collect(),
         health_down: Default::default(),
         driver: Default::default(),
-        live: Arc::new(ringcache::live::Reloadable::new(&config)),
+        live: Arc::new(ringcache::live::Reloadable::new(&config, tls)),
         stopping: Default::default(),
+        registries: config.registries(),
         store,
-        tls,
         config,
     });
     ringcache::expiry::restore(&shared, &loaded);

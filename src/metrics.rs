@@ -53,12 +53,38 @@ pub enum Type {
 
 /// One worker's counters.
 #[repr(align(128))]
-#[derive(Default)]
 pub struct Counters {
     requests: [[AtomicU64; STATUSES.len()]; METHODS.len()],
     duration_buckets: [[AtomicU64; BUCKETS.len()]; METHODS.len()],
     duration_count: [AtomicU64; METHODS.len()],
     duration_sum_us: [AtomicU64; METHODS.len()],
+    /// The proxy and fill counters, per upstream (label `upstream`), indexed by upstream.
+    per: [Upstream; crate::limits::UPSTREAMS_MAX],
+    /// Body bytes sent by sendfile straight from the page cache (the rest went through a buffer).
+    sendfile_bytes: AtomicU64,
+    /// Body bytes followers copied from their fill's recent blocks in memory.
+    memory_bytes: AtomicU64,
+    pub connections_open: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            requests: Default::default(),
+            duration_buckets: Default::default(),
+            duration_count: Default::default(),
+            duration_sum_us: Default::default(),
+            per: std::array::from_fn(|_| Upstream::default()),
+            sendfile_bytes: Default::default(),
+            memory_bytes: Default::default(),
+            connections_open: Default::default(),
+        }
+    }
+}
+
+/// One worker's counters of one upstream.
+#[derive(Default)]
+pub struct Upstream {
     proxy_requests: [AtomicU64; 2],
     proxy_hits: [AtomicU64; 2],
     proxy_misses: [AtomicU64; 2],
@@ -72,11 +98,6 @@ pub struct Counters {
     pub fills_started: AtomicU64,
     pub resumes: AtomicU64,
     pub bypassed: AtomicU64,
-    /// Body bytes sent by sendfile from the page cache (the rest went through a buffer).
-    sendfile_bytes: AtomicU64,
-    /// Body bytes followers copied from their fill's recent blocks in memory.
-    memory_bytes: AtomicU64,
-    pub connections_open: AtomicU64,
 }
 
 fn add(a: &AtomicU64, n: u64) {
@@ -88,7 +109,14 @@ fn get(a: &AtomicU64) -> u64 {
 }
 
 impl Counters {
-    /// Count one finished request.
+    /// Upstream `u`'s counters (the last slot for an index out of range: never, the config
+    /// bounds the upstreams to the slots).
+    pub fn of(&self, u: usize) -> &Upstream {
+        &self.per[u.min(self.per.len() - 1)]
+    }
+
+    /// Count one finished request (for upstream `upstream`).
+    #[allow(clippy::too_many_arguments)]
     pub fn request(
         &self,
         method: &str,
@@ -97,6 +125,7 @@ impl Counters {
         cache: Cache,
         ty: Option<Type>,
         body_bytes: u64,
+        upstream: usize,
     ) {
         let m = METHODS.iter().position(|&x| x == method).unwrap_or(2);
         let s = STATUSES
@@ -113,24 +142,25 @@ impl Counters {
         add(&self.duration_sum_us[m], (secs * 1e6) as u64);
         if let Some(t) = ty {
             let t = t as usize;
+            let up = self.of(upstream);
             // Content bytes only: error bodies are not pushed content.
             let body_bytes = if (200..300).contains(&status) {
                 body_bytes
             } else {
                 0
             };
-            add(&self.proxy_requests[t], 1);
+            add(&up.proxy_requests[t], 1);
             match cache {
-                Cache::Hit => add(&self.proxy_hits[t], 1),
-                Cache::Miss | Cache::Bypass => add(&self.proxy_misses[t], 1),
+                Cache::Hit => add(&up.proxy_hits[t], 1),
+                Cache::Miss | Cache::Bypass => add(&up.proxy_misses[t], 1),
                 Cache::Coalesced => {
-                    add(&self.proxy_misses[t], 1);
-                    add(&self.coalesced, 1);
-                    add(&self.bytes_avoided, body_bytes);
+                    add(&up.proxy_misses[t], 1);
+                    add(&up.coalesced, 1);
+                    add(&up.bytes_avoided, body_bytes);
                 }
                 Cache::None => {}
             }
-            add(&self.pushed_bytes[t], body_bytes);
+            add(&up.pushed_bytes[t], body_bytes);
         }
     }
 
@@ -160,6 +190,8 @@ pub struct Gauges {
     pub incidents: Vec<(&'static str, u64)>,
     pub driver: &'static str,
     pub workers: usize,
+    /// Each upstream's registry name (the `upstream` label), by upstream.
+    pub upstreams: Vec<String>,
 }
 
 /// Render Prometheus text (exposition format 0.0.4) from every worker's counters.
@@ -201,7 +233,7 @@ pub fn render(workers: &[Counters], g: &Gauges) -> String {
             "registry_http_request_duration_seconds_count{{method=\"{method}\"}} {count}"
         );
     }
-    let proxy: [(&str, &str, &dyn Fn(&Counters, usize) -> u64); 5] = [
+    let proxy: [(&str, &str, &dyn Fn(&Upstream, usize) -> u64); 5] = [
         (
             "registry_proxy_requests_total",
             "Requests for blobs and manifests.",
@@ -228,10 +260,53 @@ pub fn render(workers: &[Counters], g: &Gauges) -> String {
             &|c, t| get(&c.pushed_bytes[t]),
         ),
     ];
+    // Every configured upstream's series, zeros included (a dashboard's `rate` needs the
+    // series before its first increment).
+    let names: Vec<&str> = match g.upstreams.is_empty() {
+        true => vec![""],
+        false => g.upstreams.iter().map(String::as_str).collect(),
+    };
     for (name, help, f) in proxy {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (t, ty) in ["blob", "manifest"].iter().enumerate() {
-            let _ = writeln!(o, "{name}{{type=\"{ty}\"}} {}", sum(&|c| f(c, t)));
+        for (u, up) in names.iter().enumerate() {
+            for (t, ty) in ["blob", "manifest"].iter().enumerate() {
+                let n = sum(&|c| f(c.of(u), t));
+                let _ = writeln!(o, "{name}{{type=\"{ty}\",upstream=\"{up}\"}} {n}");
+            }
+        }
+    }
+    let per: [(&str, &str, &dyn Fn(&Upstream) -> u64); 5] = [
+        (
+            "ringcache_fills_started_total",
+            "Fills started (one upstream fetch each).",
+            &|c| get(&c.fills_started),
+        ),
+        (
+            "ringcache_fill_followers_coalesced_total",
+            "Requests that followed a fill another request started.",
+            &|c| get(&c.coalesced),
+        ),
+        (
+            "ringcache_upstream_bytes_avoided_total",
+            "Bytes sent to coalesced followers: upstream traffic saved.",
+            &|c| get(&c.bytes_avoided),
+        ),
+        (
+            "ringcache_fill_resumes_total",
+            "Fills resumed with Range after upstream broke mid-body.",
+            &|c| get(&c.resumes),
+        ),
+        (
+            "ringcache_fills_bypassed_total",
+            "Fills that bypassed a failing store.",
+            &|c| get(&c.bypassed),
+        ),
+    ];
+    for (name, help, f) in per {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (u, up) in names.iter().enumerate() {
+            let n = sum(&|c| f(c.of(u)));
+            let _ = writeln!(o, "{name}{{upstream=\"{up}\"}} {n}");
         }
     }
     let mut line = |name: &str, kind: &str, help: &str, v: u64| {
@@ -242,36 +317,6 @@ pub fn render(workers: &[Counters], g: &Gauges) -> String {
         "gauge",
         "Fills in flight.",
         g.fills_inflight,
-    );
-    line(
-        "ringcache_fills_started_total",
-        "counter",
-        "Fills started (one upstream fetch each).",
-        sum(&|c| get(&c.fills_started)),
-    );
-    line(
-        "ringcache_fill_followers_coalesced_total",
-        "counter",
-        "Requests that followed a fill another request started.",
-        sum(&|c| get(&c.coalesced)),
-    );
-    line(
-        "ringcache_upstream_bytes_avoided_total",
-        "counter",
-        "Bytes sent to coalesced followers: upstream traffic saved.",
-        sum(&|c| get(&c.bytes_avoided)),
-    );
-    line(
-        "ringcache_fill_resumes_total",
-        "counter",
-        "Fills resumed with Range after upstream broke mid-body.",
-        sum(&|c| get(&c.resumes)),
-    );
-    line(
-        "ringcache_fills_bypassed_total",
-        "counter",
-        "Fills that bypassed a failing store.",
-        sum(&|c| get(&c.bypassed)),
     );
     line(
         "ringcache_sendfile_bytes_total",
@@ -375,9 +420,10 @@ mod tests {
     #[test]
     fn sums_workers_and_renders_reference_names() {
         let w: Vec<Counters> = (0..2).map(|_| Counters::default()).collect();
-        w[0].request("GET", 200, 0.003, Cache::Hit, Some(Type::Blob), 100);
-        w[1].request("GET", 200, 0.2, Cache::Coalesced, Some(Type::Blob), 50);
-        w[1].request("HEAD", 404, 0.001, Cache::None, Some(Type::Manifest), 0);
+        w[0].request("GET", 200, 0.003, Cache::Hit, Some(Type::Blob), 100, 0);
+        w[1].request("GET", 200, 0.2, Cache::Coalesced, Some(Type::Blob), 50, 0);
+        w[1].request("HEAD", 404, 0.001, Cache::None, Some(Type::Manifest), 0, 0);
+        w[1].request("GET", 200, 0.001, Cache::Miss, Some(Type::Blob), 7, 1);
         let g = Gauges {
             fills_inflight: 1,
             store_bytes: 10,
@@ -389,19 +435,24 @@ mod tests {
             incidents: vec![],
             driver: "io_uring",
             workers: 2,
+            upstreams: vec!["docker.io".into(), "ghcr.io".into()],
         };
         let text = render(&w, &g);
         for want in [
-            "registry_http_requests_total{code=\"200\",method=\"GET\"} 2",
+            "registry_http_requests_total{code=\"200\",method=\"GET\"} 3",
             "registry_http_requests_total{code=\"404\",method=\"HEAD\"} 1",
-            "registry_http_request_duration_seconds_bucket{method=\"GET\",le=\"0.005\"} 1",
-            "registry_http_request_duration_seconds_bucket{method=\"GET\",le=\"0.25\"} 2",
-            "registry_http_request_duration_seconds_count{method=\"GET\"} 2",
-            "registry_proxy_requests_total{type=\"blob\"} 2",
-            "registry_proxy_hits_total{type=\"blob\"} 1",
-            "registry_proxy_misses_total{type=\"blob\"} 1",
-            "registry_proxy_pushed_bytes_total{type=\"blob\"} 150",
-            "ringcache_upstream_bytes_avoided_total 50",
+            "registry_http_request_duration_seconds_bucket{method=\"GET\",le=\"0.005\"} 2",
+            "registry_http_request_duration_seconds_bucket{method=\"GET\",le=\"0.25\"} 3",
+            "registry_http_request_duration_seconds_count{method=\"GET\"} 3",
+            "registry_proxy_requests_total{type=\"blob\",upstream=\"docker.io\"} 2",
+            "registry_proxy_hits_total{type=\"blob\",upstream=\"docker.io\"} 1",
+            "registry_proxy_misses_total{type=\"blob\",upstream=\"docker.io\"} 1",
+            "registry_proxy_pushed_bytes_total{type=\"blob\",upstream=\"docker.io\"} 150",
+            "registry_proxy_requests_total{type=\"blob\",upstream=\"ghcr.io\"} 1",
+            "registry_proxy_misses_total{type=\"blob\",upstream=\"ghcr.io\"} 1",
+            "registry_proxy_pushed_bytes_total{type=\"blob\",upstream=\"ghcr.io\"} 7",
+            "registry_proxy_hits_total{type=\"manifest\",upstream=\"ghcr.io\"} 0",
+            "ringcache_upstream_bytes_avoided_total{upstream=\"docker.io\"} 50",
             "ringcache_expirations_total 2",
             "ringcache_store_bytes_max 100",
             "ringcache_io_driver{driver=\"io_uring\"} 1",

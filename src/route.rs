@@ -1,14 +1,18 @@
 //! Data path step 3: method + path become a [`Route`]. Names, tags and digests are validated
 //! here against the OCI distribution-spec grammar, so nothing invalid reaches the store or
-//! upstream. Pure: no IO, no clock.
+//! upstream; the registry a request is for (`?ns=`, a path prefix, else the default upstream)
+//! is decided here too ([`crate::registry`]), and every name in a [`Route`] is the
+//! repository's key. Pure: no IO, no clock.
 
 use crate::digest::{Digest, DigestError};
 use crate::error::{Error, Kind};
+use crate::registry::Registries;
 
 pub use crate::limits::NAME_BYTES_MAX;
 pub use crate::limits::TAG_BYTES_MAX;
 
-/// What a request asks for.
+/// What a request asks for. Every `name` is a repository key ([`Registries::key`]): the plain
+/// name for the default upstream, `<registry>//<name>` for another.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// `GET /` on the main listener: liveness for load balancers.
@@ -27,16 +31,33 @@ pub enum Route {
         name: String,
         page: Page,
     },
+    /// The repositories cached from one upstream.
     Catalog {
+        upstream: usize,
         page: Page,
     },
-    /// `GET /v2/<name>/referrers/<digest>` (distribution-spec v1.1 "Listing Referrers"). Not
-    /// served yet: answered with a 404 OCI error, on which clients (oras, cosign, containerd)
-    /// fall back to the referrers tag schema.
+    /// `GET /v2/<name>/referrers/<digest>[?artifactType=<media type>]` (distribution-spec
+    /// v1.1 "Listing Referrers"), served by [`crate::proxy`]'s `referrers`.
     Referrers {
         name: String,
         digest: Digest,
+        /// The `artifactType` filter, decoded and checked against the media type grammar.
+        artifact_type: Option<String>,
     },
+}
+
+impl Route {
+    /// The upstream the request is for (0, the default, for `/` and `/v2/`).
+    pub fn upstream(&self, regs: &Registries) -> usize {
+        match self {
+            Route::Root | Route::Base => 0,
+            Route::Catalog { upstream, .. } => *upstream,
+            Route::Manifest { name, .. }
+            | Route::Blob { name, .. }
+            | Route::Tags { name, .. }
+            | Route::Referrers { name, .. } => regs.upstream_of(name),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +94,7 @@ impl Method {
 
 /// Route a request. `target` is the request-target as sent (path plus optional query).
 /// `Ok(None)` means no such route (plain 404 like the reference registry).
-pub fn route(method: Method, target: &str) -> Result<Option<Route>, Error> {
+pub fn route(method: Method, target: &str, regs: &Registries) -> Result<Option<Route>, Error> {
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, q),
         None => (target, ""),
@@ -102,15 +123,45 @@ pub fn route(method: Method, target: &str) -> Result<Option<Route>, Error> {
     if path.contains('%') {
         return Err(Error::client(Kind::NameInvalid, "percent-encoded path"));
     }
+    // `?ns=`: containerd names the registry; the path holds the plain repository name.
+    let ns = match ns_of(query)? {
+        Some(ns) => Some(regs.by_ns(&ns)?),
+        None => None,
+    };
     if rest.is_empty() {
         return Ok(Some(Route::Base));
     }
     if rest == "_catalog" {
-        return Ok(Some(Route::Catalog { page: page(query)? }));
+        return Ok(Some(Route::Catalog {
+            upstream: ns.unwrap_or(0),
+            page: page(query)?,
+        }));
     }
+    if let Some(reg) = rest.strip_suffix("/_catalog") {
+        if ns.is_none() {
+            if let Some(u) = regs.find(reg) {
+                return Ok(Some(Route::Catalog {
+                    upstream: u,
+                    page: page(query)?,
+                }));
+            }
+        }
+    }
+    // The repository's key: by `ns`, else by a configured registry prefix, else the default.
+    let key = |name: &str| -> Result<String, Error> {
+        let (u, name) = match ns {
+            Some(u) => (u, name),
+            None => regs.by_prefix(name).unwrap_or((0, name)),
+        };
+        if is_name(name) {
+            Ok(regs.key(u, name))
+        } else {
+            Err(Error::client(Kind::NameInvalid, "invalid repository name"))
+        }
+    };
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return Ok(Some(Route::Tags {
-            name: name_checked(name)?,
+            name: key(name)?,
             page: page(query)?,
         }));
     }
@@ -122,7 +173,7 @@ pub fn route(method: Method, target: &str) -> Result<Option<Route>, Error> {
     };
     match kind {
         "manifests" => {
-            let name = name_checked(name)?;
+            let name = key(name)?;
             let reference = if last.contains(':') {
                 Reference::Digest(digest_checked(last)?)
             } else if is_tag(last) {
@@ -133,18 +184,18 @@ pub fn route(method: Method, target: &str) -> Result<Option<Route>, Error> {
             Ok(Some(Route::Manifest { name, reference }))
         }
         "blobs" => {
-            let name = name_checked(name)?;
+            let name = key(name)?;
             Ok(Some(Route::Blob {
                 name,
                 digest: digest_checked(last)?,
             }))
         }
-        // Any query (`artifactType`) is irrelevant until the API is served.
         "referrers" => {
-            let name = name_checked(name)?;
+            let name = key(name)?;
             Ok(Some(Route::Referrers {
                 name,
                 digest: digest_checked(last)?,
+                artifact_type: artifact_type(query)?,
             }))
         }
         _ => Ok(None),
@@ -167,12 +218,70 @@ fn digest_checked(s: &str) -> Result<Digest, Error> {
     })
 }
 
-fn name_checked(name: &str) -> Result<String, Error> {
-    if is_name(name) {
-        Ok(name.to_string())
-    } else {
-        Err(Error::client(Kind::NameInvalid, "invalid repository name"))
+/// The `artifactType` query parameter of a referrers request, decoded: a media type
+/// (RFC 6838 §4.2, no parameters); more than one is refused (the spec defines one).
+fn artifact_type(query: &str) -> Result<Option<String>, Error> {
+    let mut found = None;
+    for pair in query.split('&') {
+        let Some(v) = pair.strip_prefix("artifactType=") else {
+            continue;
+        };
+        let bad = || Error::client(Kind::BadRequest, "artifactType is not a media type");
+        // A media type holds no space: a raw `+` is the `+` of `+json`, not a space (clients
+        // that do not escape it are common).
+        let v = percent_decode(&v.replace('+', "%2B")).ok_or_else(bad)?;
+        if found.is_some() {
+            return Err(Error::client(
+                Kind::BadRequest,
+                "more than one artifactType",
+            ));
+        }
+        if !is_media_type(&v) {
+            return Err(bad());
+        }
+        found = Some(v);
     }
+    Ok(found)
+}
+
+/// A media type without parameters (RFC 6838 §4.2): `type/subtype`, each a restricted name of
+/// 1 to 127 characters starting with a letter or digit.
+pub fn is_media_type(s: &str) -> bool {
+    let name = |n: &str| {
+        let b = n.as_bytes();
+        !b.is_empty()
+            && b.len() <= 127
+            && b[0].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(c))
+    };
+    match s.split_once('/') {
+        Some((t, sub)) => name(t) && name(sub),
+        None => false,
+    }
+}
+
+/// The `ns` query parameter, decoded (`None` when absent; a second `ns` is refused). Borrowed
+/// unless it holds an escape: containerd sends registry names as they are.
+fn ns_of(query: &str) -> Result<Option<std::borrow::Cow<'_, str>>, Error> {
+    let mut found = None;
+    for pair in query.split('&') {
+        if let Some(v) = pair.strip_prefix("ns=") {
+            if found.is_some() {
+                return Err(Error::client(Kind::BadRequest, "more than one ns"));
+            }
+            found = Some(if v.contains(['%', '+']) {
+                percent_decode(v)
+                    .ok_or_else(|| Error::client(Kind::BadRequest, "bad query"))?
+                    .into()
+            } else {
+                v.into()
+            });
+        } else if pair == "ns" {
+            return Err(Error::client(Kind::BadRequest, "ns without a value"));
+        }
+    }
+    Ok(found)
 }
 
 /// OCI name grammar: components `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` joined by `/`.
@@ -290,8 +399,89 @@ mod tests {
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
+    fn hub() -> Registries {
+        Registries::new("registry-1.docker.io", ["ghcr.io", "harbor.corp:5000"])
+    }
+
     fn r(method: &str, target: &str) -> Result<Option<Route>, Kind> {
-        route(Method::parse(method), target).map_err(|e| e.kind)
+        route(Method::parse(method), target, &hub()).map_err(|e| e.kind)
+    }
+
+    #[test]
+    fn the_registry_comes_from_ns_or_a_configured_prefix() {
+        let tag = |n: &str| {
+            Ok(Some(Route::Manifest {
+                name: n.into(),
+                reference: Reference::Tag("1".into()),
+            }))
+        };
+        let cases: &[(&str, Result<Option<Route>, Kind>)] = &[
+            ("/v2/team/app/manifests/1", tag("team/app")),
+            ("/v2/team/app/manifests/1?ns=docker.io", tag("team/app")),
+            (
+                "/v2/team/app/manifests/1?ns=ghcr.io",
+                tag("ghcr.io//team/app"),
+            ),
+            (
+                "/v2/team/app/manifests/1?ns=GHCR.IO",
+                tag("ghcr.io//team/app"),
+            ),
+            ("/v2/ghcr.io/team/app/manifests/1", tag("ghcr.io//team/app")),
+            ("/v2/docker.io/library/a/manifests/1", tag("library/a")),
+            (
+                "/v2/harbor.corp:5000/x/manifests/1",
+                tag("harbor.corp:5000//x"),
+            ),
+            ("/v2/harbor.corp:5001/x/manifests/1", Err(Kind::NameInvalid)),
+            // With ns, the path is the plain name, whatever its first component.
+            (
+                "/v2/ghcr.io/team/app/manifests/1?ns=docker.io",
+                tag("ghcr.io/team/app"),
+            ),
+            ("/v2/quay.io/team/app/manifests/1", tag("quay.io/team/app")),
+            (
+                "/v2/team/app/manifests/1?ns=quay.io",
+                Err(Kind::NameUnknown),
+            ),
+            ("/v2/team/app/manifests/1?ns=a%20b", Err(Kind::BadRequest)),
+            ("/v2/team/app/manifests/1?ns=a/b", Err(Kind::BadRequest)),
+            (
+                "/v2/team/app/manifests/1?ns=u%40ghcr.io",
+                Err(Kind::BadRequest),
+            ),
+            ("/v2/team/app/manifests/1?ns=", Err(Kind::BadRequest)),
+            ("/v2/team/app/manifests/1?ns", Err(Kind::BadRequest)),
+            (
+                "/v2/team/app/manifests/1?ns=ghcr.io&ns=docker.io",
+                Err(Kind::BadRequest),
+            ),
+            ("/v2/?ns=quay.io", Err(Kind::NameUnknown)),
+            ("/v2/?ns=ghcr.io", Ok(Some(Route::Base))),
+            (
+                "/v2/_catalog?ns=ghcr.io",
+                Ok(Some(Route::Catalog {
+                    upstream: 1,
+                    page: Page::default(),
+                })),
+            ),
+            (
+                "/v2/ghcr.io/_catalog",
+                Ok(Some(Route::Catalog {
+                    upstream: 1,
+                    page: Page::default(),
+                })),
+            ),
+            (
+                "/v2/ghcr.io/team/app/tags/list",
+                Ok(Some(Route::Tags {
+                    name: "ghcr.io//team/app".into(),
+                    page: Page::default(),
+                })),
+            ),
+        ];
+        for (target, want) in cases {
+            assert_eq!(&r("GET", target), want, "{target}");
+        }
     }
 
     #[test]
@@ -349,6 +539,7 @@ mod tests {
                 "GET",
                 "/v2/_catalog".into(),
                 Ok(Some(Route::Catalog {
+                    upstream: 0,
                     page: Page::default(),
                 })),
             ),
@@ -426,6 +617,25 @@ mod tests {
                 Ok(Some(Route::Referrers {
                     name: "a/b".into(),
                     digest: d,
+                    artifact_type: Some("x/y".into()),
+                })),
+            ),
+            (
+                "GET",
+                format!("/v2/a/referrers/{D}?n=1&artifactType=application/spdx+json"),
+                Ok(Some(Route::Referrers {
+                    name: "a".into(),
+                    digest: d,
+                    artifact_type: Some("application/spdx+json".into()),
+                })),
+            ),
+            (
+                "GET",
+                format!("/v2/a/referrers/{D}?artifactType=application/spdx%2Bjson&ns=ghcr.io"),
+                Ok(Some(Route::Referrers {
+                    name: "ghcr.io//a".into(),
+                    digest: d,
+                    artifact_type: Some("application/spdx+json".into()),
                 })),
             ),
             (
@@ -434,7 +644,28 @@ mod tests {
                 Ok(Some(Route::Referrers {
                     name: "a".into(),
                     digest: d,
+                    artifact_type: None,
                 })),
+            ),
+            (
+                "GET",
+                format!("/v2/a/referrers/{D}?artifactType=x"),
+                Err(Kind::BadRequest),
+            ),
+            (
+                "GET",
+                format!("/v2/a/referrers/{D}?artifactType=x/y;p=1"),
+                Err(Kind::BadRequest),
+            ),
+            (
+                "GET",
+                format!("/v2/a/referrers/{D}?artifactType=x/y&artifactType=x/z"),
+                Err(Kind::BadRequest),
+            ),
+            (
+                "GET",
+                format!("/v2/a/referrers/{D}?artifactType=%zz"),
+                Err(Kind::BadRequest),
             ),
             (
                 "GET",
@@ -545,6 +776,11 @@ mod tests {
         ]
     }
 
+    /// A key: a valid name, of a configured upstream.
+    fn key_ok(key: &str) -> bool {
+        hub().split(key).is_some_and(|(_, name)| is_name(name))
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
@@ -554,17 +790,17 @@ mod tests {
             method in prop_oneof![Just("GET"), Just("HEAD"), Just("PUT")],
             target in target(),
         ) {
-            if let Ok(Some(route)) = route(Method::parse(method), &target) {
+            if let Ok(Some(route)) = route(Method::parse(method), &target, &hub()) {
                 match route {
                     Route::Manifest { name, reference } => {
-                        prop_assert!(is_name(&name), "{name:?}");
+                        prop_assert!(key_ok(&name), "{name:?}");
                         if let Reference::Tag(t) = reference {
                             prop_assert!(is_tag(&t), "{t:?}");
                         }
                     }
                     Route::Blob { name, .. }
                     | Route::Tags { name, .. }
-                    | Route::Referrers { name, .. } => prop_assert!(is_name(&name), "{name:?}"),
+                    | Route::Referrers { name, .. } => prop_assert!(key_ok(&name), "{name:?}"),
                     Route::Root | Route::Base | Route::Catalog { .. } => {}
                 }
                 prop_assert!(target.starts_with("/v2/") || target.starts_with("/v2?")

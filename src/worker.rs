@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::fill::Fills;
 use crate::store::tags::Tags;
 use crate::store::Store;
-use crate::upstream::Upstream;
+use crate::upstream::Upstreams;
 
 /// What every worker shares: config, the store and its index, the in-flight map, tags.
 pub struct Shared {
@@ -19,7 +19,10 @@ pub struct Shared {
     pub store: Store,
     pub fills: Arc<Fills>,
     pub tags: Tags,
-    pub tls: Arc<rustls::ClientConfig>,
+    /// Referrers answers, like tags (see [`crate::referrers`]).
+    pub referrers: crate::referrers::Cache,
+    /// The registry names each upstream answers under (routing, [`crate::registry`]).
+    pub registries: crate::registry::Registries,
     pub drain: Drain,
     /// To the expiry thread: commits, links, tags (never on the hit path).
     pub changes: crate::store::changes::Changes,
@@ -29,8 +32,8 @@ pub struct Shared {
     pub counters: Box<[crate::metrics::Counters]>,
     /// Counters written off the hot path (expiry thread, failing fills).
     pub tallies: crate::metrics::Tallies,
-    /// When upstream last answered, and last failed to (ms, monotonic): the health check.
-    pub upstream_health: Arc<crate::upstream::Health>,
+    /// When each upstream last answered, and last failed to (ms, monotonic): the health check.
+    pub upstream_health: Vec<Arc<crate::upstream::Health>>,
     /// Set by `POST /debug/health/down`: health checks and `GET /` answer 503 so load
     /// balancers drain this node; cleared by `POST /debug/health/up`.
     pub health_down: std::sync::atomic::AtomicBool,
@@ -68,7 +71,7 @@ impl Drain {
 }
 
 impl crate::fill::task::Env for Worker {
-    fn upstream(&self) -> &crate::upstream::Upstream {
+    fn upstream(&self) -> &crate::upstream::Upstreams {
         &self.upstream
     }
     fn store(&self) -> &crate::store::Store {
@@ -147,7 +150,8 @@ impl Idle {
 pub struct Worker {
     pub id: usize,
     pub shared: Arc<Shared>,
-    pub upstream: Upstream,
+    /// Every upstream's client (connections, credentials, tokens), by repository key.
+    pub upstream: Upstreams,
     /// Open client connections on this worker (bounded by `connections_per_worker_max`).
     pub(crate) connections: Cell<usize>,
     /// The most connections open, and the most head room claimed, since memory was last

@@ -21,6 +21,10 @@ use support::{eventually, image, sha256_hex, Registry, Ringcache};
 /// reserved, RFC 6761, so it can never be real).
 const REGISTRY: &str = "registry.test";
 
+/// ringcache's default upstream answers under that name (containerd sends it as `?ns=`; an
+/// `ns` ringcache does not mirror is refused, so containerd would fall back to the registry).
+const MIRRORS: &str = "ringcache: {upstream: {registry: registry.test}}\n";
+
 /// A started client and the registry name its references use.
 type Start = fn(SocketAddr) -> (Box<dyn Client>, &'static str);
 
@@ -87,7 +91,7 @@ fn pulls_exactly_the_pushed_images(start: Start) {
         "v1",
         &[("amd64", &damd), ("arm64", &darm)],
     );
-    let rc = Ringcache::start(&reg.url(), "");
+    let rc = Ringcache::start(&reg.url(), MIRRORS);
     let (client, host) = start(rc.addr);
     let client = client.as_ref();
 
@@ -139,7 +143,7 @@ fn warm_pull_gets_no_blob_upstream(start: Start) {
     let img = image::image(3, &[50_000, 10_000]);
     image::push(reg.addr, "library/warm", "v1", &img, None);
     let blobs = img.layers.len() + 1;
-    let rc = Ringcache::start(&reg.url(), "");
+    let rc = Ringcache::start(&reg.url(), MIRRORS);
 
     let (cold, host) = start(rc.addr);
     let reference = format!("{host}/library/warm:v1");

@@ -511,6 +511,18 @@ fn dashboard_and_alerts_use_only_exported_series() {
     rc.proc
         .wait_count(&["fill committed"], 1, std::time::Duration::from_secs(10));
     assert_eq!(http::get(rc.addr, &path).status, 200, "hit");
+    // An upstream that reports a pull budget (Docker Hub does, on manifest answers): the
+    // budget gauges exist only once one was reported.
+    up.set_ratelimit(Some((100, 50, 21600)));
+    let m = image::image(1, &[100]);
+    up.add_manifest(
+        "x",
+        "v1",
+        "application/vnd.oci.image.manifest.v1+json",
+        m.manifest,
+    );
+    assert_eq!(http::get(rc.addr, "/v2/x/manifests/v1").status, 200);
+    support::wait_metric(dbg, "ringcache_upstream_ratelimit_remaining", |v| v == 50.0);
     let missing = format!("sha256:{}", "0".repeat(64));
     assert_eq!(
         http::get(rc.addr, &format!("/v2/x/blobs/{missing}")).status,
@@ -552,6 +564,9 @@ fn dashboard_and_alerts_use_only_exported_series() {
         "ringcache_fills_failed_total",
         "ringcache_store_incidents_total",
         "ringcache_connections_open",
+        "ringcache_upstream_ratelimit_remaining",
+        "ringcache_upstream_ratelimit_limit",
+        "ringcache_upstream_429_total",
     ] {
         assert!(used.contains(want), "no query uses {want}");
     }
@@ -618,8 +633,11 @@ fn man_pages_name_every_subcommand() {
         pages,
         [
             "ringcache-check-config.1",
+            "ringcache-export.1",
+            "ringcache-import.1",
             "ringcache-serve.1",
             "ringcache-verify.1",
+            "ringcache-warm.1",
             "ringcache.1"
         ],
         "one page per visible subcommand (not the hidden man, not help)"

@@ -122,6 +122,9 @@ fn state_survives_restart_and_sigkill_and_a_wall_clock_jump() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
     let dead = format!("http://127.0.0.1:{}", support::free_port());
+    // Upstream gone is simulated by a dead URL: the registry it stands for stays the same
+    // (else its links and tags would be dropped at start, as another registry's).
+    const SAME: &str = "ringcache: {upstream: {registry: registry.test}}\n";
     // What a client can do with upstream gone, served from persisted state alone: the tag
     // (stale-if-error), the manifest with its media type, the blob under its linked repo.
     let check = |rc: &Ringcache, what: &str| {
@@ -146,7 +149,7 @@ fn state_survives_restart_and_sigkill_and_a_wall_clock_jump() {
         );
     };
     {
-        let mut rc = Ringcache::start_at(&format!("{}, ttl: 1h", up.url()), "", &root);
+        let mut rc = Ringcache::start_at(&format!("{}, ttl: 1h", up.url()), SAME, &root);
         let r = http::request(
             rc.addr,
             "GET",
@@ -171,7 +174,7 @@ fn state_survives_restart_and_sigkill_and_a_wall_clock_jump() {
     {
         let mut rc = Ringcache::start_at(
             &format!("{dead}, ttl: 1h"),
-            "ringcache: {state: {interval: 200ms}}\n",
+            "ringcache: {state: {interval: 200ms}, upstream: {registry: registry.test}}\n",
             &root,
         );
         check(&rc, "after a clean restart");
@@ -185,7 +188,7 @@ fn state_survives_restart_and_sigkill_and_a_wall_clock_jump() {
         let env = [("RINGCACHE_WALL_OFFSET_SECS", "31536000")];
         let mut rc = Ringcache::start_env(
             &format!("{dead}, ttl: 1h"),
-            "ringcache: {state: {interval: 200ms}}\n",
+            "ringcache: {state: {interval: 200ms}, upstream: {registry: registry.test}}\n",
             &root,
             &env,
         );
@@ -206,7 +209,7 @@ fn state_survives_restart_and_sigkill_and_a_wall_clock_jump() {
     {
         // ...and a jump back does not make content immortal: it still expires after its TTL.
         let env = [("RINGCACHE_WALL_OFFSET_SECS", "-31536000")];
-        let rc = Ringcache::start_env(&format!("{dead}, ttl: 1s"), "", &root, &env);
+        let rc = Ringcache::start_env(&format!("{dead}, ttl: 1s"), SAME, &root, &env);
         rc.proc
             .wait_count(&["entry expired"], 2, Duration::from_secs(15));
     }

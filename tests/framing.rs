@@ -162,12 +162,11 @@ fn invalid_names_tags_and_digests_get_oci_errors() {
         ("/v2/a/blobs/md5:abc", 400, "DIGEST_INVALID"),
         ("/v2/a/referrers/latest", 400, "DIGEST_INVALID"),
         ("/v2/A/referrers/latest", 400, "NAME_INVALID"),
-        // The referrers API is not served: a 404 whose code is not NAME_UNKNOWN is the
-        // distribution-spec's "not supported", on which clients use the tag schema.
+        // The referrers API's filter must be a media type (tests/referrers.rs serves it).
         (
-            "/v2/a/referrers/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-            404,
-            "MANIFEST_UNKNOWN",
+            "/v2/a/referrers/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855?artifactType=nope",
+            400,
+            "BAD_REQUEST",
         ),
     ];
     for (path, status, code) in cases {

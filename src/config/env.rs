@@ -44,14 +44,20 @@ pub(super) fn apply_env(
             return Ok(None);
         }
         let want = rest.to_ascii_lowercase();
-        match RINGCACHE_KEYS.iter().find(|k| k.replace('.', "_") == want) {
-            Some(k) => {
-                list = RINGCACHE_LISTS.contains(k);
-                std::iter::once("ringcache".to_string())
-                    .chain(k.split('.').map(String::from))
-                    .collect()
+        if let Some(entry) = want.strip_prefix("upstreams_") {
+            let path = upstream_entry_path(tree, name, entry)?;
+            list = path.last().is_some_and(|k| k == "token_realms");
+            path
+        } else {
+            match RINGCACHE_KEYS.iter().find(|k| k.replace('.', "_") == want) {
+                Some(k) => {
+                    list = RINGCACHE_LISTS.contains(k);
+                    std::iter::once("ringcache".to_string())
+                        .chain(k.split('.').map(String::from))
+                        .collect()
+                }
+                None => return Err(err(name, "no such ringcache setting")),
             }
-            None => return Err(err(name, "no such ringcache setting")),
         }
     } else {
         return Ok(None);
@@ -91,6 +97,72 @@ pub(super) fn apply_env(
         map.insert(last.clone(), parsed);
     }
     Ok(Some(path.join(".")))
+}
+
+/// `RINGCACHE_UPSTREAMS_<REGISTRY>_<KEY>` (lowercased here): a key of an entry of
+/// `ringcache.upstreams` that the file lists, the registry name written with `_` for every
+/// character that is not a letter or digit (`GHCR_IO`, `HARBOR_CORP_5000`). Only entries the
+/// file has: a variable cannot add an upstream (its remote URL would be missing anyway).
+fn upstream_entry_path(tree: &Value, var: &str, entry: &str) -> Result<Vec<String>, ConfigError> {
+    let norm = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let listed = tree
+        .get("ringcache")
+        .and_then(|r| r.get("upstreams"))
+        .and_then(Value::as_object);
+    let keys = super::yaml::UPSTREAM_ENTRY_KEYS.iter().map(|k| {
+        if *k == "tags" {
+            "tags_fresh_for"
+        } else {
+            k
+        }
+    });
+    let mut found: Vec<Vec<String>> = Vec::new();
+    for registry in listed.into_iter().flat_map(|m| m.keys()) {
+        let Some(field) = entry
+            .strip_prefix(&norm(registry))
+            .and_then(|r| r.strip_prefix('_'))
+        else {
+            continue;
+        };
+        if let Some(k) = keys.clone().find(|k| *k == field) {
+            let mut path = vec!["ringcache".into(), "upstreams".into(), registry.clone()];
+            match k {
+                "tags_fresh_for" => path.extend(["tags".into(), "fresh_for".into()]),
+                k => path.push(k.into()),
+            }
+            found.push(path);
+        }
+    }
+    // `a-b.io` and `a.b.io` are both `A_B_IO`: a secret meant for one must not go to the
+    // other, so a name that fits two entries is refused.
+    match found.len() {
+        1 => return Ok(found.remove(0)),
+        0 => {}
+        _ => {
+            let names: Vec<&str> = found.iter().map(|p| p[2].as_str()).collect();
+            return Err(err(
+                var,
+                format!(
+                    "fits more than one entry of ringcache.upstreams ({}); set it in the file",
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    Err(err(
+        var,
+        "names no key of an entry of ringcache.upstreams in the config file (RINGCACHE_UPSTREAMS_<REGISTRY>_<KEY>, e.g. RINGCACHE_UPSTREAMS_GHCR_IO_PASSWORD)",
+    ))
 }
 
 /// Whether a `REGISTRY_*` path names something in the schema: a key ringcache reads, or a

@@ -62,12 +62,13 @@ pub struct Config {
     pub debug_addr: Option<SocketAddr>,
     pub http_addr: SocketAddr,
     pub root_dir: PathBuf,
+    /// The default upstream (`proxy:`).
     pub upstream: UpstreamConfig,
+    /// `ringcache.upstreams`: the other registries, by name (upstream `i + 1`).
+    pub upstreams: Vec<UpstreamConfig>,
     /// Worker threads, one monoio runtime each.
     pub workers: usize,
     pub limits: Limits,
-    /// Inside this window a tag is answered from the cache without asking upstream.
-    pub tags_fresh_for: Duration,
     /// On SIGTERM/SIGINT, in-flight requests and fills get this long to finish.
     pub drain_timeout: Duration,
     /// The store's size cap in bytes (`None`: no cap).
@@ -92,6 +93,15 @@ pub struct Config {
     pub proxy_protocol: bool,
     /// `ringcache.proxy_protocol_from`: the load balancers' addresses or networks.
     pub proxy_protocol_from: crate::http::proxyproto::Allow,
+    /// `ringcache.pin`: images whose tags, manifests and blobs neither expire nor are evicted
+    /// (registries checked against the upstreams; reloaded on SIGHUP; see [`crate::pin`]).
+    pub pins: Vec<crate::reference::ImageRef>,
+    /// `ringcache.offline`: serve only from the cache, never dialling upstream (reloaded on
+    /// SIGHUP).
+    pub offline: bool,
+    /// `ringcache.ratelimit`: stretching the tag freshness of an upstream whose pull budget is
+    /// nearly spent ([`crate::upstream::ratelimit`]).
+    pub ratelimit: RateLimit,
     /// What start reports about the config: keys of the reference schema that were present
     /// but change nothing ringcache does (each with why), defaults taken, variables ignored.
     pub notes: Vec<String>,
@@ -118,8 +128,30 @@ impl SendfileMode {
     }
 }
 
+/// `ringcache.ratelimit`: below `stretch_below` of its budget left, an upstream's cached tags
+/// are answered for `stretch_to` without asking it (when that is longer than `fresh_for`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// The share of the budget left under which tags are stretched, in millionths (written as
+    /// a fraction, `0.1`, or a percentage, `10%`); 0 never stretches.
+    pub stretch_below_ppm: u64,
+    pub stretch_to: Duration,
+}
+
+impl Default for RateLimit {
+    fn default() -> RateLimit {
+        RateLimit {
+            stretch_below_ppm: crate::upstream::ratelimit::STRETCH_BELOW_DEFAULT_PPM,
+            stretch_to: crate::upstream::ratelimit::STRETCH_TO_DEFAULT,
+        }
+    }
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
+    /// The registry name clients write for it (`ghcr.io`, `harbor.corp:5000`); the default
+    /// upstream's is `ringcache.upstream.registry`, else its remote URL's authority.
+    pub registry: String,
     pub url: Url,
     pub username: Option<String>,
     pub password: Option<String>,
@@ -130,11 +162,27 @@ pub struct UpstreamConfig {
     /// `ringcache.upstream.token_realms`: token realms the operator allows the credentials to
     /// go to although they are on neither the upstream's authority nor its registrable domain.
     pub token_realms: Vec<Url>,
+    /// Inside this window a tag is answered from the cache without asking upstream.
+    pub tags_fresh_for: Duration,
+}
+
+impl UpstreamConfig {
+    /// The `ns` to send upstream: the registry's name, when the remote URL is not the
+    /// registry itself but a mirror of it (another ringcache, a tier) that must be told which
+    /// registry is meant (containerd's rule for mirrors).
+    pub fn forward_ns(&self) -> Option<&str> {
+        let authority = self.url.origin.authority();
+        let hub = |n: &str| crate::registry::DOCKER_HUB.contains(&n);
+        let same = authority.eq_ignore_ascii_case(&self.registry)
+            || (hub(&self.registry) && hub(&authority.to_ascii_lowercase()));
+        (!same).then_some(self.registry.as_str())
+    }
 }
 
 impl std::fmt::Debug for UpstreamConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamConfig")
+            .field("registry", &self.registry)
             .field("url", &self.url.to_string())
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "********"))
@@ -148,6 +196,7 @@ impl std::fmt::Debug for UpstreamConfig {
                     .map(|u| u.to_string())
                     .collect::<Vec<_>>(),
             )
+            .field("tags_fresh_for", &self.tags_fresh_for)
             .finish()
     }
 }
@@ -228,6 +277,7 @@ impl Config {
             root_dir: PathBuf::from(DEFAULT_ROOT),
             upstream: UpstreamConfig {
                 // Replaced below: proxy.remoteurl is required.
+                registry: String::new(),
                 url: Url::parse("https://registry-1.docker.io")
                     .ok_or_else(|| err("", "the default upstream URL does not parse"))?,
                 username: None,
@@ -235,12 +285,13 @@ impl Config {
                 ttl: Some(Duration::from_secs(168 * 3600)),
                 ca_file: None,
                 token_realms: Vec::new(),
+                tags_fresh_for: Duration::from_secs(60),
             },
+            upstreams: Vec::new(),
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
             limits: Limits::default(),
-            tags_fresh_for: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
             size_max_bytes: None,
             size_max_written: None,
@@ -251,6 +302,9 @@ impl Config {
             state_interval: Duration::from_secs(10),
             proxy_protocol: false,
             proxy_protocol_from: Default::default(),
+            pins: Vec::new(),
+            offline: false,
+            ratelimit: RateLimit::default(),
             notes: Vec::new(),
         };
         if let Some(v) = get(&root, "version") {
@@ -357,6 +411,7 @@ impl Config {
         if config.upstream.username.is_some() != config.upstream.password.is_some() {
             return Err(err("proxy.password", "username and password go together"));
         }
+        config.upstream.registry = config.upstream.url.origin.authority().to_ascii_lowercase();
         if let Some(rc) = root.get("ringcache") {
             ringcache_section(rc, &mut config)?;
         }
@@ -372,9 +427,41 @@ impl Config {
         Ok(config)
     }
 
+    /// Every upstream: the default first (upstream 0), then `ringcache.upstreams`.
+    pub fn all_upstreams(&self) -> impl Iterator<Item = &UpstreamConfig> {
+        std::iter::once(&self.upstream).chain(&self.upstreams)
+    }
+
+    /// The registry names each upstream answers under, for routing.
+    pub fn registries(&self) -> crate::registry::Registries {
+        crate::registry::Registries::new(
+            &self.upstream.registry,
+            self.upstreams.iter().map(|u| u.registry.as_str()),
+        )
+    }
+
     /// The effective configuration as a tree, secrets masked (for `check-config`).
     pub fn effective(&self) -> Value {
         let l = &self.limits;
+        let upstreams: serde_json::Map<String, Value> = self
+            .upstreams
+            .iter()
+            .map(|u| {
+                (
+                    u.registry.clone(),
+                    serde_json::json!({
+                        "remoteurl": u.url.to_string().trim_end_matches('/'),
+                        "username": u.username,
+                        "password": u.password.as_ref().map(|_| "********"),
+                        "ttl": u.ttl.map_or("0".to_string(), format_duration),
+                        "ca_file": u.ca_file.as_ref().map(|p| p.display().to_string()),
+                        "token_realms": u.token_realms.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
+                        "tags": {"fresh_for": format_duration(u.tags_fresh_for)},
+                        "ns_forwarded": u.forward_ns(),
+                    }),
+                )
+            })
+            .collect();
         serde_json::json!({
             "version": "0.1",
             "log": {"level": self.log_level, "formatter": if self.log_json { "json" } else { "text" }, "accesslog": {"disabled": !self.access_log}},
@@ -403,11 +490,19 @@ impl Config {
                 "state": {"interval": format_duration(self.state_interval)},
                 "proxy_protocol": self.proxy_protocol,
                 "proxy_protocol_from": self.proxy_protocol_from.to_strings(),
+                "offline": self.offline,
+                "pin": self.pins.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
                 "upstream": {
+                    "registry": self.upstream.registry,
                     "ca_file": self.upstream.ca_file.as_ref().map(|p| p.display().to_string()),
                     "token_realms": self.upstream.token_realms.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
                 },
-                "tags": {"fresh_for": format_duration(self.tags_fresh_for)},
+                "tags": {"fresh_for": format_duration(self.upstream.tags_fresh_for)},
+                "ratelimit": {
+                    "stretch_below": self.ratelimit.stretch_below_ppm as f64 / 1e6,
+                    "stretch_to": format_duration(self.ratelimit.stretch_to),
+                },
+                "upstreams": upstreams,
                 "limits": {
                     "request_line_bytes_max": l.request_line_bytes_max,
                     "header_line_bytes_max": l.header_line_bytes_max,

@@ -236,9 +236,15 @@ pub(super) const RINGCACHE_KEYS: &[&str] = &[
     "workers",
     "sendfile",
     "drain_timeout",
+    "offline",
+    "pin",
     "upstream.ca_file",
     "upstream.token_realms",
+    "upstream.registry",
     "tags.fresh_for",
+    "ratelimit.stretch_below",
+    "ratelimit.stretch_to",
+    "upstreams",
     "state.interval",
     "proxy_protocol",
     "proxy_protocol_from",
@@ -260,7 +266,8 @@ pub(super) const RINGCACHE_KEYS: &[&str] = &[
 ];
 
 /// `ringcache` keys that take a list: from the environment, a comma-separated value.
-pub(super) const RINGCACHE_LISTS: &[&str] = &["upstream.token_realms", "proxy_protocol_from"];
+pub(super) const RINGCACHE_LISTS: &[&str] =
+    &["upstream.token_realms", "pin", "proxy_protocol_from"];
 
 /// The `ringcache.` keys directly under `section` (`""`: the section itself).
 pub(super) fn ringcache_children(section: &str) -> Vec<&'static str> {

@@ -329,7 +329,7 @@ fn ringcache_section() {
     assert!(!c.direct_writes);
     assert!(with_up("").unwrap().direct_writes, "on by default");
     assert_eq!(c.workers, 3);
-    assert_eq!(c.tags_fresh_for, Duration::from_secs(5));
+    assert_eq!(c.upstream.tags_fresh_for, Duration::from_secs(5));
     assert_eq!(c.limits.headers_max, 50);
     assert_eq!(c.limits.keepalive_idle, Duration::from_secs(60));
     // Every key `RINGCACHE_*` can name is one the section reads.
@@ -539,5 +539,219 @@ mod prop {
                 }
             }
         }
+    }
+}
+
+/// The issue's example table: each entry its own URL, credentials, TTL, freshness, CA.
+const TABLE: &str =
+    "proxy: {remoteurl: https://registry-1.docker.io, username: U, password: P, ttl: 168h}
+ringcache:
+  tags: {fresh_for: 2m}
+  upstreams:
+    ghcr.io:          {remoteurl: https://ghcr.io, username: U2, password: P2}
+    quay.io:          {remoteurl: https://quay.io, ttl: 24h}
+    registry.k8s.io:  {remoteurl: https://registry.k8s.io, tags: {fresh_for: 5m}}
+    harbor.corp:5000: {remoteurl: https://harbor.corp:5000, ca_file: /etc/ringcache/corp-ca.pem}
+    Mirror.Example:   {remoteurl: 'http://127.0.0.1:6000/'}
+";
+
+#[test]
+fn upstreams_table() {
+    let c = Config::from_yaml(TABLE).unwrap();
+    assert_eq!(c.upstream.registry, "registry-1.docker.io");
+    let names: Vec<&str> = c.upstreams.iter().map(|u| u.registry.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ghcr.io",
+            "harbor.corp:5000",
+            "mirror.example",
+            "quay.io",
+            "registry.k8s.io"
+        ]
+    );
+    let by = |n: &str| c.upstreams.iter().find(|u| u.registry == n).unwrap();
+    assert_eq!(by("ghcr.io").username.as_deref(), Some("U2"));
+    assert_eq!(by("ghcr.io").password.as_deref(), Some("P2"));
+    // Nothing of the default's is inherited but its TTL and freshness defaults.
+    assert_eq!(by("quay.io").username, None);
+    assert_eq!(by("quay.io").ttl, Some(Duration::from_secs(24 * 3600)));
+    assert_eq!(by("ghcr.io").ttl, Some(Duration::from_secs(168 * 3600)));
+    assert_eq!(by("ghcr.io").tags_fresh_for, Duration::from_secs(120));
+    assert_eq!(
+        by("registry.k8s.io").tags_fresh_for,
+        Duration::from_secs(300)
+    );
+    assert_eq!(
+        by("harbor.corp:5000").ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/ringcache/corp-ca.pem"))
+    );
+    // A registry served by its own URL gets no ns; one behind a mirror (a tier) does.
+    assert_eq!(by("ghcr.io").forward_ns(), None);
+    assert_eq!(by("harbor.corp:5000").forward_ns(), None);
+    assert_eq!(by("mirror.example").forward_ns(), Some("mirror.example"));
+    assert_eq!(c.upstream.forward_ns(), None);
+    let regs = c.registries();
+    assert_eq!(regs.by_ns("docker.io").unwrap(), 0);
+    assert_eq!(regs.by_ns("quay.io").unwrap(), 4);
+    // check-config shows the table, secrets masked.
+    let shown = c.effective().to_string();
+    assert!(shown.contains("\"ghcr.io\""), "{shown}");
+    assert!(!shown.contains("P2"), "{shown}");
+    assert!(!format!("{c:?}").contains("P2"));
+}
+
+#[test]
+fn upstreams_table_errors_name_their_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "ghcr.io: {remoteurl: https://ghcr.io, pasword: x}",
+            "ringcache.upstreams.ghcr.io.pasword",
+            "did you mean `password`",
+        ),
+        (
+            "ghcr.io: {username: u, password: p}",
+            "ringcache.upstreams.ghcr.io.remoteurl",
+            "required",
+        ),
+        (
+            "ghcr.io: {remoteurl: https://ghcr.io, username: u}",
+            "ringcache.upstreams.ghcr.io.password",
+            "go together",
+        ),
+        (
+            "ghcr.io: {remoteurl: ftp://ghcr.io}",
+            "ringcache.upstreams.ghcr.io.remoteurl",
+            "not an http(s) URL",
+        ),
+        (
+            "'https://ghcr.io': {remoteurl: https://ghcr.io}",
+            "ringcache.upstreams.https://ghcr.io",
+            "not a registry name",
+        ),
+        (
+            "docker.io: {remoteurl: https://mirror.gcr.io}",
+            "ringcache.upstreams.docker.io",
+            "default upstream's name",
+        ),
+        (
+            "{ghcr.io: {remoteurl: https://ghcr.io}, GHCR.io: {remoteurl: https://ghcr.io}}",
+            "ringcache.upstreams.",
+            "listed twice",
+        ),
+        (
+            "ghcr.io: https://ghcr.io",
+            "ringcache.upstreams.ghcr.io",
+            "must be a mapping",
+        ),
+        (
+            "ghcr.io: {remoteurl: https://ghcr.io, tags: {fresh: 1m}}",
+            "ringcache.upstreams.ghcr.io.tags.fresh",
+            "did you mean `fresh_for`",
+        ),
+    ];
+    for (table, key, says) in cases {
+        let yaml = format!(
+            "proxy: {{remoteurl: https://registry-1.docker.io}}\nringcache:\n  upstreams:\n    {table}\n"
+        );
+        let e = Config::from_yaml(&yaml).expect_err(table);
+        assert!(e.key.starts_with(key), "{table}: {e}");
+        assert!(e.message.contains(says), "{table}: {e}");
+    }
+}
+
+#[test]
+fn upstreams_table_from_the_environment() {
+    let env = |pairs: &[(&str, &str)]| {
+        Config::from_yaml_env(
+            TABLE,
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    };
+    let c = env(&[
+        ("RINGCACHE_UPSTREAMS_GHCR_IO_PASSWORD", "from-env"),
+        ("RINGCACHE_UPSTREAMS_HARBOR_CORP_5000_TTL", "1h"),
+        ("RINGCACHE_UPSTREAMS_QUAY_IO_TAGS_FRESH_FOR", "10s"),
+        (
+            "RINGCACHE_UPSTREAMS_MIRROR_EXAMPLE_TOKEN_REALMS",
+            "https://a.example,https://b.example",
+        ),
+    ])
+    .unwrap();
+    let by = |n: &str| {
+        c.upstreams
+            .iter()
+            .find(|u| u.registry == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by("ghcr.io").password.as_deref(), Some("from-env"));
+    assert_eq!(by("harbor.corp:5000").ttl, Some(Duration::from_secs(3600)));
+    assert_eq!(by("quay.io").tags_fresh_for, Duration::from_secs(10));
+    assert_eq!(by("mirror.example").token_realms.len(), 2);
+    // Two entries one variable name fits: refused, never applied to the first.
+    let two = "proxy: {remoteurl: https://registry-1.docker.io}\nringcache:\n  upstreams:\n    a-b.io: {remoteurl: https://a-b.io}\n    a.b.io: {remoteurl: https://a.b.io}\n";
+    let e = Config::from_yaml_env(
+        two,
+        [(
+            "RINGCACHE_UPSTREAMS_A_B_IO_PASSWORD".to_string(),
+            "s".to_string(),
+        )],
+    )
+    .unwrap_err();
+    assert!(e.message.contains("more than one"), "{e}");
+    // Only entries the file lists, and only their keys.
+    for var in [
+        "RINGCACHE_UPSTREAMS_GCR_IO_PASSWORD",
+        "RINGCACHE_UPSTREAMS_GHCR_IO_PASWORD",
+    ] {
+        let e = env(&[(var, "x")]).unwrap_err();
+        assert_eq!(e.key, var, "{e}");
+    }
+}
+
+#[test]
+fn pins_and_offline() {
+    let c = with_up(
+        "ringcache:\n  offline: true\n  upstream: {registry: docker.io}\n  upstreams: {ghcr.io: {remoteurl: https://ghcr.io}}\n  pin: [alpine:3, ghcr.io/team/app:1, alpine:3]\n",
+    )
+    .unwrap();
+    assert!(c.offline);
+    assert!(!with_up("").unwrap().offline, "off by default");
+    let pins: Vec<String> = c.pins.iter().map(|p| p.to_string()).collect();
+    // Listed once each, as Docker reads them.
+    assert_eq!(pins, ["docker.io/library/alpine:3", "ghcr.io/team/app:1"]);
+    let effective = c.effective();
+    assert_eq!(effective["ringcache"]["offline"], true);
+    assert_eq!(effective["ringcache"]["pin"][1], "ghcr.io/team/app:1");
+    // From the environment: a comma-separated list.
+    let env = [(
+        "RINGCACHE_PIN".to_string(),
+        "up.example/a:3,up.example/b/c".to_string(),
+    )];
+    let c = Config::from_yaml_env(UP, env).unwrap();
+    assert_eq!(c.pins.len(), 2);
+    // Errors name the entry and what is wrong with it.
+    for (yaml, key, says) in [
+        (
+            "ringcache: {pin: [quay.io/a/b:1]}",
+            "ringcache.pin[0]",
+            "quay.io",
+        ),
+        (
+            "ringcache: {pin: [up.example/a, 'Bad:x']}",
+            "ringcache.pin[1]",
+            "not a valid",
+        ),
+        ("ringcache: {pin: alpine}", "ringcache.pin", "list"),
+        (
+            "ringcache: {offline: yes please}",
+            "ringcache.offline",
+            "true or false",
+        ),
+    ] {
+        let e = with_up(yaml).unwrap_err();
+        assert_eq!(e.key, key, "{yaml}: {e}");
+        assert!(e.message.contains(says), "{yaml}: {e}");
     }
 }

@@ -155,7 +155,12 @@ pub(super) fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), C
     for (k, v) in rc {
         let key = format!("ringcache.{k}");
         match k.as_str() {
+            // After the rest: an entry takes `ringcache.tags.fresh_for` unless it sets its own.
+            "upstreams" => {}
             "drain_timeout" => config.drain_timeout = duration(&key, v)?,
+            "offline" => config.offline = boolean(&key, v)?,
+            // Registries are checked after `upstreams` is read (below).
+            "pin" => config.pins = pins(&key, v)?,
             "storage" => {
                 for (k2, v2) in mapping(&key, v)? {
                     let key = format!("{key}.{k2}");
@@ -250,20 +255,16 @@ pub(super) fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), C
                         "ca_file" => {
                             config.upstream.ca_file = Some(PathBuf::from(string(&key, v2)?))
                         }
-                        "token_realms" => {
-                            let Value::Array(items) = v2 else {
-                                return Err(err(&key, "must be a list of URLs"));
-                            };
-                            let mut realms = Vec::with_capacity(items.len());
-                            for (i, item) in items.iter().enumerate() {
-                                let key = format!("{key}[{i}]");
-                                let s = string(&key, item)?;
-                                realms.push(
-                                    Url::parse(s)
-                                        .ok_or_else(|| err(&key, format!("invalid URL {s:?}")))?,
-                                );
+                        "token_realms" => config.upstream.token_realms = realms(&key, v2)?,
+                        "registry" => {
+                            let r = string(&key, v2)?;
+                            if !crate::registry::is_registry_name(r) {
+                                return Err(err(
+                                    &key,
+                                    "not a registry name: host or host:port, as clients write it (e.g. docker.io)",
+                                ));
                             }
-                            config.upstream.token_realms = realms;
+                            config.upstream.registry = r.to_ascii_lowercase();
                         }
                         _ => return Err(unknown(&key, &ringcache_children("upstream"))),
                     }
@@ -273,8 +274,18 @@ pub(super) fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), C
                 for (k2, v2) in mapping(&key, v)? {
                     let key = format!("{key}.{k2}");
                     match k2.as_str() {
-                        "fresh_for" => config.tags_fresh_for = duration(&key, v2)?,
+                        "fresh_for" => config.upstream.tags_fresh_for = duration(&key, v2)?,
                         _ => return Err(unknown(&key, &ringcache_children("tags"))),
+                    }
+                }
+            }
+            "ratelimit" => {
+                for (k2, v2) in mapping(&key, v)? {
+                    let key = format!("{key}.{k2}");
+                    match k2.as_str() {
+                        "stretch_below" => config.ratelimit.stretch_below_ppm = share(&key, v2)?,
+                        "stretch_to" => config.ratelimit.stretch_to = duration(&key, v2)?,
+                        _ => return Err(unknown(&key, &ringcache_children("ratelimit"))),
                     }
                 }
             }
@@ -336,6 +347,14 @@ pub(super) fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), C
             _ => return Err(unknown(&key, &ringcache_children(""))),
         }
     }
+    if let Some(v) = rc.get("upstreams") {
+        upstreams_section(v, config)?;
+    }
+    let regs = config.registries();
+    for (i, p) in config.pins.iter().enumerate() {
+        p.locate(&regs)
+            .map_err(|e| err(&format!("ringcache.pin[{i}]"), format!("{p}: {e}")))?;
+    }
     // Believing PROXY headers from anyone would let any client name its own address.
     match (config.proxy_protocol, config.proxy_protocol_from.is_empty()) {
         (true, true) => Err(err(
@@ -348,6 +367,162 @@ pub(super) fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), C
         )),
         _ => Ok(()),
     }
+}
+
+/// `ringcache.pin`: a list of image references (`ghcr.io/team/app:1`, `alpine:3`).
+fn pins(key: &str, v: &Value) -> Result<Vec<crate::reference::ImageRef>, ConfigError> {
+    let items = match v {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(items) => items,
+        _ => return Err(err(key, "must be a list of image references")),
+    };
+    if items.len() > crate::limits::PINS_MAX {
+        return Err(err(
+            key,
+            format!("at most {} pinned images", crate::limits::PINS_MAX),
+        ));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let key = format!("{key}[{i}]");
+        let s = string(&key, item)?;
+        let r = crate::reference::ImageRef::parse(s).map_err(|e| err(&key, e))?;
+        if !out.contains(&r) {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// The keys an entry of `ringcache.upstreams` takes.
+pub(super) const UPSTREAM_ENTRY_KEYS: &[&str] = &[
+    "remoteurl",
+    "username",
+    "password",
+    "ttl",
+    "ca_file",
+    "token_realms",
+    "tags",
+];
+
+/// `ringcache.upstreams`: registry name → what that upstream needs.
+fn upstreams_section(v: &Value, config: &mut Config) -> Result<(), ConfigError> {
+    let table = match v {
+        Value::Null => return Ok(()),
+        v => mapping("ringcache.upstreams", v)?,
+    };
+    if table.len() + 1 > crate::limits::UPSTREAMS_MAX {
+        return Err(err(
+            "ringcache.upstreams",
+            format!(
+                "at most {} upstreams besides the default",
+                crate::limits::UPSTREAMS_MAX - 1
+            ),
+        ));
+    }
+    for (name, entry) in table {
+        let key = format!("ringcache.upstreams.{name}");
+        if !crate::registry::is_registry_name(name) {
+            return Err(err(
+                &key,
+                "not a registry name: write it as clients do, host or host:port (e.g. ghcr.io, harbor.corp:5000)",
+            ));
+        }
+        let registry = name.to_ascii_lowercase();
+        let default = config.registries();
+        if default.find(&registry) == Some(0) {
+            return Err(err(
+                &key,
+                format!(
+                    "{registry} is the default upstream's name (proxy.remoteurl); configure it there"
+                ),
+            ));
+        }
+        if config.upstreams.iter().any(|u| u.registry == registry) {
+            return Err(err(
+                &key,
+                "listed twice (registry names are case-insensitive)",
+            ));
+        }
+        let mut u = super::UpstreamConfig {
+            registry,
+            url: config.upstream.url.clone(),
+            username: None,
+            password: None,
+            ttl: config.upstream.ttl,
+            ca_file: None,
+            token_realms: Vec::new(),
+            tags_fresh_for: config.upstream.tags_fresh_for,
+        };
+        let mut url = None;
+        let Value::Object(entry) = entry else {
+            return Err(err(&key, "must be a mapping with at least remoteurl"));
+        };
+        for (k, v) in entry {
+            let key = format!("{key}.{k}");
+            match k.as_str() {
+                "remoteurl" => {
+                    let s = string(&key, v)?;
+                    url = Some(
+                        Url::parse(s.trim_end_matches('/'))
+                            .ok_or_else(|| err(&key, format!("{s:?} is not an http(s) URL")))?,
+                    );
+                }
+                "username" => {
+                    u.username = Some(string(&key, v)?.to_string()).filter(|s| !s.is_empty())
+                }
+                "password" => {
+                    u.password = Some(string(&key, v)?.to_string()).filter(|s| !s.is_empty())
+                }
+                "ttl" => {
+                    let d = duration(&key, v)?;
+                    u.ttl = (!d.is_zero()).then_some(d);
+                }
+                "ca_file" => u.ca_file = Some(PathBuf::from(string(&key, v)?)),
+                "token_realms" => u.token_realms = realms(&key, v)?,
+                "tags" => {
+                    for (k2, v2) in mapping(&key, v)? {
+                        let key = format!("{key}.{k2}");
+                        match k2.as_str() {
+                            "fresh_for" => u.tags_fresh_for = duration(&key, v2)?,
+                            _ => return Err(unknown(&key, &["fresh_for"])),
+                        }
+                    }
+                }
+                _ => return Err(unknown(&key, UPSTREAM_ENTRY_KEYS)),
+            }
+        }
+        u.url = url.ok_or_else(|| {
+            err(
+                &format!("{key}.remoteurl"),
+                "required: the registry's URL (e.g. https://ghcr.io)",
+            )
+        })?;
+        if u.username.is_some() != u.password.is_some() {
+            return Err(err(
+                &format!("{key}.password"),
+                "username and password go together",
+            ));
+        }
+        config.upstreams.push(u);
+    }
+    // Upstream order (their indexes) by name, whatever the file's order or case.
+    config.upstreams.sort_by(|a, b| a.registry.cmp(&b.registry));
+    Ok(())
+}
+
+/// A list of token realm URLs.
+fn realms(key: &str, v: &Value) -> Result<Vec<Url>, ConfigError> {
+    let Value::Array(items) = v else {
+        return Err(err(key, "must be a list of URLs"));
+    };
+    let mut realms = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let key = format!("{key}[{i}]");
+        let s = string(&key, item)?;
+        realms.push(Url::parse(s).ok_or_else(|| err(&key, format!("invalid URL {s:?}")))?);
+    }
+    Ok(realms)
 }
 
 pub(super) fn get<'a>(root: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
@@ -386,6 +561,26 @@ pub(super) fn boolean(key: &str, v: &Value) -> Result<bool, ConfigError> {
 
 pub(super) fn mapping<'a>(key: &str, v: &'a Value) -> Result<&'a Map<String, Value>, ConfigError> {
     v.as_object().ok_or_else(|| err(key, "must be a mapping"))
+}
+
+/// A share between 0 and 1, written as a fraction (`0.1`) or a percentage (`10%`), in
+/// millionths.
+pub(super) fn share(key: &str, v: &Value) -> Result<u64, ConfigError> {
+    let f = match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => match s.trim().strip_suffix('%') {
+            Some(p) => p.trim().parse::<f64>().ok().map(|p| p / 100.0),
+            None => s.trim().parse::<f64>().ok(),
+        },
+        _ => None,
+    };
+    match f {
+        Some(f) if (0.0..=1.0).contains(&f) => Ok((f * 1e6).round() as u64),
+        _ => Err(err(
+            key,
+            "must be a share between 0 and 1 (e.g. 0.1 or 10%); 0 never stretches",
+        )),
+    }
 }
 
 pub(super) fn duration(key: &str, v: &Value) -> Result<Duration, ConfigError> {

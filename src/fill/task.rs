@@ -17,13 +17,13 @@ use crate::store::changes::Changes;
 use crate::store::ingest::CommitError;
 use crate::store::Store;
 use crate::store::{Entry, Ingest};
-use crate::upstream::{status_error, Upstream};
+use crate::upstream::{status_error, Upstreams};
 
 /// What a fill uses of the worker that runs it (the worker implements it; the fill imports
 /// nothing above itself): its upstream client, the store, its counters, the process-wide
 /// tallies and the journal of changes.
 pub trait Env: 'static {
-    fn upstream(&self) -> &Upstream;
+    fn upstream(&self) -> &Upstreams;
     fn store(&self) -> &Store;
     fn counters(&self) -> &Counters;
     fn tallies(&self) -> &Tallies;
@@ -48,6 +48,8 @@ pub async fn run<E: Env>(worker: Rc<E>, lease: Lease, content: Content, via: Opt
     let fill = lease.fill().clone();
     let digest = fill.digest;
     let started = std::time::Instant::now();
+    // The upstream the fill's repository key belongs to: its counters.
+    let up = worker.upstream().registries().upstream_of(&fill.repo);
     let (tail, accept, unknown, cap) = match &content {
         Content::Blob => (format!("blobs/{digest}"), None, Kind::BlobUnknown, u64::MAX),
         Content::Manifest { accept } => (
@@ -105,7 +107,7 @@ pub async fn run<E: Env>(worker: Rc<E>, lease: Lease, content: Content, via: Opt
         Err(e) => {
             store.incidents.report("create", &e);
             tracing::debug!(%digest, error = %e, "cannot create an ingest file; bypassing the store");
-            tally(&worker.counters().bypassed);
+            tally(&worker.counters().of(up).bypassed);
             return lease.bypass();
         }
     };
@@ -136,7 +138,7 @@ pub async fn run<E: Env>(worker: Rc<E>, lease: Lease, content: Content, via: Opt
                 if let Err(e) = ready {
                     store.incidents.report("write", &e);
                     tracing::debug!(%digest, error = %e, "writing the ingest file failed; bypassing the store");
-                    tally(&worker.counters().bypassed);
+                    tally(&worker.counters().of(up).bypassed);
                     return lease.bypass();
                 }
                 ingest.open_block()
@@ -163,7 +165,8 @@ pub async fn run<E: Env>(worker: Rc<E>, lease: Lease, content: Content, via: Opt
                     tally(&worker.tallies().failed_upstream_body);
                     return lease.failed(Kind::BadGateway);
                 }
-                worker.counters().pulled_bytes[ty as usize].fetch_add(fresh, Ordering::Relaxed);
+                worker.counters().of(up).pulled_bytes[ty as usize]
+                    .fetch_add(fresh, Ordering::Relaxed);
                 if block.is_full() {
                     ingest.accept(block);
                 } else {
@@ -190,7 +193,7 @@ pub async fn run<E: Env>(worker: Rc<E>, lease: Lease, content: Content, via: Opt
                         return lease.failed(Kind::BadGateway);
                     }
                     monoio::time::sleep(FILL_RESUME_BACKOFF * 2u32.pow(resumes)).await;
-                    tally(&worker.counters().resumes);
+                    tally(&worker.counters().of(up).resumes);
                     resumes += 1;
                     tracing::info!(%digest, written, resume = resumes, "upstream body broke; resuming with Range");
                     match worker
@@ -232,7 +235,7 @@ pub async fn run<E: Env>(worker: Rc<E>, lease: Lease, content: Content, via: Opt
         if let Err(e) = ingest.flush().await {
             store.incidents.report("write", &e);
             tracing::debug!(%digest, error = %e, "writing the ingest file failed; bypassing the store");
-            tally(&worker.counters().bypassed);
+            tally(&worker.counters().of(up).bypassed);
             return lease.bypass();
         }
     }
@@ -265,7 +268,7 @@ pub async fn run<E: Env>(worker: Rc<E>, lease: Lease, content: Content, via: Opt
             // fetch and verify the rest themselves.
             store.incidents.report("commit", &e);
             tracing::debug!(%digest, error = %e, "commit failed; bypassing the store");
-            tally(&worker.counters().bypassed);
+            tally(&worker.counters().of(up).bypassed);
             lease.bypass();
         }
         Err(e) => {
@@ -287,11 +290,10 @@ mod tests {
     use crate::config::Config;
     use crate::digest::Digest;
     use crate::fill::{Fills, Joined, State};
-    use crate::http::client::Client;
     use crate::store::changes::queue;
 
     struct TestEnv {
-        upstream: Upstream,
+        upstream: Upstreams,
         store: Store,
         counters: Counters,
         tallies: Tallies,
@@ -299,7 +301,7 @@ mod tests {
     }
 
     impl Env for TestEnv {
-        fn upstream(&self) -> &Upstream {
+        fn upstream(&self) -> &Upstreams {
             &self.upstream
         }
         fn store(&self) -> &Store {
@@ -369,8 +371,8 @@ mod tests {
             dir.path().display()
         ))
         .unwrap();
-        let live = Arc::new(crate::live::Reloadable::new(&config));
-        let tls = crate::http::connect::tls_config(None).unwrap();
+        let tls = crate::live::tls_of(&config).unwrap();
+        let live = Arc::new(crate::live::Reloadable::new(&config, tls));
         let digest = Digest::of(body);
         let state = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
             .enable_timer()
@@ -378,12 +380,7 @@ mod tests {
             .unwrap()
             .block_on(async {
                 let env = Rc::new(TestEnv {
-                    upstream: Upstream::new(
-                        &config.upstream,
-                        Client::new(tls, config.limits.clone()),
-                        Arc::default(),
-                        live,
-                    ),
+                    upstream: Upstreams::new(&config, &config.limits, &[Arc::default()], &live),
                     store: {
                         let store = Store::open(dir.path()).unwrap();
                         before(dir.path());
@@ -426,7 +423,7 @@ mod tests {
             "{state:?}"
         );
         assert!(env.store.index.contains(&Digest::of(&body)));
-        assert_eq!(env.counters.resumes.load(Ordering::Relaxed), 1);
+        assert_eq!(env.counters.of(0).resumes.load(Ordering::Relaxed), 1);
         assert_eq!(seen.len(), 2);
         assert!(
             seen[1]
@@ -467,7 +464,7 @@ mod tests {
             std::fs::write(root.join("ingest"), b"not a directory").unwrap();
         });
         assert!(matches!(state, State::Bypass), "{state:?}");
-        assert_eq!(env.counters.bypassed.load(Ordering::Relaxed), 1);
+        assert_eq!(env.counters.of(0).bypassed.load(Ordering::Relaxed), 1);
         assert!(!env.store.index.contains(&Digest::of(&body)));
     }
 

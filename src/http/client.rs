@@ -304,7 +304,7 @@ type Resolved = (Vec<SocketAddr>, Instant);
 /// The per-worker upstream HTTP client.
 pub struct Client {
     pool: std::rc::Rc<Pool>,
-    tls: TlsConnector,
+    tls: RefCell<TlsConnector>,
     dns: RefCell<HashMap<(String, u16), Resolved>>,
     limits: RefCell<Limits>,
     /// Addresses never to connect to: ringcache's own listeners (a request sent there would
@@ -316,7 +316,7 @@ impl Client {
     pub fn new(tls: Arc<rustls::ClientConfig>, limits: Limits) -> Client {
         Client {
             pool: Default::default(),
-            tls: TlsConnector::from(tls),
+            tls: RefCell::new(TlsConnector::from(tls)),
             dns: RefCell::new(HashMap::new()),
             limits: RefCell::new(limits),
             refused: RefCell::new(Vec::new()),
@@ -327,6 +327,12 @@ impl Client {
     /// for every local address on its port).
     pub fn refuse(&self, listeners: Vec<SocketAddr>) {
         *self.refused.borrow_mut() = listeners;
+    }
+
+    /// Trust new roots (a CA file reloaded) from the next connection on; pooled connections,
+    /// verified under the old roots, stay until they close.
+    pub fn set_tls(&self, tls: Arc<rustls::ClientConfig>) {
+        *self.tls.borrow_mut() = TlsConnector::from(tls);
     }
 
     /// Use new limits (after a reload) from the next request on.
@@ -555,21 +561,20 @@ impl Client {
                     let stream = if origin.tls {
                         let name = rustls_pki_types::ServerName::try_from(origin.host.clone())
                             .or_err(Kind::Unavailable, Side::Upstream, "bad upstream host name")?;
-                        let tls =
-                            monoio::time::timeout(connect_timeout, self.tls.connect(name, tcp))
-                                .await
-                                .map_err(|_| {
-                                    Error::upstream(
-                                        Kind::Unavailable,
-                                        "upstream TLS handshake timed out",
-                                    )
-                                })?
-                                .map_err(std::io::Error::from)
-                                .or_err(
-                                    Kind::Unavailable,
-                                    Side::Upstream,
-                                    "upstream TLS handshake failed",
-                                )?;
+                        let tls = monoio::time::timeout(connect_timeout, {
+                            let tls = self.tls.borrow().clone();
+                            async move { tls.connect(name, tcp).await }
+                        })
+                        .await
+                        .map_err(|_| {
+                            Error::upstream(Kind::Unavailable, "upstream TLS handshake timed out")
+                        })?
+                        .map_err(std::io::Error::from)
+                        .or_err(
+                            Kind::Unavailable,
+                            Side::Upstream,
+                            "upstream TLS handshake failed",
+                        )?;
                         Stream::Tls(Box::new(tls))
                     } else {
                         Stream::Plain(tcp)

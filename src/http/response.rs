@@ -47,6 +47,8 @@ pub struct Exchange<'a> {
     pub upstream_ms: Option<u64>,
     /// The response is an error, and which side failed (for its `Cache-Status`).
     failed: Option<crate::error::Side>,
+    /// Which upstream the request is for (0: the default; see [`crate::registry`]).
+    pub upstream: usize,
 }
 
 /// The one send loop to a client socket: all of `buf`, or an error once the client has accepted
@@ -93,6 +95,7 @@ impl<'a> Exchange<'a> {
             ty: None,
             upstream_ms: None,
             failed: None,
+            upstream: 0,
         }
     }
 

@@ -215,7 +215,8 @@ pub(super) async fn manifest_by_tag(
         // Fresh, and the content is here or on its way (a fill's followers may finish before
         // its commit): no upstream request. This worker's kept descriptor answers first
         // without touching anything shared.
-        if r.at.elapsed() < shared.config.tags_fresh_for
+        // Offline (`ringcache.offline`), a cached tag is the answer whatever its age.
+        if (r.at.elapsed() < shared.live.fresh_for(x.upstream) || shared.live.offline())
             && (w.files.keeps(&r.digest)
                 || shared.store.index.contains(&r.digest)
                 || shared.fills.contains(&r.digest))

@@ -51,6 +51,10 @@ pub(super) async fn serve_miss(
         unknown,
         ctype,
     } = miss;
+    if w.shared.live.offline() {
+        // Said here rather than by a fill that fails: no fill starts.
+        return Err(crate::upstream::offline(unknown));
+    }
     let store = &w.shared.store;
     let (fill, cache) = match w
         .shared
@@ -68,6 +72,7 @@ pub(super) async fn serve_miss(
         Joined::Lead(lease, fill) => {
             tracing::debug!(%digest, worker = w.id, "fill started; following it");
             w.counters()
+                .of(x.upstream)
                 .fills_started
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             monoio::spawn(task::run(w.clone(), lease, content, req.via.clone()));
@@ -83,8 +88,10 @@ pub(super) async fn serve_miss(
         fill.add_link(name);
     }
     x.cache = cache;
+    // The follower's own repository (confirmed above when it is not the fill's): a bypass
+    // fetches from its own registry, with its own credentials.
     let src = Source {
-        repo: &fill.repo,
+        repo: name,
         tail,
         accept,
         digest,

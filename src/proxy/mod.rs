@@ -1,5 +1,5 @@
 //! `serve(request)`: the one place where hit, miss, fill and bypass are decided (data path
-//! steps 4–8), one file per noun: `blob`, `manifest`, `listing`; a miss follows the
+//! steps 4–8), one file per noun: `blob`, `manifest`, `listing`, `referrers`; a miss follows the
 //! digest's fill (`miss`), and a fill the store cannot take is finished straight from
 //! upstream ([`bypass`]). Everything here is by digest once a tag is resolved.
 
@@ -8,6 +8,7 @@ pub mod bypass;
 mod listing;
 mod manifest;
 mod miss;
+mod referrers;
 #[cfg(test)]
 mod tests;
 
@@ -90,12 +91,18 @@ pub async fn serve(w: &Rc<Worker>, req: &Request, x: &mut Exchange<'_>) -> Resul
         // Cold paths are boxed here and below, so that the connection task (one per open
         // connection) is as small as the hit path needs.
         Route::Tags { name, page } => Box::pin(tags_list(w, req, x, name, page)).await,
-        Route::Catalog { page } => Box::pin(catalog(w, x, page)).await,
-        // Not served yet. A 404 whose code is not NAME_UNKNOWN is what the distribution-spec
-        // prescribes for a registry without the API: clients fall back to the tag schema.
-        Route::Referrers { .. } => Err(Error::client(
-            Kind::ManifestUnknown,
-            "referrers API not supported",
-        )),
+        Route::Catalog { upstream, page } => Box::pin(catalog(w, x, *upstream, page)).await,
+        Route::Referrers {
+            name,
+            digest,
+            artifact_type,
+        } => {
+            let ask = referrers::Ask {
+                name,
+                subject: *digest,
+                artifact_type: artifact_type.as_deref(),
+            };
+            Box::pin(referrers::referrers(w, req, x, ask)).await
+        }
     }
 }

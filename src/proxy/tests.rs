@@ -15,11 +15,10 @@ use super::{serve, Request};
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::error::{Kind, Result};
-use crate::http::client::Client;
 use crate::http::response::Exchange;
 use crate::metrics::Cache;
 use crate::route::{Method, Reference, Route};
-use crate::upstream::Upstream;
+use crate::upstream::Upstreams;
 use crate::worker::{Shared, Worker};
 
 /// Answers by "METHOD /path" (the query dropped); 404 for anything else. Counts requests.
@@ -99,29 +98,30 @@ fn worker(addr: std::net::SocketAddr, extra: &str, dir: &std::path::Path) -> Rc<
         dir.display()
     ))
     .unwrap();
-    let tls = crate::http::connect::tls_config(None).unwrap();
+    let tls = crate::live::tls_of(&config).unwrap();
     let shared = Arc::new(Shared {
         fills: crate::fill::Fills::new(16),
         tags: Default::default(),
+        referrers: Default::default(),
         drain: Default::default(),
         changes: crate::store::changes::queue().0,
         heartbeats: Arc::new(crate::service::Heartbeats::new(1)),
         counters: (0..1).map(|_| Default::default()).collect(),
         tallies: Default::default(),
-        upstream_health: Default::default(),
+        upstream_health: config.all_upstreams().map(|_| Default::default()).collect(),
         health_down: Default::default(),
         driver: Default::default(),
-        live: Arc::new(crate::live::Reloadable::new(&config)),
+        live: Arc::new(crate::live::Reloadable::new(&config, tls)),
         stopping: Default::default(),
         store: crate::store::Store::open(dir).unwrap(),
-        tls: tls.clone(),
+        registries: config.registries(),
         config,
     });
-    let upstream = Upstream::new(
-        &shared.config.upstream,
-        Client::new(tls, shared.live.limits()),
-        shared.upstream_health.clone(),
-        shared.live.clone(),
+    let upstream = Upstreams::new(
+        &shared.config,
+        &shared.live.limits(),
+        &shared.upstream_health,
+        &shared.live,
     );
     Rc::new(Worker {
         id: 0,

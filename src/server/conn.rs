@@ -231,7 +231,17 @@ async fn exchange(
     let started = Instant::now();
     let method = Method::parse(head.method.str(&buf));
     let target = head.target.str(&buf);
-    let routed = route::route(method, target);
+    let routed = route::route(method, target, &worker.shared.registries);
+    if let Err(e) = &routed {
+        if e.kind == Kind::NameUnknown {
+            if let Some(ns) = target
+                .split_once('?')
+                .and_then(|(_, q)| q.split('&').find_map(|p| p.strip_prefix("ns=")))
+            {
+                crate::upstream::warn_unmirrored(ns);
+            }
+        }
+    }
     // A request with a body we will not read (writes are refused) ends the connection.
     let keep_alive = head.keep_alive() && !head.has_body;
     let mut x = Exchange::new(
@@ -245,6 +255,7 @@ async fn exchange(
     x.sendfile = policy;
     let result = match routed {
         Ok(Some(route)) => {
+            x.upstream = route.upstream(&worker.shared.registries);
             let req = Request {
                 method,
                 route,
@@ -296,6 +307,7 @@ async fn exchange(
         x.cache,
         x.ty,
         x.body_bytes,
+        x.upstream,
     );
     worker.counters().sent_by_sendfile(x.sendfile_bytes);
     worker.counters().sent_from_memory(x.memory_bytes);
@@ -310,6 +322,7 @@ async fn exchange(
         bytes = x.body_bytes,
         us = elapsed.as_micros() as u64,
         cache = %x.cache.as_str(),
+        upstream = %worker.shared.registries.name(x.upstream),
         upstream_ms = x.upstream_ms.unwrap_or(0),
         memory_bytes = x.memory_bytes,
         "request"

@@ -14,9 +14,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::http::client::Client;
 use crate::store::kept::Files;
-use crate::upstream::Upstream;
+use crate::upstream::Upstreams;
 use crate::worker::{Shared, Worker};
 
 use crate::limits::TRIM_AFTER_CLOSED;
@@ -143,12 +142,11 @@ async fn serve_worker(
     listeners: Vec<std::net::TcpListener>,
     ready: std::sync::mpsc::Sender<usize>,
 ) {
-    let client = Client::new(shared.tls.clone(), shared.live.limits());
-    let upstream = Upstream::new(
-        &shared.config.upstream,
-        client,
-        shared.upstream_health.clone(),
-        shared.live.clone(),
+    let upstream = Upstreams::new(
+        &shared.config,
+        &shared.live.limits(),
+        &shared.upstream_health,
+        &shared.live,
     );
     let worker = Rc::new(Worker {
         id,

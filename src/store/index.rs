@@ -202,18 +202,21 @@ impl Index {
 
     /// Every repository some committed digest is linked to, sorted (for `_catalog`).
     pub fn repositories(&self) -> Vec<String> {
-        self.repositories_as(str::to_string)
+        self.repositories_as(|r| Some(r.to_string()))
     }
 
-    /// Every repository, each under the one name `name` gives it, sorted and listed once:
-    /// links are kept under the name the client used, so Docker Hub's `alpine` and
-    /// `library/alpine` are two links but one repository.
-    pub fn repositories_as(&self, name: impl Fn(&str) -> String) -> Vec<String> {
+    /// Every repository `name` keeps, each under the one name it gives it, sorted and listed
+    /// once: links are kept under the name the client used, so Docker Hub's `alpine` and
+    /// `library/alpine` are two links but one repository (and another upstream's keys are
+    /// left out by giving them no name).
+    pub fn repositories_as(&self, name: impl Fn(&str) -> Option<String>) -> Vec<String> {
         let mut all = std::collections::BTreeSet::new();
         for s in self.shards.iter() {
             for e in s.read().unwrap().values() {
                 for r in e.repos() {
-                    all.insert(name(&r));
+                    if let Some(n) = name(&r) {
+                        all.insert(n);
+                    }
                 }
             }
         }
@@ -239,7 +242,7 @@ mod tests {
         assert_eq!(idx.repositories(), ["a/b", "c"]);
         // One name per repository: Docker Hub's `library/` rule.
         idx.get(&d).unwrap().link("library/c");
-        let hub = |r: &str| crate::upstream::upstream_name(true, r).into_owned();
+        let hub = |r: &str| Some(crate::upstream::upstream_name(true, r).into_owned());
         assert_eq!(idx.repositories_as(hub), ["a/b", "library/c"]);
         assert_eq!((idx.len(), idx.bytes()), (1, 1));
         idx.remove(&d);

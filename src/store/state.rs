@@ -264,6 +264,17 @@ fn read_records(mut lines: impl BufRead, into: &mut Loaded) -> std::io::Result<u
     }
 }
 
+impl Loaded {
+    /// Read `state/` without opening it for writing or making anything (tools that look at a
+    /// store another process may be using: `export`, `check-config`).
+    pub fn read(dir: &Path) -> std::io::Result<Loaded> {
+        let mut loaded = Loaded::default();
+        read_lines(&dir.join(SNAPSHOT), &mut loaded)?;
+        read_lines(&dir.join(JOURNAL), &mut loaded)?;
+        Ok(loaded)
+    }
+}
+
 impl Journal {
     /// Load `state/` and open the journal for appending.
     pub fn open(dir: &Path) -> std::io::Result<(Journal, Loaded)> {

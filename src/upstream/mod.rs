@@ -14,6 +14,7 @@
 //!   redirect or a realm names them.
 
 pub mod auth;
+pub mod ratelimit;
 pub mod realm;
 
 use std::cell::RefCell;
@@ -34,9 +35,98 @@ use auth::{Challenge, Tokens};
 pub struct Health {
     pub ok_ms: std::sync::atomic::AtomicU64,
     pub err_ms: std::sync::atomic::AtomicU64,
+    /// Its pull budget as it last reported it, and its 429s ([`ratelimit`]).
+    pub budget: ratelimit::Budget,
+}
+
+/// Every upstream's client on one worker, and which one a repository key belongs to
+/// ([`crate::registry`]): upstream 0 is the default (`proxy:`), the rest `ringcache.upstreams`.
+/// Each has its own connections, credentials, tokens and TLS roots: nothing of one is ever
+/// used for another.
+pub struct Upstreams {
+    registries: crate::registry::Registries,
+    all: Vec<Upstream>,
+}
+
+impl Upstreams {
+    /// One client per configured upstream, in the config's order.
+    pub fn new(
+        config: &crate::config::Config,
+        limits: &crate::limits::Limits,
+        health: &[std::sync::Arc<Health>],
+        live: &std::sync::Arc<crate::live::Reloadable>,
+    ) -> Upstreams {
+        let tls = live.tls.read().unwrap().clone();
+        let all = config
+            .all_upstreams()
+            .enumerate()
+            .map(|(i, u)| {
+                Upstream::new(
+                    i,
+                    u,
+                    Client::new(tls[i].clone(), limits.clone()),
+                    health[i].clone(),
+                    live.clone(),
+                )
+            })
+            .collect();
+        Upstreams {
+            registries: config.registries(),
+            all,
+        }
+    }
+
+    pub fn registries(&self) -> &crate::registry::Registries {
+        &self.registries
+    }
+
+    /// Upstream `u` (the default for an index out of range).
+    pub fn get(&self, u: usize) -> &Upstream {
+        self.all.get(u).unwrap_or(&self.all[0])
+    }
+
+    /// The upstream of a repository key, and the repository's name there.
+    pub fn of<'a>(&self, key: &'a str) -> (&Upstream, &'a str) {
+        match self.registries.split(key) {
+            Some((u, name)) => (self.get(u), name),
+            // Keys are built from the running config's registries; none other reaches here.
+            None => (self.get(0), key),
+        }
+    }
+
+    /// [`Upstream::send`] for repository key `key`.
+    pub async fn send(
+        &self,
+        method: &str,
+        key: &str,
+        tail: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Response> {
+        let (u, name) = self.of(key);
+        u.send(method, name, tail, headers).await
+    }
+
+    /// [`Upstream::get_range`] for repository key `key`.
+    pub async fn get_range(
+        &self,
+        key: &str,
+        tail: &str,
+        accept_via: (Option<&str>, Option<&str>),
+        from: u64,
+        to: Option<u64>,
+        unknown: Kind,
+    ) -> Result<(Response, u64)> {
+        let (u, name) = self.of(key);
+        u.get_range(name, tail, accept_via, from, to, unknown).await
+    }
 }
 
 pub struct Upstream {
+    /// Which upstream this is (its slot in [`crate::live::Reloadable`]'s per-upstream settings).
+    index: usize,
+    /// `?ns=<registry>` sent with every request to this upstream's origin, when its remote
+    /// URL is a mirror of the registry (another ringcache) rather than the registry itself.
+    ns: Option<String>,
     health: std::sync::Arc<Health>,
     live: std::sync::Arc<crate::live::Reloadable>,
     /// The reload generation this client's credentials, limits and tokens belong to.
@@ -131,6 +221,16 @@ fn warn_now(key: &str) -> bool {
     true
 }
 
+/// A client asked for a registry this ringcache does not mirror (`?ns=`): a WARN once a
+/// minute per registry, naming the settings (containerd falls back to the registry quietly,
+/// so a misnamed default upstream would otherwise go unnoticed).
+pub fn warn_unmirrored(ns: &str) {
+    let ns: String = ns.chars().take(64).filter(|c| !c.is_control()).collect();
+    if warn_now(&format!("ns {ns}")) {
+        tracing::warn!(ns = %ns, "a client asked for a registry not mirrored here (404 NAME_UNKNOWN; containerd then pulls from the registry itself); ringcache.upstream.registry names the default upstream's registry, ringcache.upstreams adds others");
+    }
+}
+
 /// Media types a manifest request accepts when the client sent no Accept header.
 pub const MANIFEST_ACCEPT_DEFAULT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
@@ -139,15 +239,20 @@ application/vnd.docker.distribution.manifest.v2+json";
 
 impl Upstream {
     pub fn new(
+        index: usize,
         config: &UpstreamConfig,
         client: Client,
         health: std::sync::Arc<Health>,
         live: std::sync::Arc<crate::live::Reloadable>,
     ) -> Upstream {
         let host = config.url.origin.host.as_str();
-        let credentials = live.credentials.read().unwrap().clone();
+        let credentials = live.credentials(index);
         client.refuse(listeners());
         Upstream {
+            index,
+            ns: config
+                .forward_ns()
+                .map(|r| format!("ns={}", crate::route::percent_encode(r))),
             health,
             generation: std::cell::Cell::new(
                 live.generation.load(std::sync::atomic::Ordering::Acquire),
@@ -156,10 +261,10 @@ impl Upstream {
             token_realms: config.token_realms.clone(),
             live,
             base: config.url.clone(),
-            docker_hub: matches!(
-                host,
-                "registry-1.docker.io" | "docker.io" | "index.docker.io"
-            ),
+            // Docker Hub's `library/` rule goes with its name, wherever the URL points (a
+            // mirror of Docker Hub, a tier).
+            docker_hub: crate::registry::DOCKER_HUB.contains(&config.registry.as_str())
+                || crate::registry::DOCKER_HUB.contains(&host),
             client,
             tokens: RefCell::new(Tokens::default()),
         }
@@ -181,6 +286,9 @@ impl Upstream {
         tail: &str,
         headers: &[(&str, &str)],
     ) -> Result<Response> {
+        if self.live.offline() {
+            return Err(offline(unknown_of(tail)));
+        }
         let name = self.repo_name(name);
         let scope = format!("repository:{name}:pull");
         let base_path = self.base.path.trim_end_matches('/');
@@ -188,6 +296,7 @@ impl Upstream {
             origin: self.base.origin.clone(),
             path: format!("{base_path}/v2/{name}/{tail}"),
         };
+        self.add_ns(&mut url.path);
         // Registries redirect blob GETs, and HEADs too (Distribution answers both from the
         // same handler), to their storage's URL on another host; nothing else leaves.
         let may_leave = tail.starts_with("blobs/") && matches!(method, "GET" | "HEAD");
@@ -203,12 +312,24 @@ impl Upstream {
         scope: &str,
         headers: &[(&str, &str)],
     ) -> Result<Response> {
+        if self.live.offline() {
+            return Err(offline(Kind::NameUnknown));
+        }
         let base_path = self.base.path.trim_end_matches('/');
         let mut url = Url {
             origin: self.base.origin.clone(),
             path: format!("{base_path}{path}"),
         };
+        self.add_ns(&mut url.path);
         self.send_url(method, &mut url, scope, headers, false).await
+    }
+
+    /// The namespace, for a parent that mirrors several registries (see [`Upstream::ns`]).
+    fn add_ns(&self, path: &mut String) {
+        if let Some(ns) = &self.ns {
+            path.push(if path.contains('?') { '&' } else { '?' });
+            path.push_str(ns);
+        }
     }
 
     /// After a reload (SIGHUP): take the new credentials and limits, drop cached tokens.
@@ -219,7 +340,10 @@ impl Upstream {
             .load(std::sync::atomic::Ordering::Acquire);
         if now != self.generation.get() {
             self.generation.set(now);
-            *self.credentials.borrow_mut() = self.live.credentials.read().unwrap().clone();
+            *self.credentials.borrow_mut() = self.live.credentials(self.index);
+            if let Some(tls) = self.live.tls.read().unwrap().get(self.index) {
+                self.client.set_tls(tls.clone());
+            }
             self.client.set_limits(self.live.limits());
             *self.tokens.borrow_mut() = Tokens::default();
         }
@@ -274,6 +398,14 @@ impl Upstream {
             };
             mark.store(now, std::sync::atomic::Ordering::Relaxed);
             let resp = sent?;
+            if same_origin {
+                let (budget, origin) = (&self.health.budget, &self.base.origin);
+                let fields = (
+                    resp.header("ratelimit-limit"),
+                    resp.header("ratelimit-remaining"),
+                );
+                ratelimit::note(budget, &self.live, self.index, origin, resp.status, fields);
+            }
             match resp.status {
                 401 if same_origin && !challenged => {
                     challenged = true;
@@ -468,6 +600,27 @@ impl Upstream {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Error::upstream(Kind::Unavailable, "token endpoint sent no token"))?;
         Ok((token, ttl))
+    }
+}
+
+/// What a client is told for content that is not cached while `ringcache.offline` is on:
+/// the 404 of its kind (MANIFEST_UNKNOWN, BLOB_UNKNOWN, NAME_UNKNOWN), saying why. Checked
+/// before any upstream request, so an offline cache never dials.
+pub fn offline(unknown: Kind) -> Error {
+    Error::client(
+        unknown,
+        "offline: not in the cache, and this mirror does not ask upstream (ringcache.offline)",
+    )
+}
+
+/// The 404 kind for a request `tail` (`manifests/...`, `blobs/...`, `tags/list`).
+fn unknown_of(tail: &str) -> Kind {
+    if tail.starts_with("blobs/") {
+        Kind::BlobUnknown
+    } else if tail.starts_with("manifests/") {
+        Kind::ManifestUnknown
+    } else {
+        Kind::NameUnknown
     }
 }
 

@@ -212,6 +212,25 @@ impl Containerd {
     /// Start containerd with each `(registry, mirror)`: pulls from `registry` go to `mirror`
     /// (plain HTTP), and never anywhere else.
     pub fn start(mirrors: &[(&str, SocketAddr)]) -> Containerd {
+        // containerd's hosts.toml: the mirror first (pull and resolve), then `server`, a
+        // closed loopback port, so a mirror failure fails at once.
+        let files: Vec<(&str, String)> = mirrors
+            .iter()
+            .map(|(registry, mirror)| {
+                (
+                    *registry,
+                    format!(
+                        "server = \"http://127.0.0.1:1\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+                    ),
+                )
+            })
+            .collect();
+        Containerd::start_with_hosts(&files)
+    }
+
+    /// Start containerd with each `(directory, hosts.toml)` under its hosts directory
+    /// (`_default` is containerd's catch-all for registries without a directory).
+    pub fn start_with_hosts(files: &[(&str, String)]) -> Containerd {
         require_root_and(&["containerd", "ctr", "unshare"]);
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -256,18 +275,11 @@ disabled_plugins = [
         std::fs::create_dir_all(d.join("tmp")).unwrap();
         std::fs::write(d.join("config.toml"), config).unwrap();
         let hosts = d.join("hosts.d");
-        for (registry, mirror) in mirrors {
-            // containerd's hosts.toml: the mirror first (pull and resolve), then `server`,
-            // a closed loopback port, so a mirror failure fails at once.
+        std::fs::create_dir_all(&hosts).unwrap();
+        for (registry, text) in files {
             let file = hosts.join(registry).join("hosts.toml");
             std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-            std::fs::write(
-                file,
-                format!(
-                    "server = \"http://127.0.0.1:1\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-                ),
-            )
-            .unwrap();
+            std::fs::write(file, text).unwrap();
         }
         let mut cmd = namespaced(&[], "containerd");
         cmd.arg("--config").arg(d.join("config.toml"));
@@ -367,6 +379,16 @@ impl Podman {
     /// Set podman up with each `(registry, mirror)`: pulls from `registry` go to `mirror`
     /// (plain HTTP), and never anywhere else.
     pub fn start(mirrors: &[(&str, SocketAddr)]) -> Podman {
+        let locations: Vec<(&str, String)> = mirrors
+            .iter()
+            .map(|(registry, mirror)| (*registry, mirror.to_string()))
+            .collect();
+        Podman::start_with_locations(&locations)
+    }
+
+    /// Set podman up with each `(registry, mirror location)`: a location may hold a path
+    /// (`127.0.0.1:5000/ghcr.io`), which podman puts before the repository name.
+    pub fn start_with_locations(mirrors: &[(&str, String)]) -> Podman {
         require_root_and(&["podman", "unshare"]);
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();

@@ -325,12 +325,33 @@ pub fn wait_metric(dbg: SocketAddr, name: &str, ok: impl Fn(f64) -> bool) -> f64
     })
 }
 
-/// The value of the metric `name` in a Prometheus text body (0 if absent).
-fn metric_in(body: &str, name: &str) -> f64 {
+/// The value of the metric `name` in a Prometheus text body (0 if absent): `name` may carry
+/// labels (`a_total{type="blob"}`), and the value is the sum over every series of that name
+/// whose labels include them (so `{type="blob"}` sums the series of every `upstream`).
+pub fn metric_in(body: &str, name: &str) -> f64 {
+    let split = |s: &str| -> (String, Vec<String>) {
+        match s.split_once('{') {
+            Some((n, rest)) => (
+                n.to_string(),
+                rest.trim_end_matches('}')
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            ),
+            None => (s.to_string(), Vec::new()),
+        }
+    };
+    let (want, labels) = split(name);
     body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, have) = split(series);
+            n == want && labels.iter().all(|l| have.contains(l))
+        })
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// The socket address that follows `marker` in a log line.

@@ -106,6 +106,19 @@ pub struct State {
     /// (path fragment, Location): a request whose path contains the fragment is answered
     /// `302` to that location (checked before anything else but `/token`).
     redirects: Mutex<Vec<(String, String)>>,
+    /// Set by `TestUpstream::stop`: open connections close at their next request.
+    stopped: AtomicBool,
+    /// The referrers API: `None` answers 404 (a registry without it); `Some(filter)` answers
+    /// with the manifests whose `subject` is the digest, filtered by `artifactType` (and
+    /// saying so) when `filter`.
+    referrers: Mutex<Option<bool>>,
+    /// Referrers per page (`Link: ...; rel="next"` to the rest), when set.
+    referrers_page: Mutex<Option<usize>>,
+    /// (limit, remaining, window seconds) sent as `ratelimit-limit` / `ratelimit-remaining` on
+    /// manifest answers (GET and HEAD), as Docker Hub does.
+    ratelimit: Mutex<Option<(u64, u64, u64)>>,
+    /// Answer every manifest and referrers request with this status, no body.
+    manifest_status: Mutex<Option<u16>>,
 }
 
 pub const TOKEN: &str = "test-token-123";
@@ -284,6 +297,27 @@ impl TestUpstream {
             .push((fragment.to_string(), location.to_string()));
     }
 
+    /// Serve the referrers API (`filter`: apply `artifactType` and say so), or not (`None`:
+    /// 404, the default).
+    pub fn serve_referrers(&self, filter: Option<bool>) {
+        *self.state.referrers.lock().unwrap() = filter;
+    }
+
+    /// Page referrers answers, `n` descriptors a page.
+    pub fn page_referrers(&self, n: usize) {
+        *self.state.referrers_page.lock().unwrap() = Some(n);
+    }
+
+    /// Send Docker Hub's rate-limit fields on manifest answers: `(limit, remaining, window)`.
+    pub fn set_ratelimit(&self, budget: Option<(u64, u64, u64)>) {
+        *self.state.ratelimit.lock().unwrap() = budget;
+    }
+
+    /// Answer manifest and referrers requests with `status` (no body), or normally (`None`).
+    pub fn fail_manifests(&self, status: Option<u16>) {
+        *self.state.manifest_status.lock().unwrap() = status;
+    }
+
     pub fn clear_redirects(&self) {
         self.state.redirects.lock().unwrap().clear();
     }
@@ -309,6 +343,13 @@ impl TestUpstream {
     pub fn seen(&self) -> Vec<(String, Option<String>)> {
         self.state.seen.lock().unwrap().clone()
     }
+
+    /// Stop as a registry that went away does: the listener closes, and connections the
+    /// cache keeps open close at their next request, unanswered.
+    pub fn stop(self) {
+        self.state.stopped.store(true, Ordering::SeqCst);
+        drop(self);
+    }
 }
 
 impl Drop for TestUpstream {
@@ -325,7 +366,7 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
     let mut r = BufReader::new(conn);
     loop {
         let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
+        if r.read_line(&mut line)? == 0 || st.stopped.load(Ordering::SeqCst) {
             return Ok(());
         }
         let line = line.trim_end().to_string();
@@ -483,11 +524,68 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
                     head,
                 )?;
             }
+            "manifests" | "referrers" if st.manifest_status.lock().unwrap().is_some() => {
+                let status = st.manifest_status.lock().unwrap().unwrap_or(503);
+                respond(&mut w, status, &budget_fields(st), b"", head)?;
+            }
+            "referrers" => {
+                let filter = *st.referrers.lock().unwrap();
+                let Some(filter) = filter else {
+                    respond(&mut w, 404, &[], b"404 page not found\n", head)?;
+                    continue;
+                };
+                let query = target.split_once('?').map_or("", |(_, q)| q);
+                let param = |k: &str| {
+                    query
+                        .split('&')
+                        .find_map(|p| p.strip_prefix(k)?.strip_prefix('='))
+                        .map(|v| v.replace("%2F", "/").replace("%2B", "+"))
+                };
+                let wanted = param("artifactType").filter(|_| filter);
+                let mut all = referrers_of(st, name, reference);
+                if let Some(t) = &wanted {
+                    all.retain(|d| d["artifactType"].as_str() == Some(t.as_str()));
+                }
+                all.sort_by(|a, b| a["digest"].as_str().cmp(&b["digest"].as_str()));
+                let mut extra: Vec<(String, String)> = Vec::new();
+                if wanted.is_some() {
+                    extra.push(("OCI-Filters-Applied".into(), "artifactType".into()));
+                }
+                let page = *st.referrers_page.lock().unwrap();
+                if let Some(n) = page {
+                    if let Some(last) = param("last") {
+                        all.retain(|d| d["digest"].as_str().unwrap_or("") > last.as_str());
+                    }
+                    if all.len() > n {
+                        all.truncate(n);
+                        let last = all[n - 1]["digest"].as_str().unwrap_or("").to_string();
+                        let mut q = format!("last={last}");
+                        if let Some(t) = &wanted {
+                            q.push_str(&format!("&artifactType={t}"));
+                        }
+                        extra.push((
+                            "Link".into(),
+                            format!("</v2/{name}/referrers/{reference}?{q}>; rel=\"next\""),
+                        ));
+                    }
+                }
+                let body = serde_json::json!({
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.index.v1+json",
+                    "manifests": all,
+                })
+                .to_string();
+                let mut headers: Vec<(&str, &str)> =
+                    vec![("Content-Type", "application/vnd.oci.image.index.v1+json")];
+                headers.extend(extra.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+                respond(&mut w, 200, &headers, body.as_bytes(), head)?;
+            }
             "manifests" => {
                 let delay = *st.manifest_delay.lock().unwrap();
                 if let Some(d) = delay {
                     std::thread::sleep(d);
                 }
+                let fields = budget_fields(st);
                 let m = st
                     .manifests
                     .lock()
@@ -497,18 +595,18 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
                 match m {
                     Some((mt, body)) => {
                         let d = format!("sha256:{}", super::sha256_hex(&body));
-                        respond(
-                            &mut w,
-                            200,
-                            &[("Content-Type", &mt), ("Docker-Content-Digest", &d)],
-                            &body,
-                            head,
-                        )?;
+                        let mut headers =
+                            vec![("Content-Type", mt.as_str()), ("Docker-Content-Digest", &d)];
+                        headers.extend(fields.iter().copied());
+                        respond(&mut w, 200, &headers, &body, head)?;
                     }
                     None => respond(
                         &mut w,
                         404,
-                        &[("Content-Type", "application/json")],
+                        &[("Content-Type", "application/json")]
+                            .into_iter()
+                            .chain(fields.iter().copied())
+                            .collect::<Vec<_>>(),
                         br#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#,
                         head,
                     )?,
@@ -733,6 +831,57 @@ fn serve(conn: TcpStream, addr: SocketAddr, st: &State) -> std::io::Result<()> {
             _ => respond(&mut w, 404, &[], b"", head)?,
         }
     }
+}
+
+/// Docker Hub's rate-limit fields, when the test set a budget.
+fn budget_fields(st: &State) -> Vec<(&'static str, &'static str)> {
+    let Some((limit, remaining, window)) = *st.ratelimit.lock().unwrap() else {
+        return Vec::new();
+    };
+    // Leaked: a few short strings per test, and `respond` takes `&str`s.
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    vec![
+        ("ratelimit-limit", leak(format!("{limit};w={window}"))),
+        (
+            "ratelimit-remaining",
+            leak(format!("{remaining};w={window}")),
+        ),
+        ("docker-ratelimit-source", "127.0.0.1"),
+    ]
+}
+
+/// The referrers of `subject` in `name`: a descriptor of every manifest stored by digest whose
+/// `subject` is it, with the artifact type the spec says (the manifest's `artifactType`, else
+/// its config's media type).
+fn referrers_of(st: &State, name: &str, subject: &str) -> Vec<serde_json::Value> {
+    let manifests = st.manifests.lock().unwrap();
+    let mut out = Vec::new();
+    for ((n, reference), (mt, body)) in manifests.iter() {
+        if n != name || !reference.starts_with("sha256:") {
+            continue;
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+            continue;
+        };
+        if v["subject"]["digest"].as_str() != Some(subject) {
+            continue;
+        }
+        let artifact_type = v["artifactType"]
+            .as_str()
+            .or(v["config"]["mediaType"].as_str())
+            .unwrap_or("");
+        let mut d = serde_json::json!({
+            "mediaType": mt,
+            "digest": reference,
+            "size": body.len(),
+            "artifactType": artifact_type,
+        });
+        if let Some(a) = v.get("annotations") {
+            d["annotations"] = a.clone();
+        }
+        out.push(d);
+    }
+    out
 }
 
 fn respond(
