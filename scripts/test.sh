@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the real peers it needs (the reference registry, skopeo,
-# htpasswd, and the container clients containerd, podman and dockerd), then runs every test.
+# htpasswd, HAProxy, and the container clients containerd, podman and dockerd), then runs every test.
 # tests/clients.rs runs those clients' daemons, so it needs root (it fails, saying so, without).
 # Usage: scripts/test.sh [cargo test args...]
 set -euo pipefail
@@ -11,6 +11,8 @@ command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# tests/scaleout.rs: nodes behind HAProxy (deploy/haproxy/haproxy.cfg).
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # containerd (with ctr), podman, dockerd (docker.io, with the docker CLI); unshare is util-linux.
 command -v containerd >/dev/null 2>&1 || need+=(containerd)

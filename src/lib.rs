@@ -22,7 +22,8 @@
 //! | [`buffers`] | per-worker pools of head and body buffers, and the budget for heads grown past 4 KiB |
 //! | [`jobs`] | the job pool: blocking work (O_DIRECT writes, sha256, fsync) off the event loops |
 //! | [`worker`] | a worker's context: [`worker::Shared`] (every worker's) and [`worker::Worker`] (one thread's: upstream client, buffers, kept file descriptors for hits, idle connections) |
-//! | [`http`] | `parse` (pure request heads), `body` (framing), `response` (the one writer to a client socket), `client` (the upstream exchange), `pool` (upstream connections), `connect` (resolving, TLS roots, our own listeners refused), `url` (upstream [`http::url::Url`] / `Origin`), `sink` (where upstream bytes land), `sendfile` (page cache → socket), `socket` (a client's socket: plain or TLS) |
+//! | [`http`] | `parse` (pure request heads), `body` (framing), `response` (the one writer to a client socket), `client` (the upstream exchange), `pool` (upstream connections), `connect` (resolving, TLS roots, our own listeners refused), `proxyproto` (the PROXY protocol header a load balancer sends first, and which peers may send it), `url` (upstream [`http::url::Url`] / `Origin`), `sink` (where upstream bytes land), `sendfile` (page cache → socket), `socket` (a client's socket: plain or TLS) |
+//! | `deploy/haproxy` | scaling out: HAProxy hashing each digest to one node (README, "Scaling out"); every response's `Cache-Status` ([`http::response::cache_status`]) says which tier answered how |
 //! | [`route`] | method + path → [`route::Route`]; OCI name/tag/digest grammar |
 //! | [`registry`] | which upstream a request is for (`?ns=`, a configured path prefix, else the default) and the repository **key** that keeps every upstream's links, tags and fills apart |
 //! | [`media`] | manifest media types; which answer a client's `Accept` gets ([`media::Accepts`]) |
@@ -44,7 +45,8 @@
 //!
 //! # The data path
 //!
-//! 1. **accept** — a worker accepts and spawns the connection task ([`server`]).
+//! 1. **accept** — a worker accepts and spawns the connection task ([`server`]); behind a
+//!    load balancer, its PROXY protocol header names the client ([`http::proxyproto`]).
 //! 2. **parse** — the request head is parsed from the connection's read buffer within the
 //!    limits ([`http::parse`], [`server::conn`]). Pipelined requests are answered in order. An idle
 //!    connection waits for readability holding no buffer; buffers come from [`buffers`].

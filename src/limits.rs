@@ -167,6 +167,14 @@ pub const SMALL_CHUNK_BYTES: usize = 16 * 1024;
 /// Free buffers kept per list (the pool never holds more idle memory than this many).
 pub const BUFFERS_FREE_MAX: usize = 64;
 
+/// A PROXY protocol v1 line at most, CRLF included (the spec's own bound: proxy-protocol.txt
+/// §2.1, "107 bytes").
+pub const PROXY_V1_BYTES_MAX: usize = 107;
+/// A PROXY protocol v2 header at most (16-byte head + addresses + TLVs): IPv6 addresses take
+/// 36, a load balancer's usual TLVs (ALPN, authority, unique id, CRC) a few hundred; the
+/// spec's own 64 KiB bound would let any allowed peer make us hold that much per connection.
+pub const PROXY_V2_BYTES_MAX: usize = 1024;
+
 // ---- HTTP framing and the request grammar ----
 
 /// Up to this many Accept headers are kept (clients send one or a few).
@@ -329,6 +337,9 @@ pub const TOKEN_KEYS_MAX: usize = 64;
 pub const AUTH_LOG_EVERY: Duration = Duration::from_secs(1);
 
 // ---- How the bounds relate ----
+
+// A PROXY v2 header holds at least its 16-byte head and IPv6 addresses (36).
+const _: () = assert!(PROXY_V2_BYTES_MAX >= 16 + 36 && PROXY_V1_BYTES_MAX == 107);
 
 const _: () = assert!(SHARDS.is_power_of_two());
 const _: () = assert!(TOKEN_DEFAULT_TTL.as_secs() <= TOKEN_TTL_MAX.as_secs());

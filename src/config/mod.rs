@@ -89,6 +89,12 @@ pub struct Config {
     pub sendfile: SendfileMode,
     /// How often changed access times, links and tags are appended to the state journal.
     pub state_interval: Duration,
+    /// `ringcache.proxy_protocol`: connections from `proxy_protocol_from` start with a PROXY
+    /// protocol header (v1 or v2) naming the client, as a load balancer sends it; from any
+    /// other peer such a header is a bad request ([`crate::http::proxyproto`]).
+    pub proxy_protocol: bool,
+    /// `ringcache.proxy_protocol_from`: the load balancers' addresses or networks.
+    pub proxy_protocol_from: crate::http::proxyproto::Allow,
     /// `ringcache.pin`: images whose tags, manifests and blobs neither expire nor are evicted
     /// (registries checked against the upstreams; reloaded on SIGHUP; see [`crate::pin`]).
     pub pins: Vec<crate::reference::ImageRef>,
@@ -300,6 +306,8 @@ impl Config {
             sendfile: SendfileMode::Auto,
             low_water_percent: 90,
             state_interval: Duration::from_secs(10),
+            proxy_protocol: false,
+            proxy_protocol_from: Default::default(),
             pins: Vec::new(),
             offline: false,
             ratelimit: RateLimit::default(),
@@ -491,6 +499,8 @@ impl Config {
                     "direct_writes": self.direct_writes,
                 },
                 "state": {"interval": format_duration(self.state_interval)},
+                "proxy_protocol": self.proxy_protocol,
+                "proxy_protocol_from": self.proxy_protocol_from.to_strings(),
                 "offline": self.offline,
                 "pin": self.pins.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
                 "upstream": {

@@ -268,6 +268,8 @@ pub(super) const RINGCACHE_KEYS: &[&str] = &[
     "ratelimit.stretch_to",
     "upstreams",
     "state.interval",
+    "proxy_protocol",
+    "proxy_protocol_from",
     "storage.size_max",
     "storage.high_water_percent",
     "storage.low_water_percent",
@@ -286,7 +288,8 @@ pub(super) const RINGCACHE_KEYS: &[&str] = &[
 ];
 
 /// `ringcache` keys that take a list: from the environment, a comma-separated value.
-pub(super) const RINGCACHE_LISTS: &[&str] = &["upstream.token_realms", "pin"];
+pub(super) const RINGCACHE_LISTS: &[&str] =
+    &["upstream.token_realms", "pin", "proxy_protocol_from"];
 
 /// The `ringcache.` keys directly under `section` (`""`: the section itself).
 pub(super) fn ringcache_children(section: &str) -> Vec<&'static str> {

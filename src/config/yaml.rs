@@ -229,6 +229,18 @@ pub(super) fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), C
                     _ => return Err(err(&key, "must be auto, always or never")),
                 }
             }
+            "proxy_protocol" => config.proxy_protocol = boolean(&key, v)?,
+            "proxy_protocol_from" => {
+                let Value::Array(items) = v else {
+                    return Err(err(&key, "must be a list of addresses or CIDR networks"));
+                };
+                let mut list = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    list.push(string(&format!("{key}[{i}]"), item)?);
+                }
+                config.proxy_protocol_from =
+                    crate::http::proxyproto::Allow::parse(&list).map_err(|m| err(&key, m))?;
+            }
             "workers" => {
                 let n = uint(&key, v)?;
                 if n == 0 || n > 1024 {
@@ -343,7 +355,18 @@ pub(super) fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), C
         p.locate(&regs)
             .map_err(|e| err(&format!("ringcache.pin[{i}]"), format!("{p}: {e}")))?;
     }
-    Ok(())
+    // Believing PROXY headers from anyone would let any client name its own address.
+    match (config.proxy_protocol, config.proxy_protocol_from.is_empty()) {
+        (true, true) => Err(err(
+            "ringcache.proxy_protocol_from",
+            "required with proxy_protocol: true (the load balancers' addresses or networks)",
+        )),
+        (false, false) => Err(err(
+            "ringcache.proxy_protocol_from",
+            "has no effect without ringcache.proxy_protocol: true",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `ringcache.pin`: a list of image references (`ghcr.io/team/app:1`, `alpine:3`).

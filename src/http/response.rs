@@ -45,6 +45,8 @@ pub struct Exchange<'a> {
     pub ty: Option<crate::metrics::Type>,
     /// Time spent waiting for upstream before the first byte (misses).
     pub upstream_ms: Option<u64>,
+    /// The response is an error, and which side failed (for its `Cache-Status`).
+    failed: Option<crate::error::Side>,
     /// Which upstream the request is for (0: the default; see [`crate::registry`]).
     pub upstream: usize,
 }
@@ -92,6 +94,7 @@ impl<'a> Exchange<'a> {
             cache: Default::default(),
             ty: None,
             upstream_ms: None,
+            failed: None,
             upstream: 0,
         }
     }
@@ -162,6 +165,10 @@ impl<'a> Exchange<'a> {
         } else if self.minor_version == 0 {
             h.extend_from_slice(b"Connection: keep-alive\r\n");
         }
+        // Where the answer came from (RFC 9211), a static string: nothing allocated.
+        h.extend_from_slice(b"Cache-Status: ");
+        h.extend_from_slice(cache_status(self.cache, self.ty.is_some(), self.failed).as_bytes());
+        h.extend_from_slice(b"\r\n");
         for (name, value) in headers {
             h.extend_from_slice(name.as_bytes());
             h.extend_from_slice(b": ");
@@ -205,6 +212,7 @@ impl<'a> Exchange<'a> {
         ) {
             self.keep_alive = false;
         }
+        self.failed = Some(e.side);
         let body = e.body().into_bytes();
         self.send_full(
             status,
@@ -290,6 +298,42 @@ impl<'a> Exchange<'a> {
     }
 }
 
+/// The `Cache-Status` (RFC 9211 §2) of a response: `ringcache` and what it did, by what the
+/// proxy decided (`cache`), whether the request was for content (a blob or manifest), and, for
+/// an error, which side failed. One static string per case, so the hit path allocates nothing.
+/// A parent ringcache's own entry is not relayed (a list would be one allocation per miss).
+pub fn cache_status(
+    cache: crate::metrics::Cache,
+    content: bool,
+    failed: Option<crate::error::Side>,
+) -> &'static str {
+    use crate::error::Side;
+    use crate::metrics::Cache;
+    match (failed, cache) {
+        // An error upstream gave (its 404, 401, 5xx) or caused (a body that failed its
+        // digest): the request went forward.
+        (Some(Side::Upstream), _) => "ringcache; fwd=miss; detail=upstream-error",
+        // An error of our own (a bad request, a store fault, a limit) after the request had
+        // joined a fill is still one that went forward.
+        (Some(_), Cache::Miss | Cache::Coalesced | Cache::Bypass) => {
+            "ringcache; fwd=miss; detail=error"
+        }
+        (Some(_), _) => "ringcache; detail=error",
+        (None, Cache::Hit) => "ringcache; hit",
+        // This request started the fill, which stores what upstream sends.
+        (None, Cache::Miss) => "ringcache; fwd=miss; stored",
+        // A follower of a fill already in flight (RFC 9211 §2.8: collapsed).
+        (None, Cache::Coalesced) => "ringcache; fwd=miss; collapsed",
+        // Forwarded and not stored: the store could not take it (disk full, read-only).
+        (None, Cache::Bypass) => "ringcache; fwd=miss; detail=store-bypass",
+        // Content we do not have, answered by upstream without a fill: a HEAD (RFC 9211
+        // §2.2: uri-miss, nothing cached under this URI).
+        (None, Cache::None) if content => "ringcache; fwd=uri-miss",
+        // Not content: the API root, tag lists and the catalog are never cached.
+        (None, Cache::None) => "ringcache; fwd=bypass",
+    }
+}
+
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -311,5 +355,72 @@ pub fn reason(status: u16) -> &'static str {
         504 => "Gateway Timeout",
         508 => "Loop Detected",
         _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cache_status;
+    use crate::error::Side;
+    use crate::metrics::Cache;
+
+    #[test]
+    fn cache_status_says_where_an_answer_came_from() {
+        // (cache, content, failed side, Cache-Status)
+        let cases: &[(Cache, bool, Option<Side>, &str)] = &[
+            (Cache::Hit, true, None, "ringcache; hit"),
+            (Cache::Miss, true, None, "ringcache; fwd=miss; stored"),
+            (
+                Cache::Coalesced,
+                true,
+                None,
+                "ringcache; fwd=miss; collapsed",
+            ),
+            (
+                Cache::Bypass,
+                true,
+                None,
+                "ringcache; fwd=miss; detail=store-bypass",
+            ),
+            (Cache::None, true, None, "ringcache; fwd=uri-miss"),
+            (Cache::None, false, None, "ringcache; fwd=bypass"),
+            (
+                Cache::Miss,
+                true,
+                Some(Side::Upstream),
+                "ringcache; fwd=miss; detail=upstream-error",
+            ),
+            (
+                Cache::None,
+                true,
+                Some(Side::Upstream),
+                "ringcache; fwd=miss; detail=upstream-error",
+            ),
+            (
+                Cache::Coalesced,
+                true,
+                Some(Side::Store),
+                "ringcache; fwd=miss; detail=error",
+            ),
+            (
+                Cache::None,
+                false,
+                Some(Side::Client),
+                "ringcache; detail=error",
+            ),
+            (
+                Cache::Hit,
+                true,
+                Some(Side::Store),
+                "ringcache; detail=error",
+            ),
+        ];
+        for (cache, content, failed, want) in cases {
+            assert_eq!(
+                cache_status(*cache, *content, *failed),
+                *want,
+                "{cache:?} {failed:?}"
+            );
+        }
     }
 }

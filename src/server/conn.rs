@@ -21,6 +21,7 @@ use monoio::io::AsyncReadRent;
 use crate::buffers::{Buffers, HeadRoom, HEAD_FIRST_BYTES};
 use crate::error::{Error, Kind};
 use crate::http::parse::{parse_range, parse_request, Head, Parsed};
+use crate::http::proxyproto;
 use crate::http::response::Exchange;
 use crate::http::sendfile;
 use crate::http::socket::Socket;
@@ -49,7 +50,15 @@ enum Next {
 /// hundred bytes big. Reading and answering a request is one boxed future, allocated when
 /// bytes arrive (10,000 idle connections cost a few MiB, not the size of the request path
 /// times 10,000).
-pub async fn serve(worker: Rc<Worker>, mut sock: Socket, peer: std::net::SocketAddr) {
+/// `peer` is the socket's; `client` the address the access log names (the client's, from a
+/// load balancer's PROXY header read before the TLS handshake, [`proxied`]; else `peer`).
+pub async fn serve(
+    worker: Rc<Worker>,
+    mut sock: Socket,
+    socket_peer: std::net::SocketAddr,
+    client: std::net::SocketAddr,
+) {
+    let peer = socket_peer;
     // Limits as they are now (SIGHUP may change them for later connections).
     let limits = worker.shared.live.limits();
     let pool = &worker.buffers;
@@ -62,6 +71,9 @@ pub async fn serve(worker: Rc<Worker>, mut sock: Socket, peer: std::net::SocketA
             peer,
         ),
     };
+    // Behind a load balancer the sendfile policy above stays with the balancer (the socket's
+    // real peer); everything else names the client.
+    let peer = client;
     // Pipelined bytes not yet answered; empty (and unallocated) while idle.
     let mut buf: Vec<u8> = Vec::new();
     // What the head buffer holds past its first size, out of the worker's budget; released
@@ -91,6 +103,31 @@ pub async fn serve(worker: Rc<Worker>, mut sock: Socket, peer: std::net::SocketA
         }
         if buf.is_empty() {
             room.give(std::mem::take(&mut buf));
+        }
+    }
+}
+
+/// The client's address: with `ringcache.proxy_protocol`, a peer in `proxy_protocol_from`
+/// must start with a PROXY header, read here (exactly, within the head timeout), and its source
+/// stands for the client; `None`: no valid header in time, the connection closes. From any
+/// other peer, nothing is read: a PROXY header there fails as a request head (400).
+pub(crate) async fn proxied(
+    worker: &Worker,
+    sock: &mut monoio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    limits: &crate::limits::Limits,
+) -> Option<std::net::SocketAddr> {
+    let config = &worker.shared.config;
+    if !config.proxy_protocol || !config.proxy_protocol_from.contains(peer.ip()) {
+        return Some(peer);
+    }
+    let deadline = Instant::now() + limits.head_timeout;
+    match proxyproto::read(sock, deadline).await {
+        Ok(Some(h)) => Some(h.source.unwrap_or(peer)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "connection refused");
+            None
         }
     }
 }

@@ -271,8 +271,8 @@ async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener) {
                 let slot = ConnSlot(worker.clone());
                 monoio::spawn(async move {
                     let w = slot.0.clone();
-                    if let Some(sock) = front_door(&w, stream, peer).await {
-                        conn::serve(w, sock, peer).await;
+                    if let Some((sock, client)) = front_door(&w, stream, peer).await {
+                        conn::serve(w, sock, peer, client).await;
                     }
                     drop(slot);
                 });
@@ -292,16 +292,19 @@ async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener) {
 /// if any, is sent) and the connection closes.
 async fn front_door(
     worker: &Worker,
-    stream: monoio::net::TcpStream,
+    mut stream: monoio::net::TcpStream,
     peer: SocketAddr,
-) -> Option<crate::http::socket::Socket> {
+) -> Option<(crate::http::socket::Socket, SocketAddr)> {
     use crate::http::socket::Socket;
+    // A load balancer's PROXY header comes first, before any TLS handshake.
+    let limits = worker.shared.live.limits();
+    let client = conn::proxied(worker, &mut stream, peer, &limits).await?;
     let Some(tls) = worker.shared.live.server_tls.get() else {
-        return Some(Socket::Plain(stream));
+        return Some((Socket::Plain(stream), client));
     };
-    let deadline = worker.shared.live.limits.read().unwrap().head_timeout;
+    let deadline = limits.head_timeout;
     match crate::tls::TlsStream::accept(stream, tls.current(), deadline).await {
-        Ok(s) => Some(Socket::Tls(Box::new(s))),
+        Ok(s) => Some((Socket::Tls(Box::new(s)), client)),
         Err(e) => {
             crate::metrics::TLS_HANDSHAKE_FAILURES[e.reason()]
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -8,6 +8,7 @@
 
 pub mod certs;
 pub mod clients;
+pub mod cluster;
 pub mod http;
 pub mod image;
 pub mod stream;
