@@ -115,14 +115,10 @@ fn environment_overrides_config_keys_like_the_reference_registry() {
 fn refused_sections_exit_2_naming_the_section() {
     let up = "proxy: {remoteurl: https://up.example}\n";
     for (yaml, key) in [
-        ("auth: {htpasswd: {realm: r, path: /etc/htpasswd}}", "auth"),
+        ("auth: {silly: {realm: r, service: s}}", "auth.silly"),
         (
-            "auth: {token: {realm: https://a, service: s, issuer: i, rootcertbundle: /c}}",
-            "auth",
-        ),
-        (
-            "http: {addr: ':5000', tls: {certificate: /c.pem, key: /k.pem}}",
-            "http.tls",
+            "http: {addr: ':5000', tls: {letsencrypt: {cachefile: /x}}}",
+            "http.tls.letsencrypt",
         ),
         ("storage: {s3: {bucket: b, region: r}}", "storage.s3"),
         ("storage: {inmemory: {x: 1}}", "storage.inmemory"),
@@ -135,6 +131,26 @@ fn refused_sections_exit_2_naming_the_section() {
             err.contains(&format!("{key}: not supported")),
             "{yaml}: {err}"
         );
+    }
+    // TLS and client auth are read: a file that is missing is a clear error naming its key.
+    for (yaml, key) in [
+        (
+            "auth: {htpasswd: {realm: r, path: /nonexistent/htpasswd}}",
+            "auth.htpasswd.path: /nonexistent/htpasswd",
+        ),
+        (
+            "auth: {token: {realm: https://a, service: s, issuer: i, rootcertbundle: /nonexistent/c}}",
+            "auth.token.rootcertbundle: /nonexistent/c",
+        ),
+        (
+            "http: {addr: ':5000', tls: {certificate: /nonexistent/c.pem, key: /k.pem}}",
+            "http.tls.certificate: /nonexistent/c.pem",
+        ),
+    ] {
+        let (code, out, err) = check(&format!("{up}{yaml}\n"));
+        assert_eq!(code, 2, "{yaml}: {out}{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{yaml}: {err:?}");
+        assert!(err.contains(key), "{yaml}: {err}");
     }
     let (code, _, err) = check("proxy: {remoteurl: https://up.example, exec: {command: h}}\n");
     assert_eq!(code, 2, "{err}");
