@@ -281,6 +281,22 @@ fn serve(shared: &Shared, heads: &Mutex<Heads>, mut conn: TcpStream) -> std::io:
             "text/plain",
             "POST needs the header X-Ringcache-Admin: 1\n",
         ),
+        // Draining a node is for its operators: from this host, or from the management
+        // networks `ringcache.admin_from` lists (the listener may face a load balancer's
+        // network for health checks, and a drain from any host there would take the site down).
+        ("POST", "/debug/health/down" | "/debug/health/up")
+            if !conn
+                .peer_addr()
+                .is_ok_and(|p| admin_allowed(p.ip(), &shared.config.admin_from)) =>
+        {
+            tracing::warn!(peer = ?conn.peer_addr().ok(), "debug listener: refused a drain POST from an address not in ringcache.admin_from");
+            respond(
+                &mut conn,
+                403,
+                "text/plain",
+                "POST is taken from loopback and ringcache.admin_from only\n",
+            )
+        }
         ("POST", "/debug/health/down") => {
             shared.health_down.store(true, Ordering::SeqCst);
             tracing::warn!(
@@ -295,6 +311,11 @@ fn serve(shared: &Shared, heads: &Mutex<Heads>, mut conn: TcpStream) -> std::io:
         }
         _ => respond(&mut conn, 404, "text/plain", "404 page not found\n"),
     }
+}
+
+/// Whether a drain `POST` from `peer` is taken: loopback, or a network the operator listed.
+fn admin_allowed(peer: std::net::IpAddr, admin_from: &crate::http::proxyproto::Allow) -> bool {
+    peer.to_canonical().is_loopback() || admin_from.contains(peer)
 }
 
 /// Read and drop a request body of up to [`BODY_DRAIN_MAX`] bytes before answering: closing
@@ -433,6 +454,24 @@ fn respond(conn: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std::i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drains_are_taken_from_loopback_and_admin_from_only() {
+        let none = crate::http::proxyproto::Allow::default();
+        let mgmt = crate::http::proxyproto::Allow::parse(&["10.9.0.0/16"]).unwrap();
+        for (peer, allow, want) in [
+            ("127.0.0.1", &none, true),
+            ("127.3.2.1", &none, true),
+            ("::1", &none, true),
+            ("::ffff:127.0.0.1", &none, true),
+            ("10.9.1.2", &none, false),
+            ("10.9.1.2", &mgmt, true),
+            ("10.8.1.2", &mgmt, false),
+            ("192.0.2.1", &mgmt, false),
+        ] {
+            assert_eq!(admin_allowed(peer.parse().unwrap(), allow), want, "{peer}");
+        }
+    }
 
     fn req(head: &str) -> Request {
         parse(head.as_bytes()).unwrap().unwrap()

@@ -327,6 +327,14 @@ pub const AUTH_CACHE_MAX: usize = 1024;
 /// crowd of wrong passwords must not queue ahead of their writes. Past it, requests wait
 /// (within the head timeout) for a check to finish.
 pub const AUTH_CHECKS_INFLIGHT_MAX: usize = 2;
+/// Failed credential checks from one client address (per worker) within
+/// [`AUTH_FAILURES_WINDOW`] before its further attempts are refused (429) without a bcrypt
+/// check until the window ends: a crowd of wrong passwords from one address cannot hold the
+/// check slots every other client's first login needs.
+pub const AUTH_FAILURES_PER_ADDR_MAX: u32 = 10;
+pub const AUTH_FAILURES_WINDOW: Duration = Duration::from_secs(60);
+/// Client addresses whose failures a worker remembers (past it, the oldest windows go).
+pub const AUTH_FAILURE_ADDRS_MAX: usize = 4096;
 /// Clock skew allowed on a token's `exp` and `nbf` (the reference registry's leeway).
 pub const TOKEN_CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// Keys taken from `auth.token.rootcertbundle`: each is a candidate for a token without

@@ -412,7 +412,7 @@ pub fn render(workers: &[Counters], g: &Gauges) -> String {
 /// no credentials, unparsable ones, a wrong user or password, no check slot in time; for
 /// tokens a bad signature, expired, not yet valid, another issuer or audience, or no access
 /// to what was asked. Indexed by [`crate::auth::Reason`].
-pub const AUTH_FAILURE_REASONS: [&str; 10] = [
+pub const AUTH_FAILURE_REASONS: [&str; 11] = [
     "missing",
     "malformed",
     "credentials",
@@ -423,6 +423,7 @@ pub const AUTH_FAILURE_REASONS: [&str; 10] = [
     "issuer",
     "audience",
     "scope",
+    "throttled",
 ];
 
 /// Counts per [`AUTH_FAILURE_REASONS`]; process-wide (refusals are off the hit path).

@@ -370,3 +370,36 @@ fn bearer_tokens_open_what_they_grant_and_nothing_else() {
     let log = rc.proc.log.lock().unwrap().clone();
     assert!(!log.contains(&for_a[..40]), "tokens never logged");
 }
+
+/// A crowd of wrong passwords from one address: past the limit its attempts are refused at
+/// once (429, no bcrypt check), so they cannot hold the check slots; a right password from
+/// that address is refused too until the window passes, and counted as throttled.
+#[test]
+fn failed_logins_from_one_address_are_throttled_without_a_check() {
+    let (up, _, _) = upstream();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("htpasswd");
+    std::fs::write(&file, htpasswd_line("bob", "hunter2")).unwrap();
+    let rc = Ringcache::start_with_env(
+        &up.url(),
+        &format!(
+            "auth: {{htpasswd: {{realm: r, path: {}}}}}\nringcache: {{workers: 1}}\n",
+            file.display()
+        ),
+        &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")],
+    );
+    let dbg = rc.debug_addr();
+    let wrong = basic("bob", "wrong");
+    for i in 0..10 {
+        assert_eq!(get(&rc, "/v2/", Some(&wrong)).status, 401, "attempt {i}");
+    }
+    let r = get(&rc, "/v2/", Some(&wrong));
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.error_code(), "TOOMANYREQUESTS");
+    assert_eq!(get(&rc, "/v2/", Some(&basic("bob", "hunter2"))).status, 429);
+    support::wait_metric(
+        dbg,
+        "ringcache_auth_failures_total{reason=\"throttled\"}",
+        |v| v >= 2.0,
+    );
+}

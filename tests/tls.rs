@@ -581,3 +581,46 @@ fn socket_activation_serves_tls_on_the_inherited_socket() {
         "plain HTTP is not served there"
     );
 }
+
+/// A session resumed after a reload that adds client CAs would carry its first handshake's
+/// "no client certificate" past them: new client CAs start new tickets and sessions.
+#[test]
+fn new_client_cas_are_not_walked_past_by_resuming_an_older_session() {
+    let (up, _) = upstream_with(&[1000]);
+    let pki = Pki::new("ec");
+    let d = pki.path();
+    ca(d, "clientca");
+    let (ccert, ckey) = issue(d, "client", "ec", "clientca", "client");
+    let rc = start(&up, "", &pki.env());
+    let anonymous = pki.client();
+    for _ in 0..2 {
+        // The second connection resumes the first's session (and takes a new ticket).
+        let mut s = certs::connect(rc.addr, &anonymous).unwrap();
+        assert_eq!(certs::get_on(&mut s, "/v2/", &[]).unwrap().status, 200);
+    }
+    // The operator adds client CAs and reloads.
+    let cfg = rc.root.with_extension("yml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replace(
+        "http: {addr: 127.0.0.1:0}",
+        &format!(
+            "http: {{addr: 127.0.0.1:0, tls: {{clientcas: [{}]}}}}",
+            d.join("clientca.pem").display()
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    rc.proc.signal(libc::SIGHUP);
+    rc.proc
+        .wait_count(&["reloaded", "http.tls"], 1, Duration::from_secs(10));
+    // The anonymous client offers its ticket: refused (a full handshake asks for a
+    // certificate it does not have).
+    let resumed =
+        certs::connect(rc.addr, &anonymous).and_then(|mut s| certs::get_on(&mut s, "/v2/", &[]));
+    assert!(
+        resumed.is_err(),
+        "a session from before the client CAs was served: {:?}",
+        resumed.map(|r| r.status)
+    );
+    let config = Arc::new(client_config(&[&pki.ca], Some((&ccert, &ckey))));
+    assert_eq!(certs::get(rc.addr, &config, "/v2/", &[]).status, 200);
+}

@@ -18,16 +18,18 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 
 use super::Reason;
-use crate::limits::{AUTH_CACHE_MAX, AUTH_CACHE_TTL, AUTH_CHECKS_INFLIGHT_MAX, HTPASSWD_BYTES_MAX};
-
-/// A bcrypt hash checked against when the user is unknown, so that an unknown user takes as
-/// long as a wrong password (cost 10, of the password "x").
-const DUMMY_HASH: &str = "$2y$10$h9bUEKDyX3VnyCIzhWT8TulhumZ3UPfoATDsHrt2SXo2JJ6943Xxe";
+use crate::limits::{
+    AUTH_CACHE_MAX, AUTH_CACHE_TTL, AUTH_CHECKS_INFLIGHT_MAX, AUTH_FAILURES_PER_ADDR_MAX,
+    AUTH_FAILURES_WINDOW, AUTH_FAILURE_ADDRS_MAX, HTPASSWD_BYTES_MAX,
+};
 
 pub struct Htpasswd {
     realm: RwLock<String>,
     /// user → bcrypt hash.
     users: RwLock<Arc<HashMap<String, String>>>,
+    /// Checked when the user is unknown, so that an unknown user costs as long as a wrong
+    /// password: a hash of a random password at the cost most of the file's entries use.
+    dummy: RwLock<String>,
     /// Bumped on reload: every worker forgets what it verified against older entries.
     generation: AtomicU64,
 }
@@ -38,6 +40,7 @@ impl Htpasswd {
         Ok((
             Htpasswd {
                 realm: RwLock::new(realm.to_string()),
+                dummy: RwLock::new(dummy_for(&users)),
                 users: RwLock::new(Arc::new(users)),
                 generation: AtomicU64::new(0),
             },
@@ -47,6 +50,7 @@ impl Htpasswd {
 
     pub fn reload(&self, realm: &str, path: &Path) -> Result<Vec<String>, String> {
         let (users, notes) = read(path)?;
+        *self.dummy.write().unwrap() = dummy_for(&users);
         *self.users.write().unwrap() = Arc::new(users);
         *self.realm.write().unwrap() = realm.to_string();
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -57,11 +61,13 @@ impl Htpasswd {
         format!("Basic realm=\"{}\"", self.realm.read().unwrap())
     }
 
-    /// Check a request's `Authorization` value. `within`: how long to wait for a check slot.
+    /// Check a request's `Authorization` value. `within`: how long to wait for a check slot;
+    /// `client`: the address failures are counted against.
     pub async fn check(
         &self,
         authorization: Option<&[u8]>,
         within: Duration,
+        client: std::net::IpAddr,
     ) -> Result<(), Reason> {
         let value = authorization.ok_or(Reason::Missing)?;
         let (user, password) = basic(value).ok_or(Reason::Malformed)?;
@@ -71,22 +77,31 @@ impl Htpasswd {
         if LOCAL.with(|l| l.borrow_mut().verified(&key, generation, now)) {
             return Ok(());
         }
-        // One check per (user, password) at a time on this worker: the others wait for it.
-        let flight = match LOCAL.with(|l| l.borrow().flying.get(&key).cloned()) {
+        if LOCAL.with(|l| l.borrow_mut().throttled(client, now)) {
+            return Err(Reason::Throttled);
+        }
+        // One check per (user, password) at a time on this worker, against one generation of
+        // the file: the others wait for it (a request after a reload never takes a result
+        // checked against the entries before it).
+        let flying = (key, generation);
+        let flight = match LOCAL.with(|l| l.borrow().flying.get(&flying).cloned()) {
             Some(f) => f,
             None => {
                 let hash = self.users.read().unwrap().get(&user).cloned();
                 let known = hash.is_some();
-                let hash = hash.unwrap_or_else(|| DUMMY_HASH.to_string());
+                let hash = hash.unwrap_or_else(|| self.dummy.read().unwrap().clone());
                 let slots = SLOTS.with(|s| s.clone());
                 if !slots.take(within).await {
                     return Err(Reason::Busy);
                 }
                 let flight = Arc::new(Flight::default());
-                LOCAL.with(|l| l.borrow_mut().flying.insert(key, flight.clone()));
+                LOCAL.with(|l| l.borrow_mut().flying.insert(flying, flight.clone()));
                 let job = flight.clone();
                 crate::jobs::spawn(move || {
-                    let ok = known && bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false);
+                    // Always the whole bcrypt check (an unknown user against the dummy): the
+                    // time taken says nothing about which users exist.
+                    let matched = bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false);
+                    let ok = matched && known;
                     *job.result.lock().unwrap() = Some(ok);
                     job.done.notify(usize::MAX);
                     slots.give();
@@ -97,11 +112,19 @@ impl Htpasswd {
         let ok = flight.wait().await;
         LOCAL.with(|l| {
             let mut l = l.borrow_mut();
-            if l.flying.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-                l.flying.remove(&key);
+            if l.flying
+                .get(&flying)
+                .is_some_and(|f| Arc::ptr_eq(f, &flight))
+            {
+                l.flying.remove(&flying);
                 if ok {
                     l.remember(key, generation, now);
                 }
+            }
+            if ok {
+                l.failures.remove(&client);
+            } else {
+                l.failed(client, now);
             }
         });
         if ok {
@@ -207,10 +230,42 @@ impl Slots {
 struct Local {
     /// key → (generation, verified at).
     verified: HashMap<[u8; 32], (u64, Instant)>,
-    flying: HashMap<[u8; 32], Arc<Flight>>,
+    /// (key, generation of the file) → its check.
+    flying: HashMap<([u8; 32], u64), Arc<Flight>>,
+    /// client address → (failed checks, since when).
+    failures: HashMap<std::net::IpAddr, (u32, Instant)>,
 }
 
 impl Local {
+    /// Whether `client` failed too often lately to be checked again now.
+    fn throttled(&mut self, client: std::net::IpAddr, now: Instant) -> bool {
+        match self.failures.get(&client) {
+            Some((n, since)) if now.duration_since(*since) < AUTH_FAILURES_WINDOW => {
+                *n >= AUTH_FAILURES_PER_ADDR_MAX
+            }
+            Some(_) => {
+                self.failures.remove(&client);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn failed(&mut self, client: std::net::IpAddr, now: Instant) {
+        if self.failures.len() >= AUTH_FAILURE_ADDRS_MAX && !self.failures.contains_key(&client) {
+            self.failures
+                .retain(|_, (_, since)| now.duration_since(*since) < AUTH_FAILURES_WINDOW);
+            if self.failures.len() >= AUTH_FAILURE_ADDRS_MAX {
+                self.failures.clear();
+            }
+        }
+        let e = self.failures.entry(client).or_insert((0, now));
+        if now.duration_since(e.1) >= AUTH_FAILURES_WINDOW {
+            *e = (0, now);
+        }
+        e.0 += 1;
+    }
+
     fn verified(&mut self, key: &[u8; 32], generation: u64, now: Instant) -> bool {
         match self.verified.get(key) {
             Some((g, at)) if *g == generation && now.duration_since(*at) < AUTH_CACHE_TTL => true,
@@ -239,6 +294,25 @@ thread_local! {
     /// Per worker (a worker is one thread).
     static LOCAL: RefCell<Local> = RefCell::new(Local::default());
     static SLOTS: Arc<Slots> = Arc::new(Slots::default());
+}
+
+/// The dummy hash for unknown users: a random password's, at the cost most entries use
+/// (bcrypt's default where the file has none).
+fn dummy_for(users: &HashMap<String, String>) -> String {
+    let mut costs: HashMap<u32, usize> = HashMap::new();
+    for h in users.values() {
+        if let Some(c) = h.get(4..6).and_then(|c| c.parse::<u32>().ok()) {
+            *costs.entry(c).or_default() += 1;
+        }
+    }
+    let cost = costs
+        .into_iter()
+        .max_by_key(|(c, n)| (*n, *c))
+        .map_or(bcrypt::DEFAULT_COST, |(c, _)| c)
+        .clamp(4, 16);
+    let mut secret = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret);
+    bcrypt::hash(secret, cost).unwrap_or_default()
 }
 
 /// Read an htpasswd file: bcrypt entries, and a note for each line that is not one.
@@ -293,6 +367,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unknown_users_cost_what_the_files_entries_cost() {
+        let mut users = HashMap::new();
+        users.insert("a".to_string(), bcrypt::hash("x", 5).unwrap());
+        users.insert("b".to_string(), bcrypt::hash("y", 5).unwrap());
+        users.insert("c".to_string(), bcrypt::hash("z", 6).unwrap());
+        let dummy = dummy_for(&users);
+        assert_eq!(&dummy[4..6], "05", "{dummy}");
+        assert!(!bcrypt::verify("x", &dummy).unwrap());
+        // A failed-address window: throttled at the limit, forgotten after the window.
+        let mut l = Local::default();
+        let ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..AUTH_FAILURES_PER_ADDR_MAX {
+            assert!(!l.throttled(ip, t0));
+            l.failed(ip, t0);
+        }
+        assert!(l.throttled(ip, t0));
+        assert!(!l.throttled("192.0.2.2".parse().unwrap(), t0));
+        assert!(!l.throttled(ip, t0 + AUTH_FAILURES_WINDOW));
+    }
+
+    #[test]
     fn basic_values_parse_or_not() {
         let enc = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         for (value, want) in [
@@ -341,7 +437,8 @@ mod tests {
 
     #[test]
     fn the_dummy_hash_is_a_valid_bcrypt_hash() {
-        assert!(bcrypt::verify("x", DUMMY_HASH).unwrap());
+        let dummy = dummy_for(&HashMap::new());
+        assert!(bcrypt::verify("x", &dummy).is_ok(), "{dummy}");
     }
 
     #[test]

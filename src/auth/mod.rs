@@ -50,6 +50,8 @@ pub enum Reason {
     Issuer,
     Audience,
     Scope,
+    /// Too many failed checks from the client's address lately (htpasswd).
+    Throttled,
 }
 
 impl Reason {
@@ -140,10 +142,11 @@ impl Auth {
         access: Access<'_>,
         authorization: Option<&[u8]>,
         within: Duration,
+        client: std::net::IpAddr,
     ) -> Result<(), (Reason, String)> {
         match self {
             Auth::Htpasswd(h) => h
-                .check(authorization, within)
+                .check(authorization, within, client)
                 .await
                 .map_err(|r| (r, h.challenge())),
             Auth::Token(t) => t
@@ -169,12 +172,17 @@ pub async fn gate(
         return Ok(true);
     };
     let within = live.limits.read().unwrap().head_timeout;
-    let Err((reason, challenge)) = auth.check(access, authorization, within).await else {
+    let Err((reason, challenge)) = auth.check(access, authorization, within, peer.ip()).await
+    else {
         return Ok(true);
     };
     refused(reason, peer, access);
     let (kind, message) = match reason {
         Reason::Busy => (Kind::Unavailable, "too many credential checks in progress"),
+        Reason::Throttled => (
+            Kind::TooManyRequests,
+            "too many failed authentications from this address; try again later",
+        ),
         _ => (Kind::Unauthorized, "authentication required"),
     };
     let body = Error::new(kind, Side::Client, message).body().into_bytes();

@@ -95,6 +95,9 @@ pub struct Config {
     pub proxy_protocol: bool,
     /// `ringcache.proxy_protocol_from`: the load balancers' addresses or networks.
     pub proxy_protocol_from: crate::http::proxyproto::Allow,
+    /// `ringcache.admin_from`: besides loopback, the addresses or networks whose
+    /// `POST /debug/health/down|up` the debug listener takes.
+    pub admin_from: crate::http::proxyproto::Allow,
     /// `ringcache.pin`: images whose tags, manifests and blobs neither expire nor are evicted
     /// (registries checked against the upstreams; reloaded on SIGHUP; see [`crate::pin`]).
     pub pins: Vec<crate::reference::ImageRef>,
@@ -308,6 +311,7 @@ impl Config {
             state_interval: Duration::from_secs(10),
             proxy_protocol: false,
             proxy_protocol_from: Default::default(),
+            admin_from: Default::default(),
             pins: Vec::new(),
             offline: false,
             ratelimit: RateLimit::default(),
@@ -501,6 +505,7 @@ impl Config {
                 "state": {"interval": format_duration(self.state_interval)},
                 "proxy_protocol": self.proxy_protocol,
                 "proxy_protocol_from": self.proxy_protocol_from.to_strings(),
+                "admin_from": self.admin_from.to_strings(),
                 "offline": self.offline,
                 "pin": self.pins.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
                 "upstream": {

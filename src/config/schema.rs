@@ -270,6 +270,7 @@ pub(super) const RINGCACHE_KEYS: &[&str] = &[
     "state.interval",
     "proxy_protocol",
     "proxy_protocol_from",
+    "admin_from",
     "storage.size_max",
     "storage.high_water_percent",
     "storage.low_water_percent",
@@ -288,8 +289,12 @@ pub(super) const RINGCACHE_KEYS: &[&str] = &[
 ];
 
 /// `ringcache` keys that take a list: from the environment, a comma-separated value.
-pub(super) const RINGCACHE_LISTS: &[&str] =
-    &["upstream.token_realms", "pin", "proxy_protocol_from"];
+pub(super) const RINGCACHE_LISTS: &[&str] = &[
+    "upstream.token_realms",
+    "pin",
+    "proxy_protocol_from",
+    "admin_from",
+];
 
 /// The `ringcache.` keys directly under `section` (`""`: the section itself).
 pub(super) fn ringcache_children(section: &str) -> Vec<&'static str> {

@@ -230,7 +230,7 @@ pub(super) fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), C
                 }
             }
             "proxy_protocol" => config.proxy_protocol = boolean(&key, v)?,
-            "proxy_protocol_from" => {
+            "proxy_protocol_from" | "admin_from" => {
                 let Value::Array(items) = v else {
                     return Err(err(&key, "must be a list of addresses or CIDR networks"));
                 };
@@ -238,8 +238,13 @@ pub(super) fn ringcache_section(rc: &Value, config: &mut Config) -> Result<(), C
                 for (i, item) in items.iter().enumerate() {
                     list.push(string(&format!("{key}[{i}]"), item)?);
                 }
-                config.proxy_protocol_from =
+                let allow =
                     crate::http::proxyproto::Allow::parse(&list).map_err(|m| err(&key, m))?;
+                if k == "admin_from" {
+                    config.admin_from = allow;
+                } else {
+                    config.proxy_protocol_from = allow;
+                }
             }
             "workers" => {
                 let n = uint(&key, v)?;

@@ -271,7 +271,9 @@ async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener) {
                 let slot = ConnSlot(worker.clone());
                 monoio::spawn(async move {
                     let w = slot.0.clone();
-                    if let Some((sock, client)) = front_door(&w, stream, peer).await {
+                    // Boxed: the handshake's state (and the PROXY header's) lives only while
+                    // it runs, not in every idle connection's task.
+                    if let Some((sock, client)) = Box::pin(front_door(&w, stream, peer)).await {
                         conn::serve(w, sock, peer, client).await;
                     }
                     drop(slot);
@@ -298,11 +300,13 @@ async fn front_door(
     use crate::http::socket::Socket;
     // A load balancer's PROXY header comes first, before any TLS handshake.
     let limits = worker.shared.live.limits();
+    let accepted = std::time::Instant::now();
     let client = conn::proxied(worker, &mut stream, peer, &limits).await?;
     let Some(tls) = worker.shared.live.server_tls.get() else {
         return Some((Socket::Plain(stream), client));
     };
-    let deadline = limits.head_timeout;
+    // One deadline for both: the PROXY header and the handshake within the head timeout.
+    let deadline = limits.head_timeout.saturating_sub(accepted.elapsed());
     match crate::tls::TlsStream::accept(stream, tls.current(), deadline).await {
         Ok(s) => Some((Socket::Tls(Box::new(s)), client)),
         Err(e) => {

@@ -5,8 +5,12 @@
 //! connection, its handshake within the head deadline, and its reads and writes.
 //!
 //! Session resumption: stateless tickets (TLS 1.2 and 1.3) from one ticketer, and a bounded
-//! session cache for TLS 1.2 clients without tickets; both outlive reloads, so a client
-//! resumes across a certificate rotation. ALPN: `http/1.1` only (ringcache speaks nothing else).
+//! session cache for TLS 1.2 clients without tickets; both outlive a reload that keeps the
+//! client CAs, so a client resumes across a certificate rotation. A reload that changes the
+//! client CAs (`clientcas` added, removed or rotated) starts a new ticketer and cache: a
+//! resumed session carries the client certificate (or its absence) it was first verified
+//! with, and rustls does not verify it again, so an old ticket would walk past the new CAs.
+//! ALPN: `http/1.1` only (ringcache speaks nothing else).
 
 pub mod stream;
 
@@ -26,23 +30,52 @@ pub use stream::TlsStream;
 /// The running TLS settings: what a new connection's handshake uses.
 pub struct Tls {
     current: RwLock<Arc<ServerConfig>>,
-    /// Kept across reloads (see the module docs).
+    /// Kept across reloads that keep the client CAs (see the module docs).
+    resumption: RwLock<Resumption>,
+}
+
+/// Session tickets and cache, and the client CAs the sessions they resume were verified under.
+struct Resumption {
     tickets: Arc<dyn ProducesTickets>,
     sessions: Arc<dyn StoresServerSessions + Send + Sync>,
+    /// sha256 over the client CA certificates (empty: no client authentication).
+    client_cas: Vec<u8>,
+}
+
+impl Resumption {
+    fn new(client_cas: Vec<u8>) -> Result<Resumption, String> {
+        Ok(Resumption {
+            tickets: rustls::crypto::ring::Ticketer::new()
+                .map_err(|e| format!("http.tls: session tickets: {e}"))?,
+            sessions: ServerSessionMemoryCache::new(TLS_SESSIONS_MAX),
+            client_cas,
+        })
+    }
+}
+
+/// What the client CAs of `config` are, as one digest (empty when there are none).
+fn client_cas_digest(config: &TlsConfig) -> Result<Vec<u8>, String> {
+    if config.client_cas.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for path in &config.client_cas {
+        for cert in certificates("http.tls.clientcas", path)? {
+            ctx.update(&(cert.len() as u64).to_le_bytes());
+            ctx.update(&cert);
+        }
+    }
+    Ok(ctx.finish().as_ref().to_vec())
 }
 
 impl Tls {
     /// Load the files `config` names; every error names the key and the file.
     pub fn load(config: &TlsConfig) -> Result<Tls, String> {
-        let tickets = rustls::crypto::ring::Ticketer::new()
-            .map_err(|e| format!("http.tls: session tickets: {e}"))?;
-        let sessions: Arc<dyn StoresServerSessions + Send + Sync> =
-            ServerSessionMemoryCache::new(TLS_SESSIONS_MAX);
-        let server = server_config(config, &tickets, &sessions)?;
+        let resumption = Resumption::new(client_cas_digest(config)?)?;
+        let server = server_config(config, &resumption.tickets, &resumption.sessions)?;
         Ok(Tls {
             current: RwLock::new(server),
-            tickets,
-            sessions,
+            resumption: RwLock::new(resumption),
         })
     }
 
@@ -51,9 +84,20 @@ impl Tls {
         self.current.read().unwrap().clone()
     }
 
-    /// Load `config`'s files again (SIGHUP). On error the running settings stay.
+    /// Load `config`'s files again (SIGHUP). On error the running settings stay. New client
+    /// CAs end every session issued under the old ones.
     pub fn reload(&self, config: &TlsConfig) -> Result<(), String> {
-        let server = server_config(config, &self.tickets, &self.sessions)?;
+        let cas = client_cas_digest(config)?;
+        let mut resumption = self.resumption.write().unwrap();
+        if resumption.client_cas == cas {
+            let server = server_config(config, &resumption.tickets, &resumption.sessions)?;
+            *self.current.write().unwrap() = server;
+            return Ok(());
+        }
+        let fresh = Resumption::new(cas)?;
+        let server = server_config(config, &fresh.tickets, &fresh.sessions)?;
+        tracing::info!("http.tls.clientcas changed: sessions issued before are not resumed");
+        *resumption = fresh;
         *self.current.write().unwrap() = server;
         Ok(())
     }

@@ -216,6 +216,11 @@ fn warn_now(key: &str) -> bool {
     }
     if warned.len() >= limits::UPSTREAM_WARN_KEYS_MAX {
         warned.retain(|_, at| now.duration_since(*at) < limits::UPSTREAM_WARN_EVERY);
+        if warned.len() >= limits::UPSTREAM_WARN_KEYS_MAX {
+            // That many subjects within a minute (clients naming registries at will): the
+            // rest are not logged until the oldest age out.
+            return false;
+        }
     }
     warned.insert(key.to_string(), now);
     true
