@@ -51,7 +51,7 @@ enum Next {
 /// bytes arrive (10,000 idle connections cost a few MiB, not the size of the request path
 /// times 10,000).
 /// `peer` is the socket's; `client` the address the access log names (the client's, from a
-/// load balancer's PROXY header read before the TLS handshake, [`proxied`]; else `peer`).
+/// load balancer's PROXY header, read by `proxied` before the TLS handshake; else `peer`).
 pub async fn serve(
     worker: Rc<Worker>,
     mut sock: Socket,
