@@ -79,29 +79,12 @@ pub fn fallback_tag(subject: &Digest) -> String {
 /// the upstream's own origin, for the request's repository), and without an `ns` (the client
 /// adds its own).
 pub fn next_page(link: &str, subject: &Digest) -> Option<String> {
-    let next = link.split(',').find(|l| {
-        l.split(';')
-            .skip(1)
-            .any(|p| p.trim().eq_ignore_ascii_case("rel=\"next\"") || p.trim() == "rel=next")
-    })?;
-    let url = next.split(';').next()?.trim();
-    let url = url.strip_prefix('<')?.strip_suffix('>')?;
+    let (url, query) = crate::http::url::next_link(link)?;
     let want = format!("/referrers/{subject}");
     let at = url.find(&want)?;
-    let tail = &url[at + 1..];
-    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
+    let path = &url[at + 1..];
     if path.len() + 1 != want.len() {
         return None; // `.../referrers/<subject>/more`, or a longer digest
-    }
-    let query: Vec<&str> = query
-        .split('&')
-        .filter(|p| !p.is_empty() && !p.starts_with("ns="))
-        .collect();
-    if query
-        .iter()
-        .any(|p| p.contains(|c: char| c.is_ascii_control() || c == ' ' || c == '#'))
-    {
-        return None;
     }
     Some(match query.is_empty() {
         true => path.to_string(),

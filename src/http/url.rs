@@ -119,6 +119,30 @@ impl Url {
     }
 }
 
+/// The `rel="next"` target of a `Link` header (RFC 8288), as upstream wrote it: its URL's
+/// path, and its query's parameters without `ns` (the next hop adds its own). `None` when
+/// there is no next link, or a parameter holds what must not reach a response header.
+pub fn next_link(link: &str) -> Option<(&str, Vec<&str>)> {
+    let next = link.split(',').find(|l| {
+        l.split(';')
+            .skip(1)
+            .any(|p| p.trim().eq_ignore_ascii_case("rel=\"next\"") || p.trim() == "rel=next")
+    })?;
+    let url = next.split(';').next()?.trim();
+    let url = url.strip_prefix('<')?.strip_suffix('>')?;
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let query: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("ns="))
+        .collect();
+    let unsafe_char =
+        |c: char| c.is_ascii_control() || matches!(c, ' ' | '#' | '<' | '>' | '"' | ',');
+    if query.iter().any(|p| p.contains(unsafe_char)) {
+        return None;
+    }
+    Some((path, query))
+}
+
 impl std::fmt::Display for Url {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}{}", self.origin, self.path)

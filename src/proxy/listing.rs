@@ -63,25 +63,8 @@ pub(super) fn tags_next_page(
     regs: &crate::registry::Registries,
     key: &str,
 ) -> Option<String> {
-    let next = link.split(',').find(|l| {
-        l.split(';')
-            .skip(1)
-            .any(|p| p.trim().eq_ignore_ascii_case("rel=\"next\"") || p.trim() == "rel=next")
-    })?;
-    let url = next.split(';').next()?.trim();
-    let url = url.strip_prefix('<')?.strip_suffix('>')?;
-    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let (path, mut query) = crate::http::url::next_link(link)?;
     if !path.ends_with("/tags/list") {
-        return None;
-    }
-    let mut query: Vec<&str> = query
-        .split('&')
-        .filter(|p| !p.is_empty() && !p.starts_with("ns="))
-        .collect();
-    if query
-        .iter()
-        .any(|p| p.contains(|c: char| c.is_ascii_control() || matches!(c, ' ' | '#' | '<' | '>')))
-    {
         return None;
     }
     let (u, name) = regs.split(key)?;
