@@ -17,6 +17,31 @@ pub struct Load {
     pub errors: u64,
 }
 
+impl Load {
+    /// Sum the load threads' results, each (latencies in µs, errors), over `secs`.
+    pub fn of(parts: impl Iterator<Item = (Vec<u32>, u64)>, secs: f64) -> Load {
+        let mut lat: Vec<u32> = Vec::new();
+        let mut errors = 0;
+        for (l, e) in parts {
+            lat.extend(l);
+            errors += e;
+        }
+        lat.sort_unstable();
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+                .copied()
+                .unwrap_or(0) as f64
+                / 1000.0
+        };
+        Load {
+            rps: lat.len() as f64 / secs,
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+            errors,
+        }
+    }
+}
+
 /// What every response of a load run must be.
 struct Want {
     /// Content-Length (for a HEAD, of the body it describes).
@@ -82,26 +107,7 @@ pub fn load(
             })
         })
         .collect();
-    let mut lat: Vec<u32> = Vec::new();
-    let mut errors = 0;
-    for t in threads {
-        let (l, e) = t.join().unwrap();
-        lat.extend(l);
-        errors += e;
-    }
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
-    Load {
-        rps: lat.len() as f64 / secs,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
-        errors,
-    }
+    Load::of(threads.into_iter().map(|t| t.join().unwrap()), secs)
 }
 
 /// One connection's turns until `deadline`: latencies (µs) of the good ones, and the errors

@@ -279,26 +279,7 @@ fn load(
                 .unwrap()
         })
         .collect();
-    let mut lat = Vec::new();
-    let mut errors = 0;
-    for h in hs {
-        let (l, e) = h.join().unwrap();
-        lat.extend(l);
-        errors += e;
-    }
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
-    Load {
-        rps: lat.len() as f64 / secs,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
-        errors,
-    }
+    Load::of(hs.into_iter().map(|h| h.join().unwrap()), secs)
 }
 
 /// `clients` threads each opening connections (a full handshake: no resumption), one GET,
